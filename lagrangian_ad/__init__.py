@@ -1,0 +1,33 @@
+"""lagrangian_ad: derivatives of programs by the method of Lagrange multipliers.
+
+A program is a list of equality constraints z_i = f_i(z_Pa(i)); its Lagrangian
+L = z_N − Σ λ_i (z_i − f_i) is stationary at the forward values, at multipliers λ equal
+to backprop's adjoints, and there ∂L/∂x is the gradient of the output z_N.
+"""
+
+from ._compiled import CompiledProgram, Solution
+from ._decompose import decompose
+from ._errors import (
+    ConvergenceError,
+    LagrangianADError,
+    ParseError,
+    ProgramError,
+    SingularSystemError,
+)
+from ._program import Program
+from ._symbolic import Conditions
+
+__all__ = [
+    "CompiledProgram",
+    "Conditions",
+    "ConvergenceError",
+    "LagrangianADError",
+    "ParseError",
+    "Program",
+    "ProgramError",
+    "SingularSystemError",
+    "Solution",
+    "decompose",
+]
+
+__version__ = "0.1.0"

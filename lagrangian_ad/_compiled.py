@@ -1,0 +1,257 @@
+"""Solving: the forward pass, the multipliers and the gradient, for one sample or a batch.
+
+Batching follows NumPy broadcasting. Each input's declared shape is the trailing shape of
+the array given for it; the leading axes of all inputs broadcast to one batch shape B.
+The output z_N has shape B; the gradient is that of Σ_B z_N, so ``grad[name]`` is summed
+down to exactly the shape of the array given for ``name`` (a parameter given without
+batch axes gets the gradient summed over the batch, like ``y.sum().backward()``).
+The multipliers are per sample: λ_i = ∂z_N/∂z_i, with shape B + the variable's shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+from ._codegen import derive_partials, generate
+from ._errors import ProgramError
+from ._graph import analyse
+from ._program import ProgramIR, Variable
+
+__all__ = ["CompiledProgram", "Solution"]
+
+Array = Any  # float or numpy.ndarray
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The stationary point of the Lagrangian for given inputs.
+
+    Attributes
+    ----------
+    value : float or ndarray
+        The output z_N, with the batch shape.
+    grad : dict
+        ∂(Σ_batch z_N)/∂x for each input name, with the shape of the array given for it.
+    values : dict
+        The forward value of every variable, inputs included (batch shape + own shape).
+    multipliers : dict
+        λ_i for each intermediate (batch shape + own shape); the output's is 1.
+    """
+
+    value: Array
+    grad: dict[str, Array]
+    values: dict[str, Array]
+    multipliers: dict[str, Array] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"Solution(value={self.value!r}, grad={self.grad!r}, "
+            f"values=<{len(self.values)} variables>, "
+            f"multipliers=<{len(self.multipliers)} intermediates>)"
+        )
+
+
+class CompiledProgram:
+    """A program compiled once, to be solved many times.
+
+    The partials are derived with SymPy and printed to NumPy code at construction; no
+    call after that touches SymPy. ``print(fn.source)`` shows the generated code.
+    """
+
+    def __init__(self, ir: ProgramIR):
+        self.ir = ir
+        self.graph = analyse(ir)
+        cyclic = self.graph.cyclic_blocks
+        if cyclic:
+            names = ", ".join(
+                ir.constraints[i].label for i in cyclic[0].constraints
+            )
+            raise ProgramError(
+                f"the program is cyclic: {names} depend on themselves; "
+                "cyclic programs are not supported yet"
+            )
+        self.partials = derive_partials(ir, self.graph)
+        self._code = generate(ir, self.graph, self.partials)
+        self._inputs = {v.name: v for v in ir.inputs}
+        self._output_index = [c.target for c in ir.constraints].index(ir.output)
+
+    # ----------------------------------------------------------------- inspection
+
+    @property
+    def forward_source(self) -> str:
+        """Python source of the generated forward pass."""
+        return self._code.forward_source
+
+    @property
+    def adjoint_source(self) -> str:
+        """Python source of the generated multiplier (adjoint) pass."""
+        return self._code.adjoint_source
+
+    @property
+    def source(self) -> str:
+        return self.forward_source + "\n" + self.adjoint_source
+
+    def __repr__(self) -> str:
+        return (
+            f"<CompiledProgram: {len(self.graph.symbols) - self.graph.n_inputs} constraints, "
+            f"{self.graph.n_inputs} scalar inputs>"
+        )
+
+    # ----------------------------------------------------------------- solving
+
+    def value(self, inputs: Mapping[Any, Any]) -> Array:
+        """The output z_N only (forward pass)."""
+        entries, _, _, batch = self._prepare(inputs)
+        z = self._code.forward(*entries)
+        return _shaped(z[self._output_index], batch)
+
+    def value_and_grad(self, inputs: Mapping[Any, Any]) -> tuple[Array, dict[str, Array]]:
+        """The output and ∂(Σ z_N)/∂x for every input."""
+        entries, arrays, leads, batch = self._prepare(inputs)
+        z = self._code.forward(*entries)
+        _, g = self._code.adjoint(*entries, *z)
+        return _shaped(z[self._output_index], batch), self._grads(g, arrays, leads, batch)
+
+    def solve(self, inputs: Mapping[Any, Any]) -> Solution:
+        """Forward values, multipliers and gradient: the full stationary point."""
+        entries, arrays, leads, batch = self._prepare(inputs)
+        z = self._code.forward(*entries)
+        lam, g = self._code.adjoint(*entries, *z)
+        values: dict[str, Array] = {name: _user_array(a) for name, a in arrays.items()}
+        multipliers: dict[str, Array] = {}
+        pos = 0
+        for var in self.ir.intermediates:
+            values[var.name] = _assemble(z[pos : pos + var.size], var, batch)
+            multipliers[var.name] = _assemble(lam[pos : pos + var.size], var, batch)
+            pos += var.size
+        return Solution(
+            value=_shaped(z[self._output_index], batch),
+            grad=self._grads(g, arrays, leads, batch),
+            values=values,
+            multipliers=multipliers,
+        )
+
+    # ----------------------------------------------------------------- inputs
+
+    def _prepare(self, inputs: Mapping[Any, Any]):
+        """Check the inputs; return scalar entries, arrays, batch axes, batch shape."""
+        if not isinstance(inputs, Mapping):
+            raise ProgramError(
+                f"inputs must be a dict of name -> value, not {type(inputs).__name__}"
+            )
+        given: dict[str, Any] = {}
+        for key, val in inputs.items():
+            name = self._input_name(key)
+            if name in given:
+                raise ProgramError(f"input {name!r} is given twice")
+            given[name] = val
+        missing = [n for n in self._inputs if n not in given]
+        if missing:
+            raise ProgramError(f"missing input {', '.join(map(repr, missing))}")
+        arrays: dict[str, np.ndarray] = {}
+        leads: dict[str, tuple[int, ...]] = {}
+        entries: list[np.ndarray] = []
+        for name, var in self._inputs.items():
+            arr = _as_float_array(given[name], name)
+            nd = len(var.shape)
+            if arr.ndim < nd or arr.shape[arr.ndim - nd :] != var.shape:
+                raise ProgramError(
+                    f"input {name!r}: expected an array of trailing shape {var.shape}, "
+                    f"got shape {arr.shape}"
+                )
+            lead = arr.shape[: arr.ndim - nd]
+            arrays[name], leads[name] = arr, lead
+            if nd == 0:
+                entries.append(arr)
+            else:
+                flat = arr.reshape((*lead, var.size))
+                entries.extend(flat[..., k] for k in range(var.size))
+        try:
+            batch = np.broadcast_shapes(*leads.values())
+        except ValueError:
+            desc = ", ".join(f"{n}: {s}" for n, s in leads.items())
+            raise ProgramError(f"the batch axes of the inputs do not broadcast ({desc})") from None
+        return entries, arrays, leads, batch
+
+    def _input_name(self, key: Any) -> str:
+        if isinstance(key, str):
+            name = key
+        elif isinstance(key, sp.Symbol):
+            name = key.name
+        elif isinstance(key, sp.MatrixBase) and len(key) and isinstance(key[0], sp.Symbol):
+            name = key[0].name.split("[", 1)[0]
+        else:
+            raise ProgramError(f"input key {key!r}: use the input's name or its Symbol")
+        if name not in self._inputs:
+            known = ", ".join(self._inputs) or "none"
+            what = (
+                "an intermediate, not an input"
+                if any(v.name == name for v in self.ir.intermediates)
+                else "not an input of this program"
+            )
+            raise ProgramError(f"unknown input {name!r}: it is {what} (inputs: {known})")
+        return name
+
+    def _grads(self, g: list, arrays: dict, leads: dict, batch: tuple) -> dict[str, Array]:
+        out: dict[str, Array] = {}
+        pos = 0
+        for name, var in self._inputs.items():
+            parts = [_sum_to(gk, batch, leads[name]) for gk in g[pos : pos + var.size]]
+            pos += var.size
+            grad = parts[0] if var.shape == () else np.stack(parts, axis=-1).reshape(
+                arrays[name].shape
+            )
+            out[name] = _user_array(grad)
+        return out
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def _as_float_array(value: Any, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+        if np.iscomplexobj(arr):
+            raise TypeError("complex values")
+        return arr.astype(np.float64, copy=False)
+    except (TypeError, ValueError) as err:
+        raise ProgramError(f"input {name!r}: expected real numbers, got {value!r} ({err})") from None
+
+
+def _sum_to(g: Any, batch: tuple[int, ...], target: tuple[int, ...]) -> np.ndarray:
+    """Sum ``g`` (broadcastable to ``batch``) down to the batch axes ``target`` of an input."""
+    g = np.asarray(g)
+    if g.shape != batch:
+        g = np.broadcast_to(g, batch)
+    extra = len(batch) - len(target)
+    if extra:
+        g = g.sum(axis=tuple(range(extra)))
+    axes = tuple(k for k, t in enumerate(target) if t == 1 and g.shape[k] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g
+
+
+def _shaped(v: Any, batch: tuple[int, ...]) -> Array:
+    """A per-sample quantity with the batch shape; a float when there is no batch."""
+    if batch == ():
+        return float(v)
+    v = np.asarray(v, dtype=np.float64)
+    return v if v.shape == batch else np.broadcast_to(v, batch).copy()
+
+
+def _assemble(parts: list, var: Variable, batch: tuple[int, ...]) -> Array:
+    if var.shape == ():
+        return _shaped(parts[0], batch)
+    stacked = np.stack([np.broadcast_to(p, batch) for p in parts], axis=-1)
+    return stacked.reshape(batch + var.shape)
+
+
+def _user_array(a: Any) -> Array:
+    a = np.asarray(a, dtype=np.float64)
+    return float(a) if a.ndim == 0 else a

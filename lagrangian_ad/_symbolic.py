@@ -1,0 +1,112 @@
+"""The symbolic layer: the Lagrangian and its stationarity conditions, as SymPy objects.
+
+With one multiplier λ_i per constraint c_i (c_i = z_i − f_i for an explicit one),
+
+    L(x, z, λ) = z_N − Σ_i λ_i c_i(x, z)
+
+and ∇L = 0 reads
+
+    ∂L/∂λ_i = 0  ⇔  z_i = f_i(z_Pa(i))                           (the forward pass)
+    ∂L/∂z_j = 0  ⇔  λ_j = [j = N] + Σ_{i ∈ children(j)} λ_i ∂f_i/∂z_j   (the adjoint pass)
+    ∂L/∂x_k      =  Σ_{i ∈ children(k)} λ_i ∂f_i/∂x_k  (= ∂z_N/∂x_k)  (the gradient)
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import sympy as sp
+
+from ._program import ProgramIR
+
+__all__ = ["Conditions", "conditions", "lagrangian", "program_latex"]
+
+
+def lagrangian(ir: ProgramIR) -> sp.Expr:
+    """L = z_N − Σ_i λ_i c_i."""
+    return ir.output - sp.Add(*[c.multiplier * c.residual for c in ir.constraints])
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """The stationarity conditions of a program's Lagrangian.
+
+    Attributes
+    ----------
+    constraints : list of sympy.Eq
+        ∂L/∂λ_i = 0 for every constraint: ``Eq(z_i, f_i)`` (``Eq(c_i, 0)`` if implicit).
+    adjoint : list of sympy.Eq
+        ∂L/∂z_j = 0 for every intermediate, solved for λ_j where the constraint is explicit.
+    gradient : dict
+        Input entry name -> ∂L/∂x_k, a SymPy expression in the multipliers.
+    """
+
+    constraints: list[sp.Eq]
+    adjoint: list[sp.Eq]
+    gradient: dict[str, sp.Expr]
+
+    def _repr_latex_(self) -> str:
+        rows = [r"&\text{forward } (\partial L/\partial \lambda_i = 0): && \\"]
+        rows += [rf"&& {sp.latex(e.lhs)} &= {sp.latex(e.rhs)} \\" for e in self.constraints]
+        rows.append(r"&\text{adjoint } (\partial L/\partial z_j = 0): && \\")
+        rows += [rf"&& {sp.latex(e.lhs)} &= {sp.latex(e.rhs)} \\" for e in self.adjoint]
+        rows.append(r"&\text{gradient } (\partial L/\partial x_k): && \\")
+        rows += [
+            rf"&& \frac{{\partial L}}{{\partial {sp.latex(sp.Symbol(k))}}} &= {sp.latex(v)} \\"
+            for k, v in self.gradient.items()
+        ]
+        return "$$\\begin{aligned}\n" + "\n".join(rows) + "\n\\end{aligned}$$"
+
+    def __str__(self) -> str:
+        lines = ["forward (dL/dλ_i = 0):"]
+        lines += [f"  {e.lhs} = {e.rhs}" for e in self.constraints]
+        lines.append("adjoint (dL/dz_j = 0):")
+        lines += [f"  {e.lhs} = {e.rhs}" for e in self.adjoint]
+        lines.append("gradient (dL/dx_k):")
+        lines += [f"  dL/d{k} = {v}" for k, v in self.gradient.items()]
+        return "\n".join(lines)
+
+
+def conditions(ir: ProgramIR) -> Conditions:
+    """Differentiate the Lagrangian constraint by constraint (one pass over the program)."""
+    forward = [
+        sp.Eq(c.target, c.expr, evaluate=False)
+        if c.target is not None
+        else sp.Eq(c.expr, 0, evaluate=False)
+        for c in ir.constraints
+    ]
+    # The part of ∂L/∂v that comes from the constraints other than v's own definition:
+    # +λ_i ∂f_i/∂v for an explicit constraint, −λ_i ∂c_i/∂v for an implicit one.
+    terms: dict[sp.Symbol, list[sp.Expr]] = defaultdict(list)
+    for c in ir.constraints:
+        sign = 1 if c.target is not None else -1
+        for s in sorted(c.expr.free_symbols, key=sp.default_sort_key):
+            terms[s].append(sign * c.multiplier * sp.diff(c.expr, s))
+    own = {c.target: c for c in ir.constraints if c.target is not None}
+    adjoint = []
+    for var in ir.intermediates:
+        for z in var.symbols:
+            seed = sp.S.One if z == ir.output else sp.S.Zero
+            c = own.get(z)
+            rhs = seed + sp.Add(*terms[z])
+            if c is not None:
+                adjoint.append(sp.Eq(c.multiplier, rhs, evaluate=False))
+            else:
+                adjoint.append(sp.Eq(rhs, 0, evaluate=False))
+    gradient = {s.name: sp.Add(*terms[s]) for v in ir.inputs for s in v.symbols}
+    return Conditions(forward, adjoint, gradient)
+
+
+def program_latex(ir: ProgramIR) -> str:
+    """The program's constraints and output as a LaTeX block."""
+    rows = []
+    for v in ir.inputs:
+        shape = "" if v.shape == () else r" \in \mathbb{R}^{" + r"\times".join(map(str, v.shape)) + "}"
+        rows.append(rf"&\text{{input}} && {sp.latex(sp.Symbol(v.name))}{shape} \\")
+    for c in ir.constraints:
+        lhs = sp.latex(c.target) if c.target is not None else sp.latex(c.expr)
+        rhs = sp.latex(c.expr) if c.target is not None else "0"
+        rows.append(rf"& && {lhs} = {rhs} \\")
+    rows.append(rf"&\text{{output}} && {sp.latex(ir.output)}")
+    return "$$\\begin{aligned}\n" + "\n".join(rows) + "\n\\end{aligned}$$"

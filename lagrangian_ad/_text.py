@@ -1,0 +1,67 @@
+"""The program text format: printing a program back to the lines of a ``.lad`` file.
+
+One statement a line::
+
+    input x
+    input W[2,3]
+    a = exp(x)
+    h = tanh(0.5*h + a)
+    output h
+
+Array intermediates are printed entry by entry (``v[0] = …``) after a declaration
+``var v[2]``; the unknowns of implicit equations are declared with ``var u`` and each
+equation is printed as ``residual = 0``; so parsing the text gives the same program back.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.str import StrPrinter
+
+from ._program import ProgramIR
+
+__all__ = ["expr_to_text", "format_program"]
+
+
+class _TextPrinter(StrPrinter):
+    """SymPy's str printer with exact floats and the text format's function names."""
+
+    def _print_Float(self, expr: sp.Float) -> str:
+        text = repr(float(expr))
+        return text if "e" not in text else f"({text})"
+
+    def _print_Abs(self, expr: sp.Abs) -> str:
+        return f"abs({self._print(expr.args[0])})"
+
+    def _print_Exp1(self, expr: sp.Expr) -> str:
+        return "E"
+
+
+_PRINTER = _TextPrinter({"order": "none"})
+
+
+def expr_to_text(expr: sp.Expr) -> str:
+    """An expression in the text format's syntax."""
+    return _PRINTER.doprint(expr)
+
+
+def _shape_suffix(shape: tuple[int, ...]) -> str:
+    return "" if shape == () else "[" + ",".join(map(str, shape)) + "]"
+
+
+def format_program(ir: ProgramIR) -> str:
+    """The text of ``ir`` in the ``.lad`` format."""
+    lines = [f"input {v.name}{_shape_suffix(v.shape)}" for v in ir.inputs]
+    defined = {c.target for c in ir.constraints}
+    lines += [
+        f"var {v.name}{_shape_suffix(v.shape)}"
+        for v in ir.intermediates
+        if v.shape or v.symbols[0] not in defined  # arrays, and unknowns of equations
+    ]
+    for c in ir.constraints:
+        if c.target is None:
+            lines.append(f"{expr_to_text(c.expr)} = 0")
+        else:
+            lines.append(f"{c.target} = {expr_to_text(c.expr)}")
+    lines.append(f"output {ir.output}")
+    return "\n".join(lines) + "\n"
