@@ -13,8 +13,8 @@ Two functions are generated from one program, and their source is kept for inspe
 
 In a partial, an occurrence of f_i itself is replaced by the already computed z_i (so
 ∂exp(c)/∂c is read as ``d``), and the partials of one constraint share their common
-subexpressions (SymPy's ``cse``). SymPy is used here, once; the generated functions call
-only NumPy.
+subexpressions (SymPy's ``cse``). That symbolic work is done once per constraint *form*
+(see `_forms`). SymPy is used here, once; the generated functions call only NumPy.
 """
 
 from __future__ import annotations
@@ -31,43 +31,11 @@ import numpy as np
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
-from ._errors import ProgramError
+from ._forms import FormTable, float_text, form_key, instantiate
 from ._graph import Graph
 from ._program import ProgramIR
 
-__all__ = ["Partials", "derive_partials", "generate"]
-
-# A constraint's partials: (parent variable index, ∂f_i/∂z_parent), nonzero ones only.
-Partials = tuple[tuple[tuple[int, sp.Expr], ...], ...]
-
-
-def derive_partials(ir: ProgramIR, graph: Graph) -> Partials:
-    """∂f_i/∂z_j for every constraint i and parent j, with f_i replaced by z_i inside."""
-    out = []
-    for c, parents in zip(ir.constraints, graph.parents, strict=True):
-        row = []
-        for p in parents:
-            d = _differentiate(c.expr, graph.symbols[p], c.label)
-            if d != 0:
-                if c.target is not None and not c.expr.is_Atom:
-                    d = d.xreplace({c.expr: c.target})
-                row.append((p, d))
-        out.append(tuple(row))
-    return tuple(out)
-
-
-def _differentiate(expr: sp.Expr, wrt: sp.Symbol, label: str) -> sp.Expr:
-    d = sp.diff(expr, wrt)
-    # The derivative of sign, Heaviside, … is zero almost everywhere, as in every
-    # autodiff library; SymPy writes it with DiracDelta, which has no numeric value.
-    if d.has(sp.DiracDelta):
-        d = d.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.S.Zero)
-    if d.has(sp.Derivative, sp.Subs):
-        raise ProgramError(
-            f"constraint {label!r}: SymPy cannot differentiate {expr} with respect to {wrt}"
-        )
-    return d
-
+__all__ = ["Generated", "generate"]
 
 # --------------------------------------------------------------------------- printing
 
@@ -132,54 +100,56 @@ class Generated:
     adjoint: Callable[..., tuple[list, list]]
     forward_source: str
     adjoint_source: str
+    n_forms: int
 
 
-def generate(ir: ProgramIR, graph: Graph, partials: Partials) -> Generated:
+def generate(ir: ProgramIR, graph: Graph) -> Generated:
     """Source and functions of the forward and adjoint passes (acyclic blocks)."""
     namer = _Namer()
-    names = {s: namer.fresh(s.name) for s in graph.symbols}
-    printer = _Printer(names)
+    names = [namer.fresh(s.name) for s in graph.symbols]
     n_in = graph.n_inputs
-    input_names = [names[s] for s in graph.symbols[:n_in]]
-    target_names = [names[s] for s in graph.symbols[n_in:]]
+    table = FormTable(_Printer)
+    forms, consts = [], []
+    for c, parents in zip(ir.constraints, graph.parents, strict=True):
+        parent_symbols = tuple(graph.symbols[p] for p in parents)
+        key, floats = form_key(c.expr, {s: k for k, s in enumerate(parent_symbols)})
+        forms.append(table.get(key, c.expr, parent_symbols, floats, c.target, c.label))
+        consts.append({f"c{k}": float_text(f) for k, f in enumerate(floats)})
+
+    def slots(i: int) -> dict[str, str]:
+        """Placeholder -> name for constraint i."""
+        out = {f"p{k}": names[p] for k, p in enumerate(graph.parents[i])}
+        out.update(consts[i], t=names[n_in + i], l=lam[n_in + i], **temps)
+        return out
+
     order = [b.constraints[0] for b in graph.blocks]  # acyclic: singleton blocks
+    lam = {n_in + i: namer.fresh("lam_" + names[n_in + i]) for i in range(len(order))}
+    lam.update({k: namer.fresh("grad_" + names[k]) for k in range(n_in)})
+    most_temps = max((len(f.temps) for f in forms), default=0)
+    temps = {f"tmp{k}": namer.fresh(f"t{k}") for k in range(most_temps)}
 
     # Forward: one line per constraint, in topological order.
-    fwd = [f"def forward({', '.join(input_names)}):"]
-    for i in order:
-        c = ir.constraints[i]
-        fwd.append(f"    {target_names[i]} = {_print(printer, c.expr, c.label)}")
-    fwd.append(f"    return [{', '.join(target_names)}]")
+    fwd = [f"def forward({', '.join(names[:n_in])}):"]
+    fwd += [f"    {names[n_in + i]} = {instantiate(forms[i].forward, slots(i))}" for i in order]
+    fwd.append(f"    return [{', '.join(names[n_in:])}]")
     forward_source = "\n".join(fwd) + "\n"
 
     # Adjoint: constraints in reverse, each scattering λ_i ∂f_i/∂z_j to its parents.
-    lam = {n_in + i: namer.fresh("lam_" + target_names[i]) for i in range(len(target_names))}
-    lam.update({k: namer.fresh("grad_" + input_names[k]) for k in range(n_in)})
     out_index = n_in + graph.symbols[n_in:].index(ir.output)
-    temps = (sp.Symbol(namer.fresh(f"t{k}")) for k in itertools.count())
-    adj = [f"def adjoint({', '.join(input_names + target_names)}):"]
-    adj.append(f"    {lam[out_index]} = 1.0")
+    adj = [f"def adjoint({', '.join(names)}):", f"    {lam[out_index]} = 1.0"]
     assigned = {out_index}
     for i in reversed(order):
-        if i not in graph.needed or not partials[i]:
+        form = forms[i]
+        if i not in graph.needed or not form.partials:
             continue
-        c = ir.constraints[i]
-        adj.append(f"    # {target_names[i]} = {_print(printer, c.expr, c.label)}")
-        lam_i = sp.Symbol(lam[n_in + i])
-        names[lam_i] = lam[n_in + i]
-        terms = [lam_i * d for _, d in partials[i]]
-        if len(terms) > 1:
-            replacements, terms = sp.cse(terms, symbols=temps, order="none")
-            for t, e in replacements:
-                names[t] = t.name
-                adj.append(f"    {t.name} = {_print(printer, e, c.label)}")
-        for (p, _), term in zip(partials[i], terms, strict=True):
-            code = _print(printer, term, c.label)
-            if p in assigned:
-                adj.append(f"    {lam[p]} = {lam[p]} + {code}")
-            else:
-                adj.append(f"    {lam[p]} = {code}")
-                assigned.add(p)
+        sl = slots(i)
+        adj.append(f"    # {names[n_in + i]} = {instantiate(form.forward, sl)}")
+        adj += [f"    {instantiate(t, sl)}" for t in form.temps]
+        for (k, _), term in zip(form.partials, form.terms, strict=True):
+            p = graph.parents[i][k]
+            code = instantiate(term, sl)
+            adj.append(f"    {lam[p]} = {lam[p]} + {code}" if p in assigned else f"    {lam[p]} = {code}")
+            assigned.add(p)
     lam_out = [lam[n_in + i] if n_in + i in assigned else "0.0" for i in range(len(order))]
     grad_out = [lam[k] if k in assigned else "0.0" for k in range(n_in)]
     adj.append(f"    return [{', '.join(lam_out)}], [{', '.join(grad_out)}]")
@@ -187,16 +157,7 @@ def generate(ir: ProgramIR, graph: Graph, partials: Partials) -> Generated:
 
     forward = _exec(forward_source, "forward")
     adjoint = _exec(adjoint_source, "adjoint")
-    return Generated(forward, adjoint, forward_source, adjoint_source)
-
-
-def _print(printer: _Printer, expr: sp.Expr, label: str) -> str:
-    try:
-        return printer.doprint(expr)
-    except Exception as err:  # SymPy raises several kinds for what it cannot print
-        raise ProgramError(
-            f"constraint {label!r}: cannot generate numeric code for {expr} ({err})"
-        ) from err
+    return Generated(forward, adjoint, forward_source, adjoint_source, len(table))
 
 
 _counter = itertools.count()

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from ._codegen import derive_partials, generate
+from ._codegen import generate
 from ._errors import ProgramError
 from ._graph import analyse
 from ._program import ProgramIR, Variable
@@ -75,8 +75,7 @@ class CompiledProgram:
                 f"the program is cyclic: {names} depend on themselves; "
                 "cyclic programs are not supported yet"
             )
-        self.partials = derive_partials(ir, self.graph)
-        self._code = generate(ir, self.graph, self.partials)
+        self._code = generate(ir, self.graph)
         self._inputs = {v.name: v for v in ir.inputs}
         self._output_index = [c.target for c in ir.constraints].index(ir.output)
 

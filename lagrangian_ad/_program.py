@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["Constraint", "Program", "ProgramIR", "Variable"]
 
 _MULTIPLIER_PREFIX = "lambda_"
+_NOT_REAL = frozenset({sp.I, sp.zoo, sp.nan})
+_UNEVALUATED = (sp.Derivative, sp.Integral, sp.Sum, sp.Product, sp.Subs)
 
 
 # --------------------------------------------------------------------------- data
@@ -109,7 +111,7 @@ class ProgramIR:
                 if c.target in defined:
                     raise ProgramError(f"variable {c.target} is defined twice")
                 defined.add(c.target)
-            unknown = c.expr.free_symbols - seen.keys()
+            unknown = [s for s in c.expr.free_symbols if s not in seen]
             if unknown:
                 raise ProgramError(f"constraint {c.label!r} uses undefined {_names(unknown)}")
         in_equations = set().union(
@@ -395,28 +397,35 @@ class Program:
         )
 
     def _bind(self, expr: sp.Expr, label: str) -> sp.Expr:
-        """Check ``expr`` for constraint ``label`` and map its symbols to ours."""
-        if expr.has(sp.I) or expr.has(sp.zoo) or expr.has(sp.nan):
-            raise ProgramError(f"constraint {label!r}: expression {expr} is not real-valued")
-        undefined_functions = expr.atoms(AppliedUndef)
-        if undefined_functions:
-            raise ProgramError(
-                f"constraint {label!r}: unknown function {_names(undefined_functions)}; "
-                "use SymPy's elementary functions (exp, log, sin, tanh, …)"
-            )
-        if expr.has(sp.Derivative, sp.Integral, sp.Sum, sp.Product):
-            raise ProgramError(
-                f"constraint {label!r}: unevaluated Derivative/Integral/Sum in {expr}; "
-                "evaluate it (.doit()) or write it out"
-            )
+        """Check ``expr`` for constraint ``label`` and map its symbols to ours (one walk)."""
+        symbols = set()
+        stack = [expr]
+        while stack:
+            node = stack.pop()
+            if node.is_Symbol:
+                symbols.add(node)
+            elif node in _NOT_REAL:
+                raise ProgramError(f"constraint {label!r}: expression {expr} is not real-valued")
+            elif isinstance(node, AppliedUndef):
+                raise ProgramError(
+                    f"constraint {label!r}: unknown function {node.func}; "
+                    "use SymPy's elementary functions (exp, log, sin, tanh, …)"
+                )
+            elif isinstance(node, _UNEVALUATED):
+                raise ProgramError(
+                    f"constraint {label!r}: unevaluated {type(node).__name__} in {expr}; "
+                    "evaluate it (.doit()) or write it out"
+                )
+            else:
+                stack.extend(node.args)
         mapping: dict[sp.Symbol, sp.Symbol] = {}
         unknown = []
-        for s in expr.free_symbols:
-            ours = self._symbol(s) if isinstance(s, sp.Symbol) else None
+        for sym in symbols:
+            ours = self._symbol(sym)
             if ours is None:
-                unknown.append(s)
-            elif ours is not s:
-                mapping[s] = ours
+                unknown.append(sym)
+            elif ours is not sym:
+                mapping[sym] = ours
         if unknown:
             raise ProgramError(
                 f"constraint {label!r}: {_names(unknown)} "

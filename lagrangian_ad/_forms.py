@@ -1,0 +1,164 @@
+"""Constraint forms: derive and print once per form, instantiate per constraint.
+
+Big programs repeat a few shapes of constraint: z_k = sin(z_{k−1}) + 0.5·x ten thousand
+times, or h_i = tanh(Σ_j W_ij h_j + b_i) for every unit. Two constraints have the same
+*form* when their expression trees are equal up to renaming their variables (ranked by
+variable index) and changing their float constants (with the same pattern of equal
+floats). For each form the expensive SymPy work — the partials ∂f/∂z_j, the
+substitution of f by its target, the common subexpressions of λ·∂f/∂z_j, and printing
+to NumPy code — is done once, on a template whose variables are placeholders ``«p0»``,
+``«p1»``…, whose float constants are ``«c0»``…, whose target is ``«t»`` and whose
+multiplier is ``«l»``. A constraint's code is its form's text with the placeholders
+replaced by its own names and constants: string work, not symbolic work.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sympy as sp
+from sympy.printing.numpy import NumPyPrinter
+
+from ._errors import ProgramError
+
+__all__ = ["Form", "FormTable", "float_text", "form_key", "instantiate"]
+
+_PLACEHOLDER = re.compile(r"«(\w+)»")
+
+
+def form_key(expr: sp.Expr, rank: dict[sp.Symbol, int]) -> tuple[str, tuple[sp.Float, ...]]:
+    """A structural key of ``expr`` and its distinct float constants in traversal order.
+
+    Symbols are written by rank, distinct floats by order of first appearance, every
+    other node by its class and, for numbers, its value. Iterative pre-order walk.
+    """
+    tokens: list[str] = []
+    floats: list[sp.Float] = []
+    seen_floats: dict[sp.Float, int] = {}
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if node.is_Symbol:
+            tokens.append(f"s{rank[node]}")
+        elif node.is_Float:
+            k = seen_floats.setdefault(node, len(seen_floats))
+            if k == len(floats):
+                floats.append(node)
+            tokens.append(f"f{k}")
+        elif node.is_Number or not node.args:
+            tokens.append(f"{type(node).__name__}:{node}")
+        else:
+            tokens.append(f"{type(node).__name__}/{len(node.args)}")
+            stack.extend(reversed(node.args))
+    return " ".join(tokens), tuple(floats)
+
+
+@dataclass(frozen=True)
+class Form:
+    """Printed code of one constraint form.
+
+    Attributes
+    ----------
+    expr : sympy.Expr
+        The template f in placeholders (for symbolic use).
+    partials : tuple of (int, sympy.Expr)
+        (parent rank, ∂f/∂p) for each nonzero partial, f replaced by «t».
+    forward : str
+        Code of f.
+    temps : tuple of str
+        Code of the common subexpressions ``«tmpK» = …`` of the terms λ·∂f/∂p.
+    terms : tuple of str
+        Code of λ·∂f/∂p for each nonzero partial, in the order of ``partials``.
+    """
+
+    expr: sp.Expr
+    partials: tuple[tuple[int, sp.Expr], ...]
+    forward: str
+    temps: tuple[str, ...]
+    terms: tuple[str, ...]
+
+
+class FormTable:
+    """Forms met so far, keyed by `form_key`, derived and printed on first sight."""
+
+    def __init__(self, printer_factory: Callable[[dict[sp.Symbol, str]], NumPyPrinter]):
+        self._forms: dict[str, Form] = {}
+        self._printer_factory = printer_factory
+
+    def __len__(self) -> int:
+        return len(self._forms)
+
+    def get(self, key: str, expr: sp.Expr, parents: tuple[sp.Symbol, ...],
+            floats: tuple[sp.Float, ...], target: sp.Symbol | None, label: str) -> Form:
+        form = self._forms.get(key)
+        if form is None:
+            form = self._forms[key] = self._derive(expr, parents, floats, target, label)
+        return form
+
+    def _derive(self, expr: sp.Expr, parents: tuple[sp.Symbol, ...], floats: tuple[sp.Float, ...],
+                target: sp.Symbol | None, label: str) -> Form:
+        p = [sp.Symbol(f"«p{k}»", real=True) for k in range(len(parents))]
+        c = [sp.Symbol(f"«c{k}»", real=True) for k in range(len(floats))]
+        t, lam = sp.Symbol("«t»", real=True), sp.Symbol("«l»", real=True)
+        to_template: dict[sp.Basic, sp.Basic] = dict(zip(parents, p, strict=True))
+        to_template.update(zip(floats, c, strict=True))
+        template = expr.xreplace(to_template)
+        printer = self._printer_factory({s: s.name for s in (*p, *c, t, lam)})
+
+        partials = []
+        for k, pk in enumerate(p):
+            d = _differentiate(template, pk, label, parents[k])
+            if d != 0:
+                if target is not None and not template.is_Atom:
+                    d = d.xreplace({template: t})
+                partials.append((k, d))
+        terms = [lam * d for _, d in partials]
+        temps: list[str] = []
+        if len(terms) > 1:
+            names = (sp.Symbol(f"«tmp{k}»") for k in range(1 << 30))
+            replacements, terms = sp.cse(terms, symbols=names, order="none")
+            for sym, e in replacements:
+                printer._names[sym] = sym.name
+                temps.append(f"{sym.name} = {_print(printer, e, label)}")
+        return Form(
+            expr=template,
+            partials=tuple(partials),
+            forward=_print(printer, template, label),
+            temps=tuple(temps),
+            terms=tuple(_print(printer, e, label) for e in terms),
+        )
+
+
+def float_text(value: sp.Float) -> str:
+    """A float constant as Python code: exact (repr), parenthesized when negative."""
+    text = repr(float(value))
+    if text in ("inf", "-inf", "nan"):
+        text = f"numpy.{text.lstrip('-')}" if text != "-inf" else "-numpy.inf"
+    return f"({text})" if text.startswith("-") else text
+
+
+def instantiate(text: str, names: dict[str, str]) -> str:
+    """Replace every «placeholder» of ``text`` by ``names[placeholder]``."""
+    return _PLACEHOLDER.sub(lambda m: names[m.group(1)], text)
+
+
+def _differentiate(expr: sp.Expr, wrt: sp.Symbol, label: str, shown: sp.Symbol) -> sp.Expr:
+    d = sp.diff(expr, wrt)
+    # The derivative of sign, Heaviside, … is zero almost everywhere, as in every
+    # autodiff library; SymPy writes it with DiracDelta, which has no numeric value.
+    if d.has(sp.DiracDelta):
+        d = d.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.S.Zero)
+    if d.has(sp.Derivative, sp.Subs):
+        raise ProgramError(f"constraint {label!r}: SymPy cannot differentiate it with respect to {shown}")
+    return d
+
+
+def _print(printer: NumPyPrinter, expr: sp.Expr, label: str) -> str:
+    try:
+        return printer.doprint(expr)
+    except Exception as err:  # SymPy raises several kinds for what it cannot print
+        raise ProgramError(
+            f"constraint {label!r}: cannot generate numeric code for it ({err})"
+        ) from err
