@@ -148,7 +148,9 @@ def generate(ir: ProgramIR, graph: Graph) -> Generated:
         for (k, _), term in zip(form.partials, form.terms, strict=True):
             p = graph.parents[i][k]
             code = instantiate(term, sl)
-            adj.append(f"    {lam[p]} = {lam[p]} + {code}" if p in assigned else f"    {lam[p]} = {code}")
+            adj.append(
+                f"    {lam[p]} = {lam[p]} + {code}" if p in assigned else f"    {lam[p]} = {code}"
+            )
             assigned.add(p)
     lam_out = [lam[n_in + i] if n_in + i in assigned else "0.0" for i in range(len(order))]
     grad_out = [lam[k] if k in assigned else "0.0" for k in range(n_in)]

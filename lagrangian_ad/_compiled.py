@@ -68,9 +68,7 @@ class CompiledProgram:
         self.graph = analyse(ir)
         cyclic = self.graph.cyclic_blocks
         if cyclic:
-            names = ", ".join(
-                ir.constraints[i].label for i in cyclic[0].constraints
-            )
+            names = ", ".join(ir.constraints[i].label for i in cyclic[0].constraints)
             raise ProgramError(
                 f"the program is cyclic: {names} depend on themselves; "
                 "cyclic programs are not supported yet"
@@ -202,8 +200,10 @@ class CompiledProgram:
         for name, var in self._inputs.items():
             parts = [_sum_to(gk, batch, leads[name]) for gk in g[pos : pos + var.size]]
             pos += var.size
-            grad = parts[0] if var.shape == () else np.stack(parts, axis=-1).reshape(
-                arrays[name].shape
+            grad = (
+                parts[0]
+                if var.shape == ()
+                else np.stack(parts, axis=-1).reshape(arrays[name].shape)
             )
             out[name] = _user_array(grad)
         return out
@@ -219,7 +219,9 @@ def _as_float_array(value: Any, name: str) -> np.ndarray:
             raise TypeError("complex values")
         return arr.astype(np.float64, copy=False)
     except (TypeError, ValueError) as err:
-        raise ProgramError(f"input {name!r}: expected real numbers, got {value!r} ({err})") from None
+        raise ProgramError(
+            f"input {name!r}: expected real numbers, got {value!r} ({err})"
+        ) from None
 
 
 def _sum_to(g: Any, batch: tuple[int, ...], target: tuple[int, ...]) -> np.ndarray:

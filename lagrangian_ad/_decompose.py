@@ -65,10 +65,6 @@ def decompose(expr: Any, inputs: Iterable[sp.Symbol | str], *, prefix: str = "z"
         if name is None:
             raise ProgramError(f"decompose: inputs must be Symbols or names, got {s!r}")
         ours[name] = prog.input(name)
-    stray = sorted(s.name for s in expr.free_symbols if s.name not in ours)
-    if stray:
-        raise ProgramError(f"decompose: {', '.join(stray)} not among the inputs")
-    expr = expr.xreplace({s: ours[s.name] for s in expr.free_symbols})
 
     names = (f"{prefix}{k}" for k in range(1, 1 << 62) if f"{prefix}{k}" not in ours)
     memo: dict[sp.Basic, sp.Basic] = {}  # node -> the variable or constant standing for it
@@ -78,9 +74,13 @@ def decompose(expr: Any, inputs: Iterable[sp.Symbol | str], *, prefix: str = "z"
         node, ready = stack.pop()
         if node in memo:
             continue
-        if not node.args:  # symbols and numbers stand for themselves
-            memo[node] = node
-            if not isinstance(node, sp.Symbol):
+        if not node.args:  # inputs stand for themselves, as do numbers
+            if isinstance(node, sp.Symbol):
+                if node.name not in ours:
+                    raise ProgramError(f"decompose: {node.name} is not among the inputs")
+                memo[node] = ours[node.name]
+            else:
+                memo[node] = node
                 constant.add(node)
             continue
         if not ready:

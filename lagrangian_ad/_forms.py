@@ -90,15 +90,28 @@ class FormTable:
     def __len__(self) -> int:
         return len(self._forms)
 
-    def get(self, key: str, expr: sp.Expr, parents: tuple[sp.Symbol, ...],
-            floats: tuple[sp.Float, ...], target: sp.Symbol | None, label: str) -> Form:
+    def get(
+        self,
+        key: str,
+        expr: sp.Expr,
+        parents: tuple[sp.Symbol, ...],
+        floats: tuple[sp.Float, ...],
+        target: sp.Symbol | None,
+        label: str,
+    ) -> Form:
         form = self._forms.get(key)
         if form is None:
             form = self._forms[key] = self._derive(expr, parents, floats, target, label)
         return form
 
-    def _derive(self, expr: sp.Expr, parents: tuple[sp.Symbol, ...], floats: tuple[sp.Float, ...],
-                target: sp.Symbol | None, label: str) -> Form:
+    def _derive(
+        self,
+        expr: sp.Expr,
+        parents: tuple[sp.Symbol, ...],
+        floats: tuple[sp.Float, ...],
+        target: sp.Symbol | None,
+        label: str,
+    ) -> Form:
         p = [sp.Symbol(f"«p{k}»", real=True) for k in range(len(parents))]
         c = [sp.Symbol(f"«c{k}»", real=True) for k in range(len(floats))]
         t, lam = sp.Symbol("«t»", real=True), sp.Symbol("«l»", real=True)
@@ -151,7 +164,9 @@ def _differentiate(expr: sp.Expr, wrt: sp.Symbol, label: str, shown: sp.Symbol) 
     if d.has(sp.DiracDelta):
         d = d.replace(lambda e: isinstance(e, sp.DiracDelta), lambda e: sp.S.Zero)
     if d.has(sp.Derivative, sp.Subs):
-        raise ProgramError(f"constraint {label!r}: SymPy cannot differentiate it with respect to {shown}")
+        raise ProgramError(
+            f"constraint {label!r}: SymPy cannot differentiate it with respect to {shown}"
+        )
     return d
 
 

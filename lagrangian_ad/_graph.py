@@ -66,9 +66,7 @@ def analyse(ir: ProgramIR) -> Graph:
     index = {s: k for k, s in enumerate(symbols)}
     n_in, n_c = len(input_symbols), len(ir.constraints)
 
-    parents = tuple(
-        tuple(sorted(index[s] for s in c.expr.free_symbols)) for c in ir.constraints
-    )
+    parents = tuple(tuple(sorted(index[s] for s in c.expr.free_symbols)) for c in ir.constraints)
     # Constraint-to-constraint edges j -> i when f_i reads z_j.
     rows, cols = [], []
     for i, ps in enumerate(parents):
@@ -76,9 +74,7 @@ def analyse(ir: ProgramIR) -> Graph:
             if p >= n_in:
                 rows.append(p - n_in)
                 cols.append(i)
-    adj = sps.csr_matrix(
-        (np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n_c, n_c)
-    )
+    adj = sps.csr_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n_c, n_c))
     n_blocks, label = connected_components(adj, directed=True, connection="strong")
 
     members: list[list[int]] = [[] for _ in range(n_blocks)]

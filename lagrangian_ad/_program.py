@@ -79,7 +79,11 @@ class Constraint:
     label: str
     target: sp.Symbol | None
     expr: sp.Expr
-    multiplier: sp.Symbol
+
+    @property
+    def multiplier(self) -> sp.Symbol:
+        """λ of this constraint (made on demand: the numeric path never needs it)."""
+        return sp.Symbol(_MULTIPLIER_PREFIX + self.label, real=True)
 
     @property
     def residual(self) -> sp.Expr:
@@ -100,7 +104,9 @@ class ProgramIR:
         seen: dict[sp.Symbol, str] = {}
         for var in (*self.inputs, *self.intermediates):
             if var.size != int(np.prod(var.shape, dtype=int)):
-                raise ProgramError(f"variable {var.name!r}: {var.size} entries for shape {var.shape}")
+                raise ProgramError(
+                    f"variable {var.name!r}: {var.size} entries for shape {var.shape}"
+                )
             for s in var.symbols:
                 if s in seen:
                     raise ProgramError(f"symbol {s} belongs to both {seen[s]!r} and {var.name!r}")
@@ -282,13 +288,18 @@ class Program:
 
     def multiplier(self, target: str | sp.Symbol) -> sp.Symbol | sp.Matrix:
         """The multiplier λ of an intermediate (a Matrix of them for an array)."""
-        by_target = {c.target: c.multiplier for c in self.ir.constraints}
         if isinstance(target, str) and target in self._equations:
             return sp.Symbol(_MULTIPLIER_PREFIX + target, real=True)
-        if isinstance(target, str) and target in self._vars and target not in self._by_entry_name:
-            var = self._vars[target]
-            if var.kind == "input":
-                raise ProgramError(f"{target!r} is an input: it has no constraint, no multiplier")
+        var = self._vars.get(target) if isinstance(target, str) else None
+        if var is not None and var.kind == "input":
+            raise ProgramError(f"{target!r} is an input: it has no constraint, no multiplier")
+        by_target = {c.target: c.multiplier for c in self.ir.constraints}
+        if var is not None:
+            if not all(s in by_target for s in var.symbols):
+                raise ProgramError(
+                    f"{target!r} is an unknown of implicit equations: the multipliers belong "
+                    "to the equations (prog.multiplier('eq1'), …)"
+                )
             return _as_sympy(var.shape, tuple(by_target[s] for s in var.symbols))
         sym = self._by_entry_name.get(target) if isinstance(target, str) else self._symbol(target)
         if sym is None or sym not in by_target:
@@ -372,10 +383,14 @@ class Program:
     def _resolve_declared(self, target: Any) -> Variable:
         if isinstance(target, sp.MatrixBase):
             entries = list(target)
-            owners = {self._owner.get(self._symbol(e)) if isinstance(e, sp.Symbol) else None
-                      for e in entries}
+            owners = {
+                self._owner.get(self._symbol(e)) if isinstance(e, sp.Symbol) else None
+                for e in entries
+            }
             if len(owners) != 1 or None in owners:
-                raise ProgramError("define: the target Matrix is not a variable declared with var()")
+                raise ProgramError(
+                    "define: the target Matrix is not a variable declared with var()"
+                )
             var = self._vars[owners.pop()]
             if list(var.symbols) != [self._symbol(e) for e in entries]:
                 raise ProgramError(f"define: the target Matrix is only part of {var.name!r}")
@@ -388,12 +403,13 @@ class Program:
                 )
             var = self._vars[self._owner[sym]]
             if var.shape != ():
-                raise ProgramError(f"define: {target} is an entry of array {var.name!r}; "
-                                   f"define the whole array at once")
+                raise ProgramError(
+                    f"define: {target} is an entry of array {var.name!r}; "
+                    f"define the whole array at once"
+                )
             return var
         raise ProgramError(
-            f"define: the target must be a name or a declared variable, "
-            f"not {type(target).__name__}"
+            f"define: the target must be a name or a declared variable, not {type(target).__name__}"
         )
 
     def _bind(self, expr: sp.Expr, label: str) -> sp.Expr:
@@ -463,13 +479,14 @@ class Program:
         for name, exprs in self._definitions.items():
             var = self._vars[name]
             for sym, expr in zip(var.symbols, exprs, strict=True):
-                mult = sp.Symbol(_MULTIPLIER_PREFIX + sym.name, real=True)
-                constraints.append(Constraint(sym.name, sym, expr, mult))
+                constraints.append(Constraint(sym.name, sym, expr))
         for label, residual in self._equations.items():
-            mult = sp.Symbol(_MULTIPLIER_PREFIX + label, real=True)
-            constraints.append(Constraint(label, None, residual, mult))
-        unknowns = [v for n, v in self._vars.items()
-                    if v.kind == "intermediate" and n not in self._definitions]
+            constraints.append(Constraint(label, None, residual))
+        unknowns = [
+            v
+            for n, v in self._vars.items()
+            if v.kind == "intermediate" and n not in self._definitions
+        ]
         ir = ProgramIR(
             inputs=tuple(v for v in self._vars.values() if v.kind == "input"),
             intermediates=tuple(self._vars[n] for n in self._definitions) + tuple(unknowns),
@@ -515,7 +532,9 @@ def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
     try:
         shape = tuple(int(d) for d in shape)
     except (TypeError, ValueError):
-        raise ProgramError(f"variable {name!r}: shape must be a tuple of ints, got {shape!r}") from None
+        raise ProgramError(
+            f"variable {name!r}: shape must be a tuple of ints, got {shape!r}"
+        ) from None
     if len(shape) > 2 or any(d < 1 for d in shape):
         raise ProgramError(
             f"variable {name!r}: shape {shape} not supported; use (), (n,) or (rows, cols) "
@@ -525,8 +544,9 @@ def _check_shape(name: str, shape: Any) -> tuple[int, ...]:
 
 
 def _scalar_expr(expr: Any, label: str) -> sp.Expr:
-    (entry,), shape = _flatten_expr(expr, label) if not isinstance(expr, sp.MatrixBase) else (
-        (None,), (0,))
+    (entry,), shape = (
+        _flatten_expr(expr, label) if not isinstance(expr, sp.MatrixBase) else ((None,), (0,))
+    )
     if shape != ():
         raise ProgramError(f"equation {label!r}: both sides must be scalar expressions")
     return entry

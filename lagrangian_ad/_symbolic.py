@@ -102,7 +102,9 @@ def program_latex(ir: ProgramIR) -> str:
     """The program's constraints and output as a LaTeX block."""
     rows = []
     for v in ir.inputs:
-        shape = "" if v.shape == () else r" \in \mathbb{R}^{" + r"\times".join(map(str, v.shape)) + "}"
+        shape = (
+            "" if v.shape == () else r" \in \mathbb{R}^{" + r"\times".join(map(str, v.shape)) + "}"
+        )
         rows.append(rf"&\text{{input}} && {sp.latex(sp.Symbol(v.name))}{shape} \\")
     for c in ir.constraints:
         lhs = sp.latex(c.target) if c.target is not None else sp.latex(c.expr)

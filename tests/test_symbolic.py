@@ -1,0 +1,87 @@
+"""The Lagrangian and its stationarity conditions, checked by differentiating L itself."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+import lagrangian_ad as lad
+from lagrangian_ad._demo import blog_program
+
+
+def _array_program():
+    prog = lad.Program()
+    x = prog.input("x")
+    W = prog.input("W", shape=(2, 2))
+    h = prog.define("h", (W * sp.Matrix([x, 1])).applyfunc(sp.tanh))
+    prog.define("f", h[0] * h[1] + x)
+    return prog
+
+
+def test_lagrangian_is_output_minus_multiplied_residuals():
+    prog = blog_program()
+    L = prog.lagrangian()
+    x = sp.Symbol("x", real=True)
+    a, b, c, d, e, f = sp.symbols("a b c d e f", real=True)
+    lam = {n: prog.multiplier(n) for n in "abcdef"}
+    expected = f - (
+        lam["a"] * (a - sp.exp(x))
+        + lam["b"] * (b - a**2)
+        + lam["c"] * (c - a - b)
+        + lam["d"] * (d - sp.exp(c))
+        + lam["e"] * (e - sp.sin(c))
+        + lam["f"] * (f - d - e)
+    )
+    assert sp.expand(L - expected) == 0
+
+
+def test_conditions_are_the_gradient_of_the_lagrangian():
+    """Every condition is ∂L/∂(something) = 0, recomputed here with sp.diff on L."""
+    for prog in (blog_program(), _array_program()):
+        L = prog.lagrangian()
+        cond = prog.conditions()
+        ir = prog.ir
+        for c, eq in zip(ir.constraints, cond.constraints, strict=True):
+            # ∂L/∂λ_i = −(z_i − f_i): zero exactly when the forward equation holds
+            assert sp.simplify(sp.diff(L, c.multiplier) + (eq.lhs - eq.rhs)) == 0
+        targets = [c.target for c in ir.constraints]
+        for z, eq in zip(targets, cond.adjoint, strict=True):
+            # ∂L/∂z_j = [j = N] − λ_j + Σ λ_i ∂f_i/∂z_j = −(lhs − rhs) of λ_j = rhs
+            assert sp.simplify(sp.diff(L, z) + (eq.lhs - eq.rhs)) == 0
+        for v in ir.inputs:
+            for s in v.symbols:
+                assert sp.simplify(sp.diff(L, s) - cond.gradient[s.name]) == 0
+
+
+def test_blog_adjoint_equations_read_like_the_blog():
+    cond = blog_program().conditions()
+    lam = {eq.lhs.name: eq.rhs for eq in cond.adjoint}
+    a, c = sp.symbols("a c", real=True)
+    l_b, l_c, l_d, l_e, l_f = sp.symbols("lambda_b lambda_c lambda_d lambda_e lambda_f", real=True)
+    assert lam["lambda_f"] == 1
+    assert lam["lambda_d"] == l_f and lam["lambda_e"] == l_f
+    assert sp.simplify(lam["lambda_c"] - (l_d * sp.exp(c) + l_e * sp.cos(c))) == 0
+    assert lam["lambda_b"] == l_c
+    assert sp.simplify(lam["lambda_a"] - (l_c + 2 * a * l_b)) == 0
+
+
+def test_latex_reprs():
+    prog = blog_program()
+    latex = prog._repr_latex_()
+    assert latex.startswith("$$") and r"e^{x}" in latex and r"\text{output}" in latex
+    cond_latex = prog.conditions()._repr_latex_()
+    assert r"\lambda_{c}" in cond_latex and r"\frac{\partial L}{\partial x}" in cond_latex
+    assert r"\cos{\left(c \right)}" in cond_latex
+
+
+def test_implicit_equation_in_residual_form():
+    prog = lad.Program()
+    x = prog.input("x")
+    u = prog.var("u")
+    lam_eq = prog.equation(u**3 + u, x)
+    y = prog.define("y", 2 * u)
+    L = prog.lagrangian()
+    assert sp.expand(L - (y - lam_eq * (u**3 + u - x) - prog.multiplier("y") * (y - 2 * u))) == 0
+    cond = prog.conditions()
+    # ∂L/∂u = 2 λ_y − λ_eq1 (3u² + 1) = 0
+    (eq_u,) = [eq for eq in cond.adjoint if eq.lhs.has(lam_eq)]
+    assert sp.simplify(eq_u.lhs - sp.diff(L, u)) == 0
