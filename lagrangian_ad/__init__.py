@@ -14,6 +14,7 @@ from ._errors import (
     ProgramError,
     SingularSystemError,
 )
+from ._parse import load, parse
 from ._program import Program
 from ._symbolic import Conditions
 
@@ -28,6 +29,8 @@ __all__ = [
     "SingularSystemError",
     "Solution",
     "decompose",
+    "load",
+    "parse",
 ]
 
 __version__ = "0.1.0"
