@@ -13,7 +13,9 @@ One statement a line; ``#`` starts a comment::
     output h             # the output z_N (default: the last intermediate defined)
 
 This is the format `str(program)` prints (`lagrangian_ad._text`), so
-``parse(str(prog))`` gives the same program back.
+``parse(str(prog))`` gives the same program back — for programs whose names are ASCII
+identifiers other than the function names of `FUNCTIONS` and the constants ``E`` and
+``pi`` (the text format reserves those).
 
 The parser is our own: a tokenizer and a Pratt (precedence-climbing) expression parser
 that builds SymPy expressions from a whitelist — numbers, declared names, the constants
@@ -461,29 +463,9 @@ class _ExprParser:
         return sp.Integer(int(text.lstrip("0") or "0"))
 
     def indices(self) -> tuple[int, ...]:
-        """``[i]`` or ``[i, j]`` after a name: non-negative integer literals."""
-        self.advance()  # "["
-        out = []
-        while True:
-            tok = self.advance()
-            if tok.kind != "num" or not tok.text.isdigit():
-                raise self.error(
-                    f"an index must be a non-negative integer, found {_describe(tok)}",
-                    tok,
-                    "entries are written with integer numbers, e.g. W[0,2]",
-                )
-            if len(tok.text) > 9:
-                raise self.error(f"index {tok.text} is too large", tok)
-            out.append(int(tok.text))
-            sep = self.advance()
-            if sep.kind == "op" and sep.text == "]":
-                break
-            if not (sep.kind == "op" and sep.text == ","):
-                raise self.error(f"expected ',' or ']' in an index, found {_describe(sep)}", sep)
-        nxt = self.peek()
-        if nxt.kind == "op" and nxt.text == "[":
-            raise self.error("an entry has one pair of brackets", nxt, "write W[0,2], not W[0][2]")
-        return tuple(out)
+        """``[i]`` or ``[i, j]`` after a name."""
+        index, self.pos = _indices(self.tokens, self.pos, self.line, self.source)
+        return index
 
     def name(self, tok: _Token, indices: tuple[int, ...] | None, bracket: _Token | None):
         name = tok.text
@@ -732,6 +714,41 @@ def _statements(source: _Source) -> _Statements:
     return out
 
 
+def _indices(
+    tokens: list[_Token], pos: int, line: int, source: _Source
+) -> tuple[tuple[int, ...], int]:
+    """The index ``[i]`` or ``[i, j]`` at ``tokens[pos]`` (non-negative integer literals)
+    and the position after it."""
+    pos += 1  # "["
+    out = []
+    while True:
+        tok = tokens[pos]
+        if tok.kind != "num" or not tok.text.isdigit():
+            raise source.error(
+                f"an index must be a non-negative integer, found {_describe(tok)}",
+                line,
+                tok.column,
+                "entries are written with integer numbers, e.g. W[0,2]",
+            )
+        if len(tok.text) > 9:
+            raise source.error(f"index {tok.text} is too large", line, tok.column)
+        out.append(int(tok.text))
+        sep = tokens[pos + 1]
+        pos += 2
+        if sep.kind == "op" and sep.text == "]":
+            break
+        if not (sep.kind == "op" and sep.text == ","):
+            raise source.error(
+                f"expected ',' or ']' in an index, found {_describe(sep)}", line, sep.column
+            )
+    nxt = tokens[pos]
+    if nxt.kind == "op" and nxt.text == "[":
+        raise source.error(
+            "an entry has one pair of brackets", line, nxt.column, "write W[0,2], not W[0][2]"
+        )
+    return tuple(out), pos
+
+
 def _target(
     tokens: list[_Token], pos: int, line: int, source: _Source
 ) -> tuple[str, tuple[int, ...] | None, int]:
@@ -740,14 +757,8 @@ def _target(
     pos += 1
     if not (tokens[pos].kind == "op" and tokens[pos].text == "["):
         return name, None, pos
-    parser = _ExprParser(tokens, line, source, _no_names)
-    parser.pos = pos
-    index = parser.indices()
-    return name, index, parser.pos
-
-
-def _no_names(name: str, indices: Any, tok: _Token, bracket: Any) -> sp.Expr:
-    raise AssertionError("unreachable: indices() resolves no names")  # pragma: no cover
+    index, pos = _indices(tokens, pos, line, source)
+    return name, index, pos
 
 
 def _declarations(
@@ -1049,12 +1060,21 @@ def _build(source: _Source) -> Program:
                 var.column,
                 "define every entry of an array, each on its own line",
             )
-        if not any(have) and not in_equations.intersection(var.symbols):
+        absent = [str(s) for s in var.symbols if s not in in_equations]
+        if not any(have) and len(absent) == len(var.symbols):
             raise source.error(
                 f"{name!r} is declared but never defined and appears in no equation",
                 var.line,
                 var.column,
                 f"define it with a line `{name} = …`, or use it in an equation",
+            )
+        if not any(have) and absent:
+            raise source.error(
+                f"entries {', '.join(absent[:5])}{' …' if len(absent) > 5 else ''} of "
+                f"{name!r} are never defined and appear in no equation",
+                var.line,
+                var.column,
+                "an array of unknowns needs every entry in some equation",
             )
 
     # Define in the order of the first definition line of each variable.

@@ -353,6 +353,7 @@ def test_parse_accepts_bytes_and_load_reads_files(tmp_path):
         ("input x\nexp = x\n", 2, 1, "name of a function"),
         ("input x\nvar u\ny = x\n", 2, 5, "never defined"),
         ("input x\nvar v[2]\nv[0] = x\n", 2, 5, "v[1]"),
+        ("input x\nvar v[2]\nv[0]**3 = x\ny = v[0]\n", 2, 5, "entries v[1] of 'v'"),
         ("input x\nv[0] = x\n", 2, 1, "not declared as an array"),
         ("input x\nvar v[2]\nv = x\n", 3, 1, "array of shape [2]"),
         ("input x\ny = x\noutput x\n", 3, 8, "input"),
