@@ -245,7 +245,9 @@ exit status: 0 success; 2 usage error, unreadable file or parse error;
 def _parser() -> _ArgumentParser:
     debug = _ArgumentParser(add_help=False)
     debug.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS,
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
         help="show the Python traceback of an error",
     )
     parser = _ArgumentParser(
@@ -269,33 +271,45 @@ def _parser() -> _ArgumentParser:
     )
 
     p = sub.add_parser(
-        "solve", parents=[debug], help="solve a program file: value, gradient, multipliers",
+        "solve",
+        parents=[debug],
+        help="solve a program file: value, gradient, multipliers",
         description="Solve a program file (.lad) at the given inputs: the output, its "
         "gradient, the forward values and the multipliers lambda_i = d(output)/dz_i.",
         epilog="example: lagrangian-ad solve examples/blog.lad --at x=0.5 --json",
     )
     p.add_argument("file", metavar="FILE", help="the program file (.lad)")
     p.add_argument("--at", action="append", type=_at_value, metavar="NAME=VALUE", help=at_help)
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object with value, grad, values, multipliers")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object with value, grad, values, multipliers",
+    )
     p.set_defaults(func=_cmd_solve)
 
     p = sub.add_parser(
-        "grad", parents=[debug], help="decompose a flat expression into a program and solve it",
+        "grad",
+        parents=[debug],
+        help="decompose a flat expression into a program and solve it",
         description="Decompose a flat expression into one constraint per elementary "
         "operation\nand solve it. The inputs are the names of the expression.",
         epilog='example: lagrangian-ad grad "exp(x)*sin(x)" --at x=0.5\n'
         "(an expression that starts with '-' goes after --: grad -- \"-x**2\" --at x=1)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("expr", metavar="EXPR", help="the expression, e.g. \"exp(x)*sin(y)\"")
+    p.add_argument("expr", metavar="EXPR", help='the expression, e.g. "exp(x)*sin(y)"')
     p.add_argument("--at", action="append", type=_at_value, metavar="NAME=VALUE", help=at_help)
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object with value, grad, values, multipliers")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object with value, grad, values, multipliers",
+    )
     p.set_defaults(func=_cmd_grad)
 
     p = sub.add_parser(
-        "lagrangian", parents=[debug], help="print the Lagrangian and its stationarity conditions",
+        "lagrangian",
+        parents=[debug],
+        help="print the Lagrangian and its stationarity conditions",
         description="Print the Lagrangian L = z_N - sum_i lambda_i c_i of a program file and "
         "the conditions grad L = 0 (forward pass, adjoint pass, gradient).",
         epilog="example: lagrangian-ad lagrangian examples/blog.lad --latex",
@@ -305,7 +319,9 @@ def _parser() -> _ArgumentParser:
     p.set_defaults(func=_cmd_lagrangian)
 
     p = sub.add_parser(
-        "demo", parents=[debug], help="the blog's example end to end (the default)",
+        "demo",
+        parents=[debug],
+        help="the blog's example end to end (the default)",
         description="The blog's example f(x) = exp(exp(x) + exp(x)**2) + sin(exp(x) + "
         "exp(x)**2), solved and checked end to end.",
     )

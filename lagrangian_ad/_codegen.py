@@ -28,9 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.special
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
+from ._blocks import BlockSolver
 from ._forms import FormTable, float_text, form_key, instantiate
 from ._graph import Graph
 from ._program import ProgramIR
@@ -57,6 +59,12 @@ class _Printer(NumPyPrinter):
         # Inputs are always float arrays, so integer powers need no conversion.
         return self._hprint_Pow(expr, rational=rational, sqrt="numpy.sqrt")
 
+    def _print_erf(self, expr: sp.Expr) -> str:
+        return f"scipy.special.erf({self._print(expr.args[0])})"
+
+    def _print_erfc(self, expr: sp.Expr) -> str:
+        return f"scipy.special.erfc({self._print(expr.args[0])})"
+
     def _print_Heaviside(self, expr: sp.Expr) -> str:
         return f"numpy.heaviside({self._print(expr.args[0])}, 0.5)"
 
@@ -74,13 +82,18 @@ class _Printer(NumPyPrinter):
 class _Namer:
     """Unique, safe Python identifiers for symbols (``W[0,1]`` -> ``W_0_1``)."""
 
-    RESERVED = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"numpy", "functools"}
+    RESERVED = (
+        frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"numpy", "functools", "scipy"}
+    )
 
     def __init__(self) -> None:
         self.taken: set[str] = set(self.RESERVED)
 
     def fresh(self, hint: str) -> str:
-        base = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in hint).strip("_")
+        # ASCII only: Python folds other identifiers (NFKC), so ｘ and x would be one name.
+        base = "".join(
+            ch if ch.isascii() and (ch.isalnum() or ch == "_") else "_" for ch in hint
+        ).strip("_")
         if not base or not base.isidentifier():
             base = "v_" + base
         name = base
@@ -100,75 +113,274 @@ class Generated:
     adjoint: Callable[..., tuple[list, list]]
     forward_source: str
     adjoint_source: str
+    blocks_source: str
+    kkt_source: str
+    kkt: Callable[..., tuple]
+    block_solvers: tuple[BlockSolver, ...]
     n_forms: int
 
 
-def generate(ir: ProgramIR, graph: Graph) -> Generated:
-    """Source and functions of the forward and adjoint passes (acyclic blocks)."""
-    namer = _Namer()
-    names = [namer.fresh(s.name) for s in graph.symbols]
-    n_in = graph.n_inputs
-    table = FormTable(_Printer)
-    forms, consts = [], []
-    for c, parents in zip(ir.constraints, graph.parents, strict=True):
-        parent_symbols = tuple(graph.symbols[p] for p in parents)
-        key, floats = form_key(c.expr, {s: k for k, s in enumerate(parent_symbols)})
-        forms.append(table.get(key, c.expr, parent_symbols, floats, c.target, c.label))
-        consts.append({f"c{k}": float_text(f) for k, f in enumerate(floats)})
+class _Emitter:
+    """Writes the code of one program: names, forms, and the scatter of λ·∂r/∂z."""
 
-    def slots(i: int) -> dict[str, str]:
-        """Placeholder -> name for constraint i."""
-        out = {f"p{k}": names[p] for k, p in enumerate(graph.parents[i])}
-        out.update(consts[i], t=names[n_in + i], l=lam[n_in + i], **temps)
+    def __init__(self, ir: ProgramIR, graph: Graph):
+        self.ir, self.graph = ir, graph
+        self.namer = _Namer()
+        self.names = [self.namer.fresh(s.name) for s in graph.symbols]
+        self.n_in = graph.n_inputs
+        table = FormTable(_Printer)
+        self.forms, self.consts = [], []
+        for c, parents in zip(ir.constraints, graph.parents, strict=True):
+            parent_symbols = tuple(graph.symbols[p] for p in parents)
+            key, floats = form_key(c.expr, {s: k for k, s in enumerate(parent_symbols)})
+            key = ("z = " if c.target is not None else "0 = ") + key  # «t» only if explicit
+            self.forms.append(table.get(key, c.expr, parent_symbols, floats, c.target, c.label))
+            self.consts.append({f"c{k}": float_text(f) for k, f in enumerate(floats)})
+        self.n_forms = len(table)
+        most = max((max(len(f.temps), len(f.jac_temps)) for f in self.forms), default=0)
+        self.temps = {f"tmp{k}": self.namer.fresh(f"t{k}") for k in range(most)}
+        # λ of every constraint; the accumulator of ∂L/∂v for every variable. For the
+        # constraint of an explicit block both are one name: λ_i = [i = N] + Σ … .
+        self.lam: dict[int, str] = {}
+        self.acc: dict[int, str] = {
+            k: self.namer.fresh("grad_" + self.names[k]) for k in range(self.n_in)
+        }
+        for b in graph.blocks:
+            for e in b.constraints:
+                t = graph.targets[e]
+                if b.explicit:
+                    self.acc[t] = self.lam[e] = self.namer.fresh("lam_" + self.names[t])
+                else:
+                    self.lam[e] = self.namer.fresh("lam_" + ir.constraints[e].label)
+            if not b.explicit:
+                for v in b.unknowns:
+                    self.acc[v] = self.namer.fresh("g_" + self.names[v])
+
+    def slots(self, e: int, lam: str | None = None) -> dict[str, str]:
+        """Placeholder -> code for constraint e."""
+        out = {f"p{k}": self.names[p] for k, p in enumerate(self.graph.parents[e])}
+        t = self.graph.targets[e]
+        out.update(self.consts[e], l=lam or self.lam[e], **self.temps)
+        if t is not None:
+            out["t"] = self.names[t]
         return out
 
-    order = [b.constraints[0] for b in graph.blocks]  # acyclic: singleton blocks
-    lam = {n_in + i: namer.fresh("lam_" + names[n_in + i]) for i in range(len(order))}
-    lam.update({k: namer.fresh("grad_" + names[k]) for k in range(n_in)})
-    most_temps = max((len(f.temps) for f in forms), default=0)
-    temps = {f"tmp{k}": namer.fresh(f"t{k}") for k in range(most_temps)}
+    def forward_text(self, e: int) -> str:
+        return instantiate(self.forms[e].forward, self.slots(e))
 
-    # Forward: one line per constraint, in topological order.
-    fwd = [f"def forward({', '.join(names[:n_in])}):"]
-    fwd += [f"    {names[n_in + i]} = {instantiate(forms[i].forward, slots(i))}" for i in order]
+    def residual_text(self, e: int) -> str:
+        t = self.graph.targets[e]
+        f = self.forward_text(e)
+        return f if t is None else f"{self.names[t]} - ({f})"
+
+    def scatter(
+        self,
+        e: int,
+        acc: dict[int, str],
+        assigned: set[int],
+        skip=frozenset(),
+        lam: str | None = None,
+        target: bool = False,
+    ) -> list[str]:
+        """Lines adding −λ_e ∂r_e/∂v to ``acc[v]`` for the variables v of r_e not in skip.
+
+        For an explicit constraint that is +λ ∂f/∂p for a parent p (and −λ for its
+        target, when ``target``); for an implicit one, −λ ∂c/∂p.
+        """
+        form, sl = self.forms[e], self.slots(e, lam)
+        sign = "+" if self.graph.targets[e] is not None else "-"
+        lines = [f"    {instantiate(t, sl)}" for t in form.temps]
+        for (k, _), term in zip(form.partials, form.terms, strict=True):
+            p = self.graph.parents[e][k]
+            if p not in skip:
+                lines.append(_accumulate(acc[p], sign, instantiate(term, sl), p in assigned))
+                assigned.add(p)
+        t = self.graph.targets[e]
+        if target and t is not None and t not in skip:
+            lines.append(_accumulate(acc[t], "-", sl["l"], t in assigned))
+            assigned.add(t)
+        return lines
+
+
+def _accumulate(name: str, sign: str, code: str, exists: bool) -> str:
+    if exists:
+        return f"    {name} = {name} {sign} {code}"
+    return f"    {name} = {code}" if sign == "+" else f"    {name} = -({code})"
+
+
+def generate(ir: ProgramIR, graph: Graph) -> Generated:
+    """Source and functions of the forward pass, the adjoint pass and the cyclic blocks."""
+    em = _Emitter(ir, graph)
+    names, n_in = em.names, em.n_in
+
+    # Forward: explicit blocks one line each, cyclic blocks one call each.
+    fwd = [f"def forward(_ctx, {', '.join(names[:n_in])}):"]
+    block_src, solvers = [], []
+    cyclic_index = {b: k for k, b in enumerate(graph.cyclic_blocks)}
+    for b in graph.blocks:
+        if b.explicit:
+            (e,) = b.constraints
+            fwd.append(f"    {names[graph.targets[e]]} = {em.forward_text(e)}")
+            continue
+        k = cyclic_index[b]
+        ext = sorted({v for e in b.constraints for v in graph.reads(e)} - set(b.unknowns))
+        src, rows, cols, has_map = _block_source(em, b, k, ext)
+        block_src.append(src)
+        unknown_names = tuple(graph.symbols[v].name for v in b.unknowns)
+        solvers.append((k, unknown_names, b.unknowns, rows, cols, has_map))
+        fwd.append(f"    _Z = _blocks[{k}].solve(_ctx, ({''.join(names[v] + ', ' for v in ext)}))")
+        fwd += [f"    {names[v]} = _Z[..., {j}]" for j, v in enumerate(b.unknowns)]
     fwd.append(f"    return [{', '.join(names[n_in:])}]")
     forward_source = "\n".join(fwd) + "\n"
 
-    # Adjoint: constraints in reverse, each scattering λ_i ∂f_i/∂z_j to its parents.
-    out_index = n_in + graph.symbols[n_in:].index(ir.output)
-    adj = [f"def adjoint({', '.join(names)}):", f"    {lam[out_index]} = 1.0"]
-    assigned = {out_index}
-    for i in reversed(order):
-        form = forms[i]
-        if i not in graph.needed or not form.partials:
+    # Adjoint: blocks in reverse, each scattering λ_e ∂r_e/∂z to the variables it reads.
+    adj = [f"def adjoint(_ctx, {', '.join(names)}):", f"    {em.acc[graph.output]} = 1.0"]
+    assigned = {graph.output}
+    for b in reversed(graph.blocks):
+        if not graph.needed.intersection(b.constraints):
             continue
-        sl = slots(i)
-        adj.append(f"    # {names[n_in + i]} = {instantiate(form.forward, sl)}")
-        adj += [f"    {instantiate(t, sl)}" for t in form.temps]
-        for (k, _), term in zip(form.partials, form.terms, strict=True):
-            p = graph.parents[i][k]
-            code = instantiate(term, sl)
-            adj.append(
-                f"    {lam[p]} = {lam[p]} + {code}" if p in assigned else f"    {lam[p]} = {code}"
-            )
-            assigned.add(p)
-    lam_out = [lam[n_in + i] if n_in + i in assigned else "0.0" for i in range(len(order))]
-    grad_out = [lam[k] if k in assigned else "0.0" for k in range(n_in)]
+        if b.explicit:
+            (e,) = b.constraints
+            if graph.targets[e] not in assigned or not em.forms[e].partials:
+                continue
+            adj.append(f"    # {names[graph.targets[e]]} = {em.forward_text(e)}")
+            adj += em.scatter(e, em.acc, assigned)
+            continue
+        k = cyclic_index[b]
+        seeds = [em.acc[v] if v in assigned else "0.0" for v in b.unknowns]
+        adj.append(f"    # block {k}: {', '.join(names[v] for v in b.unknowns)}")
+        adj.append(f"    _L = _blocks[{k}].adjoint(_ctx, ({''.join(s + ', ' for s in seeds)}))")
+        adj += [f"    {em.lam[e]} = _L[..., {j}]" for j, e in enumerate(b.constraints)]
+        for e in b.constraints:
+            adj += em.scatter(e, em.acc, assigned, skip=frozenset(b.unknowns), target=True)
+    lam_out = [
+        em.lam[e] if _lam_known(graph, em, e, assigned) else "0.0"
+        for e in range(len(ir.constraints))
+    ]
+    grad_out = [em.acc[k] if k in assigned else "0.0" for k in range(n_in)]
     adj.append(f"    return [{', '.join(lam_out)}], [{', '.join(grad_out)}]")
     adjoint_source = "\n".join(adj) + "\n"
 
-    forward = _exec(forward_source, "forward")
-    adjoint = _exec(adjoint_source, "adjoint")
-    return Generated(forward, adjoint, forward_source, adjoint_source, len(table))
+    kkt_source = _kkt_source(em)
+    blocks_source = "\n".join(block_src)
+    namespace = _exec(
+        forward_source + "\n" + adjoint_source + "\n" + blocks_source + "\n" + kkt_source, "program"
+    )
+    block_solvers = tuple(
+        BlockSolver(
+            k,
+            unknown_names,
+            variables,
+            namespace[f"block{k}_residual"],
+            namespace[f"block{k}_jacobian"],
+            namespace[f"block{k}_map"] if has_map else None,
+            rows,
+            cols,
+        )
+        for k, unknown_names, variables, rows, cols, has_map in solvers
+    )
+    namespace["_blocks"] = block_solvers
+    return Generated(
+        forward=namespace["forward"],
+        adjoint=namespace["adjoint"],
+        forward_source=forward_source,
+        adjoint_source=adjoint_source,
+        blocks_source=blocks_source,
+        kkt_source=kkt_source,
+        kkt=namespace["kkt"],
+        block_solvers=block_solvers,
+        n_forms=em.n_forms,
+    )
+
+
+def _lam_known(graph: Graph, em: _Emitter, e: int, assigned: set[int]) -> bool:
+    """Whether λ_e was computed by the adjoint (otherwise it is zero)."""
+    t = graph.targets[e]
+    if t is not None and em.lam[e] == em.acc.get(t):  # explicit block: λ_e accumulates
+        return t in assigned
+    return e in graph.needed  # a cyclic block: all its constraints are needed, or none
+
+
+def _block_source(em: _Emitter, b, k: int, ext: list[int]):
+    """Residual, Jacobian (nonzero entries) and fixed-point map of cyclic block k."""
+    names, graph = em.names, em.graph
+    col = {v: j for j, v in enumerate(b.unknowns)}
+    head = [f"    {names[v]} = _X[{i}]" for i, v in enumerate(ext)]
+    head += [f"    {names[v]} = _Z[..., {j}]" for j, v in enumerate(b.unknowns)]
+
+    res = [f"def block{k}_residual(_R, _Z, _X):", *head]
+    res += [f"    _R[..., {r}] = {em.residual_text(e)}" for r, e in enumerate(b.constraints)]
+
+    jac = [f"def block{k}_jacobian(_D, _Z, _X):", *head]
+    rows, cols = [], []
+    for r, e in enumerate(b.constraints):
+        form, sl = em.forms[e], em.slots(e)
+        explicit = graph.targets[e] is not None
+        # ∂r/∂z for the unknowns of the block: δ(z = target) − ∂f/∂z, or ∂c/∂z.
+        entries: dict[int, str] = {}
+        t = graph.targets[e]
+        if explicit and t in col:
+            entries[col[t]] = "1"
+        for (kk, _), text in zip(form.partials, form.jac, strict=True):
+            p = graph.parents[e][kk]
+            if p in col:
+                code = f"({instantiate(text, sl)})"
+                old = entries.get(col[p])
+                if not explicit:
+                    entries[col[p]] = code
+                else:
+                    entries[col[p]] = f"{old} - {code}" if old else f"-{code}"
+        if entries:
+            jac += [f"    {instantiate(t_, sl)}" for t_ in form.jac_temps]
+        for c, code in entries.items():
+            jac.append(f"    _D[..., {len(rows)}] = {code}")
+            rows.append(r)
+            cols.append(c)
+
+    src = res + jac
+    has_map = all(graph.targets[e] == graph.match[e] for e in b.constraints)
+    if has_map:
+        src += [f"def block{k}_map(_F, _Z, _X):", *head]
+        src += [f"    _F[..., {r}] = {em.forward_text(e)}" for r, e in enumerate(b.constraints)]
+    return (
+        "\n".join(src) + "\n",
+        np.array(rows, dtype=np.intp),
+        np.array(cols, dtype=np.intp),
+        has_map,
+    )
+
+
+def _kkt_source(em: _Emitter) -> str:
+    """max |∂L/∂λ| (every residual) and max |∂L/∂z| (every unknown), recomputed."""
+    graph, names, n_in = em.graph, em.names, em.n_in
+    lam = [
+        em.namer.fresh("mu_" + em.ir.constraints[e].label) for e in range(len(em.ir.constraints))
+    ]
+    lines = [f"def kkt({', '.join(names)}, {', '.join(lam)}):", "    _r = 0.0"]
+    lines += [
+        f"    _r = numpy.maximum(_r, numpy.abs({em.residual_text(e)}))"
+        for e in range(len(em.ir.constraints))
+    ]
+    acc = {v: em.namer.fresh("s_" + names[v]) for v in range(n_in, len(names))}
+    acc.update({v: "_unused" for v in range(n_in)})
+    assigned = {graph.output}
+    lines.append(f"    {acc[graph.output]} = 1.0")
+    inputs = frozenset(range(n_in))
+    for e in range(len(em.ir.constraints)):
+        lines += em.scatter(e, acc, assigned, skip=inputs, lam=lam[e], target=True)
+    lines.append("    _s = 0.0")
+    lines += [f"    _s = numpy.maximum(_s, numpy.abs({acc[v]}))" for v in sorted(assigned)]
+    lines.append("    return _r, _s")
+    return "\n".join(lines) + "\n"
 
 
 _counter = itertools.count()
 
 
-def _exec(source: str, name: str) -> Callable:
+def _exec(source: str, name: str) -> dict:
     """Compile our generated source (never user text); register it for tracebacks."""
     filename = f"<lagrangian_ad {name} {next(_counter)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace: dict = {"numpy": np, "functools": functools}
+    namespace: dict = {"numpy": np, "functools": functools, "scipy": scipy}
     exec(compile(source, filename, "exec"), namespace)
-    return namespace[name]
+    return namespace

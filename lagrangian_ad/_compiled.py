@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
+from ._blocks import BlockReport, SolveOptions
 from ._codegen import generate
 from ._errors import ProgramError
 from ._graph import analyse
-from ._program import ProgramIR, Variable
+from ._program import ProgramIR
 
 __all__ = ["CompiledProgram", "Solution"]
 
@@ -40,20 +41,41 @@ class Solution:
     values : dict
         The forward value of every variable, inputs included (batch shape + own shape).
     multipliers : dict
-        λ_i for each intermediate (batch shape + own shape); the output's is 1.
+        λ for each intermediate defined by an explicit constraint (batch shape + own
+        shape; the output's is 1) and for each implicit equation, by its name.
+    blocks : tuple of BlockReport
+        For each cyclic block: its variables, Newton (or fixed-point) iterations, final
+        max residual and condition estimate of I − J (worst sample).
+    kkt : dict
+        The certificate of stationarity, recomputed from the conditions:
+        ``max_dL_dlambda`` = max |∂L/∂λ| (every residual) and ``max_dL_dz`` = max |∂L/∂z|.
     """
 
     value: Array
     grad: dict[str, Array]
     values: dict[str, Array]
     multipliers: dict[str, Array] = field(repr=False)
+    blocks: tuple[BlockReport, ...] = field(default=(), repr=False)
+    kkt: dict[str, float] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         return (
             f"Solution(value={self.value!r}, grad={self.grad!r}, "
             f"values=<{len(self.values)} variables>, "
-            f"multipliers=<{len(self.multipliers)} intermediates>)"
+            f"multipliers=<{len(self.multipliers)} constraints>, "
+            f"blocks=<{len(self.blocks)} cyclic>)"
         )
+
+
+class _Context:
+    """Per-call state of the generated code: options, and each block's factorization."""
+
+    __slots__ = ("batches", "blocks", "options")
+
+    def __init__(self, options: SolveOptions):
+        self.options = options
+        self.blocks: dict[int, tuple] = {}
+        self.batches: dict[int, tuple[int, ...]] = {}
 
 
 class CompiledProgram:
@@ -61,21 +83,37 @@ class CompiledProgram:
 
     The partials are derived with SymPy and printed to NumPy code at construction; no
     call after that touches SymPy. ``print(fn.source)`` shows the generated code.
+
+    Solving options (keywords of `solve`, `value` and `value_and_grad`), used by cyclic
+    blocks only: ``init`` (dict name -> starting value, default zeros), ``method``
+    (``"newton"`` or ``"fixed-point"``), ``tol`` (default 1e-12, relative to
+    max(1, |z|)) and ``maxiter`` (default 100).
     """
 
     def __init__(self, ir: ProgramIR):
         self.ir = ir
         self.graph = analyse(ir)
-        cyclic = self.graph.cyclic_blocks
-        if cyclic:
-            names = ", ".join(ir.constraints[i].label for i in cyclic[0].constraints)
-            raise ProgramError(
-                f"the program is cyclic: {names} depend on themselves; "
-                "cyclic programs are not supported yet"
-            )
         self._code = generate(ir, self.graph)
         self._inputs = {v.name: v for v in ir.inputs}
-        self._output_index = [c.target for c in ir.constraints].index(ir.output)
+        n_in = self.graph.n_inputs
+        position = {s: k - n_in for k, s in enumerate(self.graph.symbols)}
+        self._positions = {v.name: [position[s] for s in v.symbols] for v in ir.intermediates}
+        self._output_index = position[ir.output]
+        by_target = {c.target: e for e, c in enumerate(ir.constraints)}
+        self._lam_positions = {
+            v.name: [by_target[s] for s in v.symbols]
+            for v in ir.intermediates
+            if v.symbols[0] in by_target
+        }
+        self._lam_positions.update(
+            {c.label: [e] for e, c in enumerate(ir.constraints) if c.target is None}
+        )
+        in_cycles = {v for b in self.graph.cyclic_blocks for v in b.unknowns}
+        self._cyclic_vars = {
+            v.name: [position[s] + n_in for s in v.symbols]
+            for v in ir.intermediates
+            if position[v.symbols[0]] + n_in in in_cycles
+        }
 
     # ----------------------------------------------------------------- inspection
 
@@ -91,46 +129,96 @@ class CompiledProgram:
 
     @property
     def source(self) -> str:
-        return self.forward_source + "\n" + self.adjoint_source
+        """All generated source: forward, adjoint, cyclic blocks."""
+        parts = [self.forward_source, self.adjoint_source, self._code.blocks_source]
+        return "\n".join(p for p in parts if p)
 
     def __repr__(self) -> str:
+        n_c = len(self.ir.constraints)
         return (
-            f"<CompiledProgram: {len(self.graph.symbols) - self.graph.n_inputs} constraints, "
-            f"{self.graph.n_inputs} scalar inputs>"
+            f"<CompiledProgram: {n_c} constraints ({self._code.n_forms} forms), "
+            f"{self.graph.n_inputs} scalar inputs, {len(self.graph.cyclic_blocks)} cyclic blocks>"
         )
 
     # ----------------------------------------------------------------- solving
 
-    def value(self, inputs: Mapping[Any, Any]) -> Array:
+    def value(self, inputs: Mapping[Any, Any], **options: Any) -> Array:
         """The output z_N only (forward pass)."""
         entries, _, _, batch = self._prepare(inputs)
-        z = self._code.forward(*entries)
+        z = self._code.forward(self._context(options, batch), *entries)
         return _shaped(z[self._output_index], batch)
 
-    def value_and_grad(self, inputs: Mapping[Any, Any]) -> tuple[Array, dict[str, Array]]:
+    def value_and_grad(
+        self, inputs: Mapping[Any, Any], **options: Any
+    ) -> tuple[Array, dict[str, Array]]:
         """The output and ∂(Σ z_N)/∂x for every input."""
         entries, arrays, leads, batch = self._prepare(inputs)
-        z = self._code.forward(*entries)
-        _, g = self._code.adjoint(*entries, *z)
+        ctx = self._context(options, batch)
+        z = self._code.forward(ctx, *entries)
+        _, g = self._code.adjoint(ctx, *entries, *z)
         return _shaped(z[self._output_index], batch), self._grads(g, arrays, leads, batch)
 
-    def solve(self, inputs: Mapping[Any, Any]) -> Solution:
+    def solve(self, inputs: Mapping[Any, Any], **options: Any) -> Solution:
         """Forward values, multipliers and gradient: the full stationary point."""
         entries, arrays, leads, batch = self._prepare(inputs)
-        z = self._code.forward(*entries)
-        lam, g = self._code.adjoint(*entries, *z)
+        ctx = self._context(options, batch)
+        z = self._code.forward(ctx, *entries)
+        lam, g = self._code.adjoint(ctx, *entries, *z)
         values: dict[str, Array] = {name: _user_array(a) for name, a in arrays.items()}
-        multipliers: dict[str, Array] = {}
-        pos = 0
         for var in self.ir.intermediates:
-            values[var.name] = _assemble(z[pos : pos + var.size], var, batch)
-            multipliers[var.name] = _assemble(lam[pos : pos + var.size], var, batch)
-            pos += var.size
+            values[var.name] = _assemble(
+                [z[k] for k in self._positions[var.name]], var.shape, batch
+            )
+        multipliers = {
+            name: _assemble([lam[e] for e in pos], self._multiplier_shape(name), batch)
+            for name, pos in self._lam_positions.items()
+        }
+        max_r, max_s = self._code.kkt(*entries, *z, *lam)
         return Solution(
             value=_shaped(z[self._output_index], batch),
             grad=self._grads(g, arrays, leads, batch),
             values=values,
             multipliers=multipliers,
+            blocks=tuple(ctx.blocks[k][1] for k in sorted(ctx.blocks)),
+            kkt={"max_dL_dlambda": float(np.max(max_r)), "max_dL_dz": float(np.max(max_s))},
+        )
+
+    def _multiplier_shape(self, name: str) -> tuple[int, ...]:
+        var = next((v for v in self.ir.intermediates if v.name == name), None)
+        return () if var is None else var.shape
+
+    def _context(self, options: dict[str, Any], batch: tuple[int, ...]) -> _Context:
+        unknown = set(options) - {"init", "method", "tol", "maxiter"}
+        if unknown:
+            raise ProgramError(
+                f"unknown solve option {', '.join(sorted(unknown))}; "
+                "the options are init, method, tol, maxiter"
+            )
+        method = options.get("method", "newton")
+        if method not in ("newton", "fixed-point"):
+            raise ProgramError(f"unknown method {method!r}: use 'newton' or 'fixed-point'")
+        init: dict[int, Any] = {}
+        for key, val in (options.get("init") or {}).items():
+            name = key if isinstance(key, str) else getattr(key, "name", str(key))
+            if name not in self._cyclic_vars:
+                raise ProgramError(
+                    f"init: {name!r} is not a variable of a cyclic block or implicit equation "
+                    f"(those are: {', '.join(self._cyclic_vars) or 'none'})"
+                )
+            var = next(v for v in self.ir.intermediates if v.name == name)
+            arr = _as_float_array(val, f"init {name}")
+            if var.shape and arr.shape[arr.ndim - len(var.shape) :] != var.shape:
+                raise ProgramError(f"init {name!r}: expected trailing shape {var.shape}")
+            flat = arr.reshape((*arr.shape[: arr.ndim - len(var.shape)], var.size))
+            for k, index in enumerate(self._cyclic_vars[name]):
+                init[index] = flat[..., k]
+        return _Context(
+            SolveOptions(
+                method=method,
+                tol=float(options.get("tol", 1e-12)),
+                maxiter=int(options.get("maxiter", 100)),
+                init=init,
+            )
         )
 
     # ----------------------------------------------------------------- inputs
@@ -246,11 +334,11 @@ def _shaped(v: Any, batch: tuple[int, ...]) -> Array:
     return v if v.shape == batch else np.broadcast_to(v, batch).copy()
 
 
-def _assemble(parts: list, var: Variable, batch: tuple[int, ...]) -> Array:
-    if var.shape == ():
+def _assemble(parts: list, shape: tuple[int, ...], batch: tuple[int, ...]) -> Array:
+    if shape == ():
         return _shaped(parts[0], batch)
     stacked = np.stack([np.broadcast_to(p, batch) for p in parts], axis=-1)
-    return stacked.reshape(batch + var.shape)
+    return stacked.reshape(batch + shape)
 
 
 def _user_array(a: Any) -> Array:

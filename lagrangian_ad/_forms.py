@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.core.function import ArgumentIndexError
 from sympy.printing.numpy import NumPyPrinter
 
 from ._errors import ProgramError
@@ -71,6 +72,8 @@ class Form:
         Code of the common subexpressions ``«tmpK» = …`` of the terms λ·∂f/∂p.
     terms : tuple of str
         Code of λ·∂f/∂p for each nonzero partial, in the order of ``partials``.
+    jac_temps, jac : tuple of str
+        The same for the partials ∂f/∂p alone (Jacobian entries of cyclic blocks).
     """
 
     expr: sp.Expr
@@ -78,6 +81,8 @@ class Form:
     forward: str
     temps: tuple[str, ...]
     terms: tuple[str, ...]
+    jac_temps: tuple[str, ...]
+    jac: tuple[str, ...]
 
 
 class FormTable:
@@ -121,27 +126,38 @@ class FormTable:
         printer = self._printer_factory({s: s.name for s in (*p, *c, t, lam)})
 
         partials = []
+        diff = _SparseDiff(template)
         for k, pk in enumerate(p):
-            d = _differentiate(template, pk, label, parents[k])
+            d = _differentiate(diff, pk, label, parents[k])
             if d != 0:
                 if target is not None and not template.is_Atom:
                     d = d.xreplace({template: t})
                 partials.append((k, d))
-        terms = [lam * d for _, d in partials]
-        temps: list[str] = []
-        if len(terms) > 1:
-            names = (sp.Symbol(f"«tmp{k}»") for k in range(1 << 30))
-            replacements, terms = sp.cse(terms, symbols=names, order="none")
-            for sym, e in replacements:
-                printer._names[sym] = sym.name
-                temps.append(f"{sym.name} = {_print(printer, e, label)}")
+        temps, terms = _print_shared([lam * d for _, d in partials], printer, label)
+        jac_temps, jac = _print_shared([d for _, d in partials], printer, label)
         return Form(
             expr=template,
             partials=tuple(partials),
             forward=_print(printer, template, label),
-            temps=tuple(temps),
-            terms=tuple(_print(printer, e, label) for e in terms),
+            temps=temps,
+            terms=terms,
+            jac_temps=jac_temps,
+            jac=jac,
         )
+
+
+def _print_shared(
+    exprs: list[sp.Expr], printer: NumPyPrinter, label: str
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Code of ``exprs`` after common subexpression elimination: (temporaries, results)."""
+    temps: list[str] = []
+    if len(exprs) > 1:
+        names = (sp.Symbol(f"«tmp{k}»") for k in range(1 << 30))
+        replacements, exprs = sp.cse(exprs, symbols=names, order="none")
+        for sym, e in replacements:
+            printer._names[sym] = sym.name
+            temps.append(f"{sym.name} = {_print(printer, e, label)}")
+    return tuple(temps), tuple(_print(printer, e, label) for e in exprs)
 
 
 def float_text(value: sp.Float) -> str:
@@ -157,8 +173,85 @@ def instantiate(text: str, names: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: names[m.group(1)], text)
 
 
-def _differentiate(expr: sp.Expr, wrt: sp.Symbol, label: str, shown: sp.Symbol) -> sp.Expr:
-    d = sp.diff(expr, wrt)
+class _SparseDiff:
+    """∂f/∂p for one template f and many placeholders p, skipping what does not hold p.
+
+    SymPy's ``diff`` visits every argument of a sum for every variable, which is
+    quadratic for the wide sums of dense layers (Σ_j W_ij h_j). This chain rule visits
+    only the subexpressions that contain p: for each Add node it indexes its arguments by
+    the placeholders they hold. Nodes it has no rule for go to SymPy's ``diff``.
+    """
+
+    def __init__(self, expr: sp.Expr):
+        self.expr = expr
+        self._holds: dict[sp.Basic, frozenset] = {}
+        self._add_index: dict[sp.Basic, dict[sp.Symbol, list[sp.Basic]]] = {}
+
+    def holds(self, node: sp.Basic) -> frozenset:
+        """The symbols in ``node`` (memoized over the shared DAG, iteratively)."""
+        if node in self._holds:
+            return self._holds[node]
+        stack = [(node, False)]
+        while stack:
+            n, ready = stack.pop()
+            if n in self._holds:
+                continue
+            if n.is_Symbol:
+                self._holds[n] = frozenset((n,))
+            elif not n.args:
+                self._holds[n] = frozenset()
+            elif ready:
+                self._holds[n] = frozenset().union(*(self._holds[a] for a in n.args))
+            else:
+                stack.append((n, True))
+                stack.extend((a, False) for a in n.args if a not in self._holds)
+        return self._holds[node]
+
+    def __call__(self, p: sp.Symbol) -> sp.Expr:
+        return self._d(self.expr, p)
+
+    def _d(self, node: sp.Expr, p: sp.Symbol) -> sp.Expr:
+        if p not in self.holds(node):
+            return sp.S.Zero
+        if node == p:
+            return sp.S.One
+        if node.is_Add:
+            index = self._add_index.get(node)
+            if index is None:
+                index = self._add_index[node] = {}
+                for a in node.args:
+                    for s in self.holds(a):
+                        index.setdefault(s, []).append(a)
+            return sp.Add(*[self._d(a, p) for a in index[p]])
+        if node.is_Mul:
+            args = node.args
+            return sp.Add(
+                *[
+                    sp.Mul(*args[:k], *args[k + 1 :]) * self._d(a, p)
+                    for k, a in enumerate(args)
+                    if p in self.holds(a)
+                ]
+            )
+        if node.is_Pow and p not in self.holds(node.exp):
+            base, exp = node.args
+            return exp * base ** (exp - 1) * self._d(base, p)
+        if isinstance(node, sp.Function) and all(isinstance(a, sp.Expr) for a in node.args):
+            terms = []
+            for k, a in enumerate(node.args):
+                if p in self.holds(a):
+                    try:
+                        outer = node.fdiff(k + 1)
+                    except (ArgumentIndexError, NotImplementedError):
+                        return sp.diff(node, p)
+                    if outer.has(sp.Derivative, sp.Subs):  # no rule of its own (sign, …)
+                        return sp.diff(node, p)
+                    terms.append(outer * self._d(a, p))
+            return sp.Add(*terms)
+        return sp.diff(node, p)
+
+
+def _differentiate(diff: _SparseDiff, wrt: sp.Symbol, label: str, shown: sp.Symbol) -> sp.Expr:
+    d = diff(wrt)
     # The derivative of sign, Heaviside, … is zero almost everywhere, as in every
     # autodiff library; SymPy writes it with DiracDelta, which has no numeric value.
     if d.has(sp.DiracDelta):

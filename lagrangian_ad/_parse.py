@@ -299,9 +299,7 @@ def _tokenize(text: str, line: int, source: _Source) -> list[_Token]:
                     "names are ASCII letters, digits and _, starting with a letter or _",
                 )
             else:
-                raise source.error(
-                    f"unexpected character {ch!r}", line, i + 1, _OP_HINTS.get(ch)
-                )
+                raise source.error(f"unexpected character {ch!r}", line, i + 1, _OP_HINTS.get(ch))
     tokens.append(_Token("end", "", n + 1))
     return tokens
 
@@ -450,14 +448,14 @@ class _ExprParser:
             value = float(text)
             if not math.isfinite(value) or (value != 0 and abs(value) < 1e-308):
                 raise self.error(
-                    f"the number {text} is out of the range of float64", tok,
+                    f"the number {text} is out of the range of float64",
+                    tok,
                     "numbers must lie between about 1e-308 and 1e308",
                 )
             return sp.Float(value)
         if len(text.lstrip("0")) > MAX_NUMBER_DIGITS - 1:
             raise self.error(
-                f"the integer {text[:20]}… has {len(text)} digits; at most "
-                f"{MAX_NUMBER_DIGITS - 1}",
+                f"the integer {text[:20]}… has {len(text)} digits; at most {MAX_NUMBER_DIGITS - 1}",
                 tok,
             )
         return sp.Integer(int(text.lstrip("0") or "0"))
@@ -470,9 +468,7 @@ class _ExprParser:
     def name(self, tok: _Token, indices: tuple[int, ...] | None, bracket: _Token | None):
         name = tok.text
         if name in FUNCTIONS:
-            raise self.error(
-                f"{name!r} is a function; call it with arguments, e.g. {name}(x)", tok
-            )
+            raise self.error(f"{name!r} is a function; call it with arguments, e.g. {name}(x)", tok)
         if name in CONSTANTS:
             if indices is not None:
                 raise self.error(f"the constant {name!r} cannot be indexed", bracket or tok)
@@ -560,8 +556,7 @@ class _ExprParser:
     def number_checked(self, value: sp.Expr, tok: _Token) -> sp.Expr:
         if value.is_Number and _log10_size(value) > MAX_NUMBER_DIGITS:
             raise self.error(
-                "a number is out of the range of float64 "
-                f"(about 10**{_rough(_log10_size(value))})",
+                f"a number is out of the range of float64 (about 10**{_rough(_log10_size(value))})",
                 tok,
             )
         return value
@@ -624,10 +619,7 @@ def _describe(tok: _Token) -> str:
 def _name_hint(name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=3)
     maybe = f"did you mean {', '.join(close)}? " if close else ""
-    return (
-        f"{maybe}names come from `input {name}`, `var {name}` or a definition line "
-        f"`{name} = …`"
-    )
+    return f"{maybe}names come from `input {name}`, `var {name}` or a definition line `{name} = …`"
 
 
 # --------------------------------------------------------------------------- statements
@@ -701,13 +693,20 @@ def _statements(source: _Source) -> _Statements:
             else:
                 out.declarations.extend(_declarations(tokens, first.text, number, source))
             continue
-        if first.kind == "name" and first.text in _STATEMENT_WORDS and not any(
-            t.text == "=" for t in tokens
+        if (
+            first.kind == "name"
+            and first.text in _STATEMENT_WORDS
+            and not any(t.text == "=" for t in tokens)
         ):
-            what = "an input" if first.text == "input" else (
-                "a variable" if first.text == "var" else "the output")
+            what = (
+                "an input"
+                if first.text == "input"
+                else ("a variable" if first.text == "var" else "the output")
+            )
             raise source.error(
-                f"expected a name after {first.text!r}", number, second.column,
+                f"expected a name after {first.text!r}",
+                number,
+                second.column,
                 f"write `{first.text} NAME` to declare {what}",
             )
         _assignment(tokens, number, source, out)
@@ -814,8 +813,12 @@ def _assignment(tokens: list[_Token], line: int, source: _Source, out: _Statemen
             depth -= 1
         elif tok.text == "=":
             if depth > 0:
-                raise source.error("'=' inside parentheses", line, tok.column,
-                                   "keyword arguments are not supported")
+                raise source.error(
+                    "'=' inside parentheses",
+                    line,
+                    tok.column,
+                    "keyword arguments are not supported",
+                )
             equals.append(k)
     if not equals:
         raise source.error(
@@ -826,7 +829,9 @@ def _assignment(tokens: list[_Token], line: int, source: _Source, out: _Statemen
         )
     if len(equals) > 1:
         raise source.error(
-            "more than one '=' in a statement", line, tokens[equals[1]].column,
+            "more than one '=' in a statement",
+            line,
+            tokens[equals[1]].column,
             "one statement a line: `name = expression` or `lhs = rhs`",
         )
     k = equals[0]
@@ -851,8 +856,10 @@ def _simple_target(
         return lhs[0].text, None, 1
     if lhs[1].kind == "op" and lhs[1].text == "[":
         close = next((k for k, t in enumerate(lhs) if t.text == "]"), None)
-        if close is not None and lhs[close + 1].kind == "end" and all(
-            t.kind == "num" or t.text == "," for t in lhs[2:close]
+        if (
+            close is not None
+            and lhs[close + 1].kind == "end"
+            and all(t.kind == "num" or t.text == "," for t in lhs[2:close])
         ):
             name, index, end = _target(lhs, 0, line, source)
             return name, index, end
@@ -959,8 +966,12 @@ def _build(source: _Source) -> Program:
         nonlocal total
         if name in FUNCTIONS or name in CONSTANTS:
             what = "function" if name in FUNCTIONS else "constant"
-            raise source.error(f"{name!r} is the name of a {what}", line, col,
-                               "choose another name for the variable")
+            raise source.error(
+                f"{name!r} is the name of a {what}",
+                line,
+                col,
+                "choose another name for the variable",
+            )
         total += math.prod(shape)
         if total > MAX_TOTAL_ENTRIES:
             raise source.error(
@@ -980,15 +991,23 @@ def _build(source: _Source) -> Program:
             raise source.error(
                 f"{d.name!r} is declared twice (first on line {first.line})", d.line, d.column
             )
-        declare("input" if d.kind == "input" else "intermediate", d.name, d.shape, d.line,
-                d.column, True)
+        declare(
+            "input" if d.kind == "input" else "intermediate",
+            d.name,
+            d.shape,
+            d.line,
+            d.column,
+            True,
+        )
     defined: dict[tuple[str, tuple[int, ...] | None], _Definition] = {}
     for df in st.definitions:
         var = table.get(df.name)
         if var is None:
             if df.index is not None:
                 raise source.error(
-                    f"{df.name!r} is not declared as an array", df.line, df.column,
+                    f"{df.name!r} is not declared as an array",
+                    df.line,
+                    df.column,
                     f"declare it first, e.g. `var {df.name}[{','.join('N' * len(df.index))}]`",
                 )
             declare("intermediate", df.name, (), df.line, df.column, False)
@@ -1023,8 +1042,9 @@ def _build(source: _Source) -> Program:
                     f"for example {example}",
                 )
             return var.symbols[0]
-        return var.symbols[_flat_index(name, var.shape, indices, source, line_of[0],
-                                       bracket.column)]
+        return var.symbols[
+            _flat_index(name, var.shape, indices, source, line_of[0], bracket.column)
+        ]
 
     line_of = [0]  # the line being parsed, for resolve()
 
@@ -1100,8 +1120,9 @@ def _build(source: _Source) -> Program:
         name, index, line, col = st.output
         var = table.get(name)
         if var is None:
-            raise source.error(f"output: undefined name {name!r}", line, col,
-                               _name_hint(name, names_known))
+            raise source.error(
+                f"output: undefined name {name!r}", line, col, _name_hint(name, names_known)
+            )
         if index is not None:
             _flat_index(name, var.shape, index, source, line, col)
             target = name + _index_text(index)
@@ -1111,7 +1132,9 @@ def _build(source: _Source) -> Program:
     if not st.definitions:
         last = max((d.line for d in st.declarations), default=1)
         raise source.error(
-            "the program defines no intermediate", last, 1,
+            "the program defines no intermediate",
+            last,
+            1,
             "add a definition such as `y = exp(x)` (the output is the last one defined)",
         )
     last_line = max(df.line for df in st.definitions)
@@ -1138,14 +1161,20 @@ def _check_target(df: _Definition, var: _Var, source: _Source) -> None:
     if df.index is not None:
         if var.shape == ():
             raise source.error(
-                f"{df.name!r} is a scalar; it has no entries", df.line, df.column,
+                f"{df.name!r} is a scalar; it has no entries",
+                df.line,
+                df.column,
                 f"declare it as an array with `var {df.name}[N]`",
             )
         _flat_index(df.name, var.shape, df.index, source, df.line, df.column)
 
 
 def _flat_index(
-    name: str, shape: tuple[int, ...], index: tuple[int, ...], source: _Source, line: int,
+    name: str,
+    shape: tuple[int, ...],
+    index: tuple[int, ...],
+    source: _Source,
+    line: int,
     column: int,
 ) -> int:
     """The C-order position of ``name[index]``; a `ParseError` if it is out of range."""
@@ -1153,8 +1182,7 @@ def _flat_index(
         raise source.error(f"{name!r} is a scalar; it cannot be indexed", line, column)
     if len(index) != len(shape) or any(i >= n for i, n in zip(index, shape, strict=False)):
         raise source.error(
-            f"{name}{_index_text(index)} is out of range: {name!r} has shape "
-            f"{_shape_text(shape)}",
+            f"{name}{_index_text(index)} is out of range: {name!r} has shape {_shape_text(shape)}",
             line,
             column,
             "indices start at 0; a 2-D array takes two, as in W[0,2]",

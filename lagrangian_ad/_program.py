@@ -120,14 +120,13 @@ class ProgramIR:
             unknown = [s for s in c.expr.free_symbols if s not in seen]
             if unknown:
                 raise ProgramError(f"constraint {c.label!r} uses undefined {_names(unknown)}")
-        in_equations = set().union(
-            *(c.expr.free_symbols for c in self.constraints if c.target is None)
-        )
+        has_equations = any(c.target is None for c in self.constraints)
+        used = set().union(*(c.expr.free_symbols for c in self.constraints))
         undefined = [
             s
             for v in self.intermediates
             for s in v.symbols
-            if s not in defined and s not in in_equations
+            if s not in defined and (not has_equations or s not in used)
         ]
         if undefined:
             raise ProgramError(f"intermediate {_names(undefined)} declared but never defined")
@@ -451,18 +450,19 @@ class Program:
         return expr.xreplace(mapping) if mapping else expr
 
     def _freeze(self) -> ProgramIR:
-        in_equations = set().union(*(r.free_symbols for r in self._equations.values()))
+        used = set().union(*(r.free_symbols for r in self._equations.values()))
+        used.update(*(e.free_symbols for exprs in self._definitions.values() for e in exprs))
         undefined = [
             n
             for n, v in self._vars.items()
             if v.kind == "intermediate"
             and n not in self._definitions
-            and not in_equations.intersection(v.symbols)
+            and (not self._equations or not used.intersection(v.symbols))
         ]
         if undefined:
             raise ProgramError(
-                f"intermediate {_names(undefined)} declared with var() but never defined "
-                "and in no equation"
+                f"intermediate {_names(undefined)} declared with var() but never defined"
+                + (" and used nowhere" if self._equations else "")
             )
         if not self._definitions:
             raise ProgramError("the program has no intermediates; define at least the output")

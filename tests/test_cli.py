@@ -98,10 +98,18 @@ def test_solve_network_with_a_batch_matches_numpy_backprop():
     x = rng.normal(size=(4, 3))  # a batch of four samples; the parameters are shared
     W, b, v, t = rng.normal(size=(2, 3)), rng.normal(size=2), rng.normal(size=2), 0.25
     doc = run_json(
-        "solve", "examples/network.lad",
-        "--at", f"x={json.dumps(x.tolist())}", "--at", f"W={json.dumps(W.tolist())}",
-        "--at", f"b={json.dumps(b.tolist())}", "--at", f"v={json.dumps(v.tolist())}",
-        "--at", f"t={t}",
+        "solve",
+        "examples/network.lad",
+        "--at",
+        f"x={json.dumps(x.tolist())}",
+        "--at",
+        f"W={json.dumps(W.tolist())}",
+        "--at",
+        f"b={json.dumps(b.tolist())}",
+        "--at",
+        f"v={json.dumps(v.tolist())}",
+        "--at",
+        f"t={t}",
     )
     loss, grad, values, lams = _network_by_hand(x, W, b, v, t)
     np.testing.assert_allclose(doc["value"], loss, rtol=1e-12)
@@ -118,8 +126,14 @@ def test_grad_of_an_expression_matches_sympy():
     xs, ys = sp.symbols("x y")
     flat = sp.exp(xs) * sp.sin(ys) + xs**2 / ys - sp.atan2(ys, xs)
     x0, y0 = 0.5, [1.0, 2.0, -0.5]
-    doc = run_json("grad", "exp(x)*sin(y) + x**2/y - atan2(y, x)", "--at", f"x={x0}",
-                   "--at", f"y={json.dumps(y0)}")
+    doc = run_json(
+        "grad",
+        "exp(x)*sin(y) + x**2/y - atan2(y, x)",
+        "--at",
+        f"x={x0}",
+        "--at",
+        f"y={json.dumps(y0)}",
+    )
     at = [{xs: x0, ys: yk} for yk in y0]
     np.testing.assert_allclose(doc["value"], [float(flat.subs(p)) for p in at], rtol=1e-13)
     dx = sum(float(sp.diff(flat, xs).subs(p)) for p in at)  # x is shared: summed over y's
@@ -139,8 +153,12 @@ def test_lagrangian_prints_the_lagrangian_and_conditions():
     lam = {n: sp.Symbol(f"lambda_{n}", real=True) for n in names}
     a, b, c, d, e, f, x = (names[n] for n in "abcdefx")
     want = f - (
-        lam["a"] * (a - sp.exp(x)) + lam["b"] * (b - a**2) + lam["c"] * (c - a - b)
-        + lam["d"] * (d - sp.exp(c)) + lam["e"] * (e - sp.sin(c)) + lam["f"] * (f - d - e)
+        lam["a"] * (a - sp.exp(x))
+        + lam["b"] * (b - a**2)
+        + lam["c"] * (c - a - b)
+        + lam["d"] * (d - sp.exp(c))
+        + lam["e"] * (e - sp.sin(c))
+        + lam["f"] * (f - d - e)
     )
     lagrangian = lad.load(EXAMPLES / "blog.lad").lagrangian()
     assert first == f"L = {lagrangian}"
@@ -184,7 +202,6 @@ def test_no_arguments_runs_the_blog_demo():
 # --------------------------------------------------------------- cyclic and implicit files
 
 
-@pytest.mark.xfail(strict=True, reason="cyclic solver lands with issue 3")
 def test_solve_fixed_point_file():
     x0 = 0.3
     h = 0.0
@@ -196,7 +213,6 @@ def test_solve_fixed_point_file():
     assert doc["grad"]["x"] == pytest.approx(s / (1 - 0.5 * s), rel=1e-8)
 
 
-@pytest.mark.xfail(strict=True, reason="cyclic solver lands with issue 3")
 def test_solve_implicit_file():
     x0 = 0.5
     roots = np.roots([1.0, 0.0, 1.0, -x0])
@@ -222,8 +238,20 @@ def test_parse_error_exits_2_with_one_line(tmp_path):
 
 
 def test_program_error_exits_1_with_one_line():
-    proc = run("solve", "examples/network.lad", "--at", "x=[1,2]", "--at", "W=[[1,2,3],[4,5,6]]",
-               "--at", "b=[0,0]", "--at", "v=[1,1]", "--at", "t=0")
+    proc = run(
+        "solve",
+        "examples/network.lad",
+        "--at",
+        "x=[1,2]",
+        "--at",
+        "W=[[1,2,3],[4,5,6]]",
+        "--at",
+        "b=[0,0]",
+        "--at",
+        "v=[1,1]",
+        "--at",
+        "t=0",
+    )
     assert proc.returncode == 1
     line = assert_one_line_error(proc.stderr)
     assert "'x'" in line and "(3,)" in line
@@ -274,16 +302,50 @@ def test_errors_of_the_program_exit_1(capsys, tmp_path):
     capsys.readouterr()
     assert main(["solve", str(EXAMPLES / "blog.lad"), "--at", "x=[[1,2],[3]]"]) == 2
     capsys.readouterr()
-    assert main(["solve", str(EXAMPLES / "network.lad"), "--at", "x=[1,2,3]", "--at",
-                 "W=[1,2,3]", "--at", "b=[0,0]", "--at", "v=[1,1]", "--at", "t=0"]) == 1
+    assert (
+        main(
+            [
+                "solve",
+                str(EXAMPLES / "network.lad"),
+                "--at",
+                "x=[1,2,3]",
+                "--at",
+                "W=[1,2,3]",
+                "--at",
+                "b=[0,0]",
+                "--at",
+                "v=[1,1]",
+                "--at",
+                "t=0",
+            ]
+        )
+        == 1
+    )
     line = assert_one_line_error(capsys.readouterr().err)
     assert "'W'" in line and "(2, 3)" in line
 
 
 def test_debug_shows_the_traceback(capsys):
-    assert main(["solve", str(EXAMPLES / "network.lad"), "--debug", "--at", "x=[1,2]",
-                 "--at", "W=[[1,2,3],[4,5,6]]", "--at", "b=[0,0]", "--at", "v=[1,1]",
-                 "--at", "t=0"]) == 1
+    assert (
+        main(
+            [
+                "solve",
+                str(EXAMPLES / "network.lad"),
+                "--debug",
+                "--at",
+                "x=[1,2]",
+                "--at",
+                "W=[[1,2,3],[4,5,6]]",
+                "--at",
+                "b=[0,0]",
+                "--at",
+                "v=[1,1]",
+                "--at",
+                "t=0",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "Traceback" in err and "ProgramError" in err
     assert err.strip().splitlines()[-1].startswith("lagrangian-ad: error: ")

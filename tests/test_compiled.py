@@ -243,15 +243,6 @@ def test_inputs_given_twice():
         prog.solve({"x": 1.0, x: 2.0})
 
 
-def test_cyclic_program_is_a_clear_error_until_supported():
-    prog = lad.Program()
-    x = prog.input("x")
-    h = prog.var("h")
-    prog.define(h, sp.tanh(0.5 * h + x))
-    with pytest.raises(ProgramError, match="cyclic: h depend"):
-        prog.compile()
-
-
 def test_no_sympy_on_the_numeric_path():
     """After compile(), solving calls no function defined in the sympy package."""
     fn = _mlp_program().compile()

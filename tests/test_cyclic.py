@@ -1,0 +1,290 @@
+"""Cyclic programs and implicit equations: fixed points, linear cycles, blocks, errors."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import scipy.sparse as sps
+import scipy.sparse.linalg as spla
+import sympy as sp
+from hypothesis import given
+from hypothesis import strategies as st
+
+import lagrangian_ad as lad
+from lagrangian_ad import ConvergenceError, ProgramError, SingularSystemError
+from lagrangian_ad.testing import check_grads
+
+
+def _tanh_fixed_point():
+    prog = lad.Program()
+    x = prog.input("x")
+    h = prog.var("h")
+    prog.define(h, sp.tanh(0.5 * h + x))
+    prog.define("y", h**2)
+    return prog
+
+
+@pytest.mark.parametrize("method", ["newton", "fixed-point"])
+def test_scalar_fixed_point_closed_form(method):
+    """h = tanh(h/2 + x): by the implicit function theorem dh/dx = s / (1 − s/2), s = 1 − h²."""
+    xs = np.array([-1.0, 0.0, 0.3, 2.0])
+    sol = _tanh_fixed_point().solve({"x": xs}, method=method)
+    h = sol.values["h"]
+    np.testing.assert_allclose(h, np.tanh(0.5 * h + xs), rtol=0, atol=1e-14)
+    s = 1 - h**2
+    dh = s / (1 - 0.5 * s)
+    np.testing.assert_allclose(sol.grad["x"], 2 * h * dh, rtol=1e-13, atol=1e-15)
+    # λ_h = ∂y/∂h through the cycle = 2h / (1 − s/2); λ_y = 1
+    np.testing.assert_allclose(sol.multipliers["h"], 2 * h / (1 - 0.5 * s), rtol=1e-13)
+    np.testing.assert_allclose(sol.multipliers["y"], 1.0)
+    (report,) = sol.blocks
+    assert report.variables == ("h",) and report.iterations > 0 and report.residual < 1e-14
+    assert sol.kkt["max_dL_dlambda"] < 1e-14 and sol.kkt["max_dL_dz"] < 1e-14
+
+
+def test_linear_cycle_against_numpy():
+    """z = A z + b: z = (I − A)⁻¹ b, λ = (I − A)⁻ᵀ c, ∂(c·z)/∂A = λ zᵀ, ∂/∂b = λ."""
+    rng = np.random.default_rng(3)
+    n = 6
+    prog = lad.Program()
+    A = prog.input("A", shape=(n, n))
+    b = prog.input("b", shape=(n,))
+    c = prog.input("c", shape=(n,))
+    z = prog.var("z", shape=(n,))
+    prog.define(z, A * z + b)
+    prog.define("out", (c.T * z)[0, 0])
+    An = 0.3 * rng.standard_normal((n, n))
+    bn, cn = rng.standard_normal(n), rng.standard_normal(n)
+    sol = prog.solve({"A": An, "b": bn, "c": cn})
+    M = np.eye(n) - An
+    zn = np.linalg.solve(M, bn)
+    lam = np.linalg.solve(M.T, cn)
+    np.testing.assert_allclose(sol.values["z"], zn, rtol=1e-13)
+    np.testing.assert_allclose(sol.multipliers["z"], lam, rtol=1e-12)
+    np.testing.assert_allclose(sol.grad["b"], lam, rtol=1e-12)
+    np.testing.assert_allclose(sol.grad["A"], np.outer(lam, zn), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(sol.grad["c"], zn, rtol=1e-13)
+    assert sol.blocks[0].condition == pytest.approx(np.linalg.cond(M, 1), rel=1e-8)
+
+
+def test_mixed_dag_and_cycles_batched():
+    """A DAG feeding two separate cycles feeding a DAG, over a batch of 5."""
+    prog = lad.Program()
+    x = prog.input("x")
+    w = prog.input("w", shape=(2,))
+    a = prog.define("a", sp.sin(x) * w[0])
+    p, q = prog.var("p"), prog.var("q")
+    prog.define(p, 0.4 * sp.cos(q) + a)
+    prog.define(q, 0.3 * sp.sin(p) - w[1] * x)
+    r = prog.var("r")
+    prog.define(r, 0.5 * sp.tanh(r) + p * q)
+    prog.define("out", r**2 + a)
+    rng = np.random.default_rng(5)
+    inputs = {"x": rng.uniform(-1, 1, 5), "w": np.array([0.7, -0.4])}
+    sol = prog.solve(inputs)
+    assert [b.variables for b in sol.blocks] == [("p", "q"), ("r",)]
+    check_grads(prog, inputs, rtol=1e-7)
+    # the gradient of r w.r.t. the inputs by the implicit function theorem, block by block
+    P, Q, R = sol.values["p"], sol.values["q"], sol.values["r"]
+    xs = inputs["x"]
+    J = np.zeros((5, 2, 2))  # ∂(residual)/∂(p, q)
+    J[:, 0, 0], J[:, 0, 1] = 1, 0.4 * np.sin(Q)
+    J[:, 1, 0], J[:, 1, 1] = -0.3 * np.cos(P), 1
+    dA = np.stack([np.cos(xs) * 0.7, np.full(5, 0.4)], axis=-1)  # ∂f/∂x of (p, q): (w0 cos x, −w1)
+    dpq = np.linalg.solve(J, dA[..., None])[..., 0]  # d(p, q)/dx
+    dr = (Q * dpq[:, 0] + P * dpq[:, 1]) / (1 - 0.5 * (1 - np.tanh(R) ** 2))
+    np.testing.assert_allclose(sol.grad["x"], 2 * R * dr + np.cos(xs) * 0.7, rtol=1e-11)
+
+
+def test_implicit_equation_cubic():
+    """u³ + u = x: du/dx = 1/(3u² + 1)."""
+    prog = lad.Program()
+    x = prog.input("x")
+    u = prog.var("u")
+    prog.equation(u**3 + u, x)
+    prog.define("y", sp.sin(u))
+    xs = np.linspace(-3, 10, 7)
+    sol = prog.solve({"x": xs})
+    uv = sol.values["u"]
+    np.testing.assert_allclose(uv**3 + uv, xs, rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(sol.grad["x"], np.cos(uv) / (3 * uv**2 + 1), rtol=1e-13)
+    np.testing.assert_allclose(sol.multipliers["eq1"], np.cos(uv) / (3 * uv**2 + 1), rtol=1e-13)
+    assert "u" not in sol.multipliers
+    check_grads(prog, {"x": xs})
+
+
+def test_implicit_equation_matched_through_a_definition():
+    """The unknown u appears only through y = 2u; the equation fixes y: y³ + y = x."""
+    prog = lad.Program()
+    x = prog.input("x")
+    u = prog.var("u")
+    y = prog.define("y", 2 * u)
+    prog.equation(y**3 + y, x)
+    prog.output(u)
+    sol = prog.solve({"x": 3.0})
+    yv = sol.values["y"]
+    assert yv**3 + yv == pytest.approx(3.0, rel=1e-14)
+    assert sol.value == pytest.approx(yv / 2, rel=1e-14)
+    assert sol.grad["x"] == pytest.approx(0.5 / (3 * yv**2 + 1), rel=1e-13)
+
+
+def test_init_selects_the_fixed_point():
+    """u² = x has two roots; init chooses, and du/dx = 1/(2u) follows the one chosen."""
+    prog = lad.Program()
+    x = prog.input("x")
+    u = prog.var("u")
+    prog.equation(u**2, x)
+    prog.define("y", u + 0)
+    for start, sign in [(1.0, 1), (-1.0, -1)]:
+        sol = prog.solve({"x": 4.0}, init={"u": start})
+        assert sol.value == pytest.approx(2.0 * sign, rel=1e-14)
+        assert sol.grad["x"] == pytest.approx(1 / (4.0 * sign), rel=1e-13)
+
+
+def test_sparse_block_of_2000_unknowns():
+    """A ring z_i = 0.3 tanh(z_{i−1}) + 0.3 tanh(z_{i+1}) + x_i, one block of 2,000."""
+    n = 2000
+    prog = lad.Program()
+    x = prog.input("x", shape=(n,))
+    z = prog.var("z", shape=(n,))
+    prog.define(
+        z,
+        sp.Matrix(
+            [0.3 * sp.tanh(z[i - 1]) + 0.3 * sp.tanh(z[(i + 1) % n]) + x[i] for i in range(n)]
+        ),
+    )
+    w = np.random.default_rng(7).standard_normal(n)
+    prog.define("out", sp.Add(*[float(w[i]) * z[i] for i in range(n)]))
+    xs = np.sin(np.arange(n) * 0.01)
+    sol = prog.solve({"x": xs})
+    (report,) = sol.blocks
+    assert len(report.variables) == n
+    zs = sol.values["z"]
+    np.testing.assert_allclose(
+        zs, 0.3 * np.tanh(np.roll(zs, 1)) + 0.3 * np.tanh(np.roll(zs, -1)) + xs, atol=1e-13
+    )
+    # (I − J)ᵀ λ = w, with J built here by hand and solved by SciPy
+    d = 0.3 * (1 - np.tanh(zs) ** 2)
+    i = np.arange(n)
+    J = sps.csr_matrix(
+        (np.r_[d[(i - 1) % n], d[(i + 1) % n]], (np.r_[i, i], np.r_[(i - 1) % n, (i + 1) % n])),
+        shape=(n, n),
+    )
+    lam = spla.spsolve((sps.eye(n) - J).T.tocsc(), w)
+    np.testing.assert_allclose(sol.multipliers["z"], lam, rtol=1e-11)
+    np.testing.assert_allclose(sol.grad["x"], lam, rtol=1e-11)
+
+
+def test_nonconvergent_programs():
+    prog = lad.Program()
+    x = prog.input("x")
+    h = prog.var("h")
+    prog.define(h, h**2 + 1 + x)  # h² − h + 1 + x = 0 has no real root for x ≥ 0
+    with pytest.raises(ConvergenceError, match=r"block h: max residual .* after 30 iter"):
+        prog.solve({"x": 0.5}, maxiter=30)
+    prog2 = lad.Program()
+    x = prog2.input("x")
+    g = prog2.var("g")
+    prog2.define(g, 2 * g + x)  # g = −x, but the map z ↦ 2z + x is expanding
+    with pytest.raises(
+        ConvergenceError, match="fixed-point iteration did not converge in the block g"
+    ):
+        prog2.solve({"x": 0.5}, method="fixed-point")
+    assert prog2.solve({"x": 0.5}).value == pytest.approx(-0.5)  # Newton solves it
+
+
+def test_fixed_point_needs_explicit_constraints():
+    prog = lad.Program()
+    x = prog.input("x")
+    u = prog.var("u")
+    prog.equation(u**3 + u, x)
+    prog.define("y", 2 * u)
+    with pytest.raises(ConvergenceError, match="implicit equations: use method='newton'"):
+        prog.solve({"x": 1.0}, method="fixed-point")
+
+
+def test_singular_root_of_an_implicit_equation():
+    """u³ = x at x = 0: the root u = 0 is found, but ∂r/∂u = 3u² vanishes there."""
+    prog = lad.Program()
+    x = prog.input("x")
+    u = prog.var("u")
+    prog.equation(u**3, x)
+    prog.define("y", u + 1)
+    with pytest.raises(SingularSystemError, match="singular at the solution of the block u"):
+        prog.solve({"x": 0.0}, init={"u": 0.5})
+    assert prog.solve({"x": 8.0}, init={"u": 1.0}).grad["x"] == pytest.approx(1 / 12, rel=1e-12)
+
+
+def test_singular_identity_cycle():
+    """h = h: every h solves it, I − J = 0."""
+    prog = lad.Program()
+    x = prog.input("x")
+    h = prog.var("h")
+    prog.define(h, 1 * h)
+    prog.define("y", h + x)
+    with pytest.raises(SingularSystemError, match="singular at the solution of the block h"):
+        prog.solve({"x": 1.0})
+
+
+def test_structurally_singular_programs():
+    prog = lad.Program()
+    x = prog.input("x")
+    u, v = prog.var("u"), prog.var("v")
+    prog.equation(u + v, x)
+    prog.define("y", u * v)
+    with pytest.raises(ProgramError, match=re.escape("1 implicit equation(s) for 2 unknown(s)")):
+        prog.compile()
+    prog = lad.Program()
+    x = prog.input("x")
+    u, v, w = prog.var("u"), prog.var("v"), prog.var("w")
+    prog.equation(u, x, name="first")
+    prog.equation(u**2, 1, name="second")
+    prog.equation(u + v + w, 0, name="third")  # v and w in one equation only
+    prog.define("y", u + x)
+    with pytest.raises(ProgramError, match=r"structurally singular.*unmatched unknowns [vw]"):
+        prog.compile()
+
+
+def test_solve_option_errors():
+    fn = _tanh_fixed_point().compile()
+    with pytest.raises(ProgramError, match="unknown method 'bisect'"):
+        fn.solve({"x": 0.1}, method="bisect")
+    with pytest.raises(ProgramError, match="unknown solve option tolerance"):
+        fn.solve({"x": 0.1}, tolerance=1e-3)
+    with pytest.raises(ProgramError, match="init: 'y' is not a variable of a cyclic block"):
+        fn.solve({"x": 0.1}, init={"y": 1.0})
+
+
+@st.composite
+def contractive_programs(draw):
+    """h = tanh(A h + B x) with ‖A‖∞ < 0.9, then a DAG of a few nodes reading h and x."""
+    n = draw(st.integers(1, 6))
+    m = draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    A = rng.uniform(-1, 1, (n, n))
+    A *= draw(st.floats(0.1, 0.9)) / np.abs(A).sum(axis=1).max()
+    B = rng.uniform(-1, 1, (n, m))
+    prog = lad.Program()
+    x = prog.input("x", shape=(m,))
+    h = prog.var("h", shape=(n,))
+    As = sp.Matrix(np.round(A, 6).tolist())
+    Bs = sp.Matrix(np.round(B, 6).tolist())
+    prog.define(h, (As * h + Bs * x).applyfunc(sp.tanh))
+    pool = [*h, *x]
+    for k in range(draw(st.integers(0, 4))):
+        a, b = draw(st.sampled_from(pool)), draw(st.sampled_from(pool))
+        pool.append(prog.define(f"d{k}", sp.sin(a) * b + a))
+    prog.define("out", sum(pool[-3:]))
+    batch = draw(st.sampled_from([(), (2,)]))
+    return prog, {"x": rng.uniform(-1, 1, (*batch, m))}
+
+
+@given(contractive_programs(), st.sampled_from(["newton", "fixed-point"]))
+def test_random_contractive_cyclic_programs(case, method):
+    prog, inputs = case
+    sol = prog.solve(inputs, method=method)
+    assert sol.kkt["max_dL_dlambda"] < 1e-12 and sol.kkt["max_dL_dz"] < 1e-12
+    check_grads(prog, inputs, rtol=1e-7)
