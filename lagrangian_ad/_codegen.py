@@ -24,6 +24,7 @@ import functools
 import itertools
 import keyword
 import linecache
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,14 +57,19 @@ class _Printer(NumPyPrinter):
         return repr(float(expr))
 
     def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
-        # Inputs are always float arrays, so integer powers need no conversion.
-        return self._hprint_Pow(expr, rational=rational, sqrt="numpy.sqrt")
+        # Integer powers stay ``**`` (real for any float base); other powers go through
+        # numpy.power, so a negative base gives NaN for arrays and, in the scalar fast
+        # path, an exception that falls back to NumPy — never a complex number.
+        base, exp = expr.args
+        if exp.is_Integer or exp in (sp.S.Half, -sp.S.Half):
+            return self._hprint_Pow(expr, rational=rational, sqrt="numpy.sqrt")
+        return f"numpy.power({self._print(base)}, {self._print(exp)})"
 
     def _print_erf(self, expr: sp.Expr) -> str:
-        return f"scipy.special.erf({self._print(expr.args[0])})"
+        return f"special.erf({self._print(expr.args[0])})"
 
     def _print_erfc(self, expr: sp.Expr) -> str:
-        return f"scipy.special.erfc({self._print(expr.args[0])})"
+        return f"special.erfc({self._print(expr.args[0])})"
 
     def _print_Heaviside(self, expr: sp.Expr) -> str:
         return f"numpy.heaviside({self._print(expr.args[0])}, 0.5)"
@@ -82,9 +88,7 @@ class _Printer(NumPyPrinter):
 class _Namer:
     """Unique, safe Python identifiers for symbols (``W[0,1]`` -> ``W_0_1``)."""
 
-    RESERVED = (
-        frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"numpy", "functools", "scipy"}
-    )
+    RESERVED = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"numpy", "special", "math"}
 
     def __init__(self) -> None:
         self.taken: set[str] = set(self.RESERVED)
@@ -118,6 +122,8 @@ class Generated:
     kkt: Callable[..., tuple]
     block_solvers: tuple[BlockSolver, ...]
     n_forms: int
+    forward_scalar: Callable[..., list]
+    adjoint_scalar: Callable[..., tuple[list, list]]
 
 
 class _Emitter:
@@ -280,6 +286,11 @@ def generate(ir: ProgramIR, graph: Graph) -> Generated:
         for k, unknown_names, variables, rows, cols, has_map in solvers
     )
     namespace["_blocks"] = block_solvers
+    scalar = _exec(
+        forward_source + "\n" + adjoint_source,
+        "scalar program",
+        {**SCALAR_NAMESPACE, "_blocks": block_solvers},
+    )
     return Generated(
         forward=namespace["forward"],
         adjoint=namespace["adjoint"],
@@ -290,6 +301,8 @@ def generate(ir: ProgramIR, graph: Graph) -> Generated:
         kkt=namespace["kkt"],
         block_solvers=block_solvers,
         n_forms=em.n_forms,
+        forward_scalar=scalar["forward"],
+        adjoint_scalar=scalar["adjoint"],
     )
 
 
@@ -377,10 +390,55 @@ def _kkt_source(em: _Emitter) -> str:
 _counter = itertools.count()
 
 
-def _exec(source: str, name: str) -> dict:
+def _exec(source: str, name: str, namespace: dict | None = None) -> dict:
     """Compile our generated source (never user text); register it for tracebacks."""
     filename = f"<lagrangian_ad {name} {next(_counter)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace: dict = {"numpy": np, "functools": functools, "scipy": scipy}
+    namespace = dict(namespace or {"numpy": np, "special": scipy.special, "math": math})
     exec(compile(source, filename, "exec"), namespace)
     return namespace
+
+
+def _nan_or(value: Callable[[float], float]) -> Callable[[float], float]:
+    return lambda x: x if x != x else value(x)
+
+
+class _ScalarNumpy:
+    """The ``numpy`` of generated code run on Python floats (the small-batch fast path).
+
+    Functions of ``math`` where they give the same double as NumPy's; anything else falls
+    through to NumPy itself. Where math raises (log of a negative, overflow, a negative
+    base to a fractional power) the caller reruns the call on the NumPy path, so both
+    paths return the same numbers.
+    """
+
+    exp, log, log2, log10 = math.exp, math.log, math.log2, math.log10
+    log1p, expm1, sqrt, hypot = math.log1p, math.expm1, math.sqrt, math.hypot
+    sin, cos, tan, arcsin, arccos = math.sin, math.cos, math.tan, math.asin, math.acos
+    arctan, arctan2 = math.atan, math.atan2
+    sinh, cosh, tanh = math.sinh, math.cosh, math.tanh
+    arcsinh, arccosh, arctanh = math.asinh, math.acosh, math.atanh
+    power = math.pow
+    sign = staticmethod(_nan_or(lambda x: float((x > 0) - (x < 0))))
+
+    @staticmethod
+    def heaviside(x: float, at_zero: float) -> float:
+        return x if x != x else (at_zero if x == 0 else float(x > 0))
+
+    @staticmethod
+    def maximum(a: float, b: float) -> float:
+        return a if a != a else (b if b != b or b > a else a)
+
+    @staticmethod
+    def minimum(a: float, b: float) -> float:
+        return a if a != a else (b if b != b or b < a else a)
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+
+class _ScalarSpecial:
+    erf, erfc = math.erf, math.erfc
+
+
+SCALAR_NAMESPACE = {"numpy": _ScalarNumpy(), "special": _ScalarSpecial, "math": math}

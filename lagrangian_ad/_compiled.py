@@ -19,7 +19,7 @@ import sympy as sp
 
 from ._blocks import BlockReport, SolveOptions
 from ._codegen import generate
-from ._errors import ProgramError
+from ._errors import LagrangianADError, ProgramError
 from ._graph import analyse
 from ._program import ProgramIR
 
@@ -108,6 +108,7 @@ class CompiledProgram:
         self._lam_positions.update(
             {c.label: [e] for e, c in enumerate(ir.constraints) if c.target is None}
         )
+        self._no_context = _Context(SolveOptions())
         in_cycles = {v for b in self.graph.cyclic_blocks for v in b.unknowns}
         self._cyclic_vars = {
             v.name: [position[s] + n_in for s in v.symbols]
@@ -145,7 +146,7 @@ class CompiledProgram:
     def value(self, inputs: Mapping[Any, Any], **options: Any) -> Array:
         """The output z_N only (forward pass)."""
         entries, _, _, batch = self._prepare(inputs)
-        z = self._code.forward(self._context(options, batch), *entries)
+        z, _ = self._run(entries, batch, options, adjoint=False)
         return _shaped(z[self._output_index], batch)
 
     def value_and_grad(
@@ -153,17 +154,38 @@ class CompiledProgram:
     ) -> tuple[Array, dict[str, Array]]:
         """The output and ∂(Σ z_N)/∂x for every input."""
         entries, arrays, leads, batch = self._prepare(inputs)
-        ctx = self._context(options, batch)
-        z = self._code.forward(ctx, *entries)
-        _, g = self._code.adjoint(ctx, *entries, *z)
+        z, (_, g, _) = self._run(entries, batch, options, adjoint=True)
         return _shaped(z[self._output_index], batch), self._grads(g, arrays, leads, batch)
+
+    def _run(self, entries: list, batch: tuple, options: dict, adjoint: bool):
+        """Forward (and adjoint) pass: over Python floats when there is no batch axis.
+
+        The float path runs the same generated source with ``math`` functions; where
+        ``math`` raises (domain, overflow, division by zero) the call is rerun on NumPy,
+        which returns the IEEE result (inf, nan) with its usual warning.
+        """
+        code = self._code
+        if batch == ():
+            try:
+                ctx = self._context(options)
+                z = code.forward_scalar(ctx, *entries)
+                if not adjoint:
+                    return z, None
+                return z, (*code.adjoint_scalar(ctx, *entries, *z), ctx)
+            except LagrangianADError:
+                raise
+            except (ArithmeticError, ValueError):
+                entries = [np.float64(e) for e in entries]
+        ctx = self._context(options)
+        z = code.forward(ctx, *entries)
+        if not adjoint:
+            return z, None
+        return z, (*code.adjoint(ctx, *entries, *z), ctx)
 
     def solve(self, inputs: Mapping[Any, Any], **options: Any) -> Solution:
         """Forward values, multipliers and gradient: the full stationary point."""
         entries, arrays, leads, batch = self._prepare(inputs)
-        ctx = self._context(options, batch)
-        z = self._code.forward(ctx, *entries)
-        lam, g = self._code.adjoint(ctx, *entries, *z)
+        z, (lam, g, ctx) = self._run(entries, batch, options, adjoint=True)
         values: dict[str, Array] = {name: _user_array(a) for name, a in arrays.items()}
         for var in self.ir.intermediates:
             values[var.name] = _assemble(
@@ -187,7 +209,9 @@ class CompiledProgram:
         var = next((v for v in self.ir.intermediates if v.name == name), None)
         return () if var is None else var.shape
 
-    def _context(self, options: dict[str, Any], batch: tuple[int, ...]) -> _Context:
+    def _context(self, options: dict[str, Any]) -> _Context:
+        if not options and not self.graph.cyclic_blocks:
+            return self._no_context  # nothing to set or record without cyclic blocks
         unknown = set(options) - {"init", "method", "tol", "maxiter"}
         if unknown:
             raise ProgramError(
@@ -225,42 +249,55 @@ class CompiledProgram:
 
     def _prepare(self, inputs: Mapping[Any, Any]):
         """Check the inputs; return scalar entries, arrays, batch axes, batch shape."""
-        if not isinstance(inputs, Mapping):
+        if not isinstance(inputs, dict) and not isinstance(inputs, Mapping):
             raise ProgramError(
                 f"inputs must be a dict of name -> value, not {type(inputs).__name__}"
             )
-        given: dict[str, Any] = {}
-        for key, val in inputs.items():
-            name = self._input_name(key)
-            if name in given:
-                raise ProgramError(f"input {name!r} is given twice")
-            given[name] = val
+        if inputs.keys() == self._inputs.keys():  # plain names, all present: nothing to map
+            given = inputs
+        else:
+            given = {}
+            for key, val in inputs.items():
+                name = self._input_name(key)
+                if name in given:
+                    raise ProgramError(f"input {name!r} is given twice")
+                given[name] = val
         missing = [n for n in self._inputs if n not in given]
         if missing:
             raise ProgramError(f"missing input {', '.join(map(repr, missing))}")
         arrays: dict[str, np.ndarray] = {}
         leads: dict[str, tuple[int, ...]] = {}
-        entries: list[np.ndarray] = []
         for name, var in self._inputs.items():
-            arr = _as_float_array(given[name], name)
+            value = given[name]
+            if type(value) is float and var.shape == ():  # the common scalar case, cheaply
+                arrays[name], leads[name] = value, ()
+                continue
+            arr = _as_float_array(value, name)
             nd = len(var.shape)
             if arr.ndim < nd or arr.shape[arr.ndim - nd :] != var.shape:
                 raise ProgramError(
                     f"input {name!r}: expected an array of trailing shape {var.shape}, "
                     f"got shape {arr.shape}"
                 )
-            lead = arr.shape[: arr.ndim - nd]
-            arrays[name], leads[name] = arr, lead
-            if nd == 0:
-                entries.append(arr)
-            else:
-                flat = arr.reshape((*lead, var.size))
-                entries.extend(flat[..., k] for k in range(var.size))
+            arrays[name], leads[name] = arr, arr.shape[: arr.ndim - nd]
         try:
-            batch = np.broadcast_shapes(*leads.values())
+            lead_shapes = set(leads.values())
+            batch = (
+                lead_shapes.pop() if len(lead_shapes) == 1 else np.broadcast_shapes(*leads.values())
+            )
         except ValueError:
             desc = ", ".join(f"{n}: {s}" for n, s in leads.items())
             raise ProgramError(f"the batch axes of the inputs do not broadcast ({desc})") from None
+        entries: list = []
+        for name, var in self._inputs.items():
+            arr = arrays[name]
+            if batch == ():  # Python floats for the fast path
+                entries.extend(arr.ravel().tolist() if type(arr) is not float else (arr,))
+            elif var.shape == ():
+                entries.append(arr)
+            else:
+                flat = arr.reshape((*leads[name], var.size))
+                entries.extend(flat[..., k] for k in range(var.size))
         return entries, arrays, leads, batch
 
     def _input_name(self, key: Any) -> str:
@@ -285,6 +322,16 @@ class CompiledProgram:
     def _grads(self, g: list, arrays: dict, leads: dict, batch: tuple) -> dict[str, Array]:
         out: dict[str, Array] = {}
         pos = 0
+        if batch == ():  # one sample: no reduction, only shaping
+            for name, var in self._inputs.items():
+                part = g[pos : pos + var.size]
+                pos += var.size
+                out[name] = (
+                    float(part[0])
+                    if var.shape == ()
+                    else np.array(part, dtype=np.float64).reshape(var.shape)
+                )
+            return out
         for name, var in self._inputs.items():
             parts = [_sum_to(gk, batch, leads[name]) for gk in g[pos : pos + var.size]]
             pos += var.size

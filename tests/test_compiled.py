@@ -300,3 +300,52 @@ def test_long_chain_iterative():
     assert sol.value == pytest.approx(2.0 * s, rel=1e-12)
     assert sol.grad["x"] == pytest.approx(s, rel=1e-12)
     assert sol.multipliers["z0"] == pytest.approx(0.5 ** (n - 1), rel=1e-12, abs=1e-300)
+
+
+def test_scalar_fast_path_matches_numpy_path():
+    """One sample runs over Python floats with math; a batch of one runs on NumPy.
+
+    math and NumPy may round a function differently in the last bit, so the two agree to
+    rounding (amplified a little by cancellation in the sums), not bit for bit.
+    """
+    fn = _mlp_program().compile()
+    rng = np.random.default_rng(4)
+    inputs = {
+        "x": rng.standard_normal(3),
+        "t": 0.2,
+        "W1": rng.standard_normal((4, 3)),
+        "b1": rng.standard_normal(4),
+        "w2": rng.standard_normal(4),
+        "b2": -0.1,
+    }
+    one = fn.solve(inputs)
+    batched = fn.solve({**inputs, "x": inputs["x"][None]})
+    assert one.value == pytest.approx(batched.value[0], rel=1e-15, abs=1e-300)
+    for name in inputs:
+        expect = np.reshape(batched.grad[name], np.shape(one.grad[name]))
+        np.testing.assert_allclose(one.grad[name], expect, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(one.multipliers["h"], batched.multipliers["h"][0], rtol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("expr", "x0"),
+    [
+        (lambda x: sp.log(x), -1.0),  # math.log raises, NumPy gives nan
+        (lambda x: sp.sqrt(x), -4.0),
+        (lambda x: sp.exp(x), 1000.0),  # overflow: inf
+        (lambda x: 1 / x, 0.0),  # division by zero: inf
+        (lambda x: x ** sp.Rational(1, 3), -8.0),  # negative base, fractional power: nan
+        (lambda x: x**0.7, -2.0),
+    ],
+)
+def test_scalar_fast_path_falls_back_to_ieee_results(expr, x0):
+    prog = lad.Program()
+    x = prog.input("x")
+    prog.define("y", expr(x))
+    fn = prog.compile()
+    with np.errstate(all="ignore"):
+        one = fn.value_and_grad({"x": x0})
+        batched = fn.value_and_grad({"x": np.array([x0])})
+    np.testing.assert_array_equal(one[0], batched[0][0])
+    np.testing.assert_array_equal(one[1]["x"], batched[1]["x"][0])
+    assert isinstance(one[0], float) and not isinstance(one[0], complex)

@@ -23,13 +23,17 @@ def _program():
 
 def _sabotage(fn, scale_grad=1.0, scale_lam=1.0):
     """Wrap the generated adjoint so it returns slightly wrong numbers."""
-    adjoint = fn._code.adjoint
+    def wrong(adjoint):
+        def run(*args):
+            lam, grad = adjoint(*args)
+            return [scale_lam * v for v in lam], [scale_grad * g for g in grad]
 
-    def wrong(*args):
-        lam, grad = adjoint(*args)
-        return [scale_lam * v for v in lam], [scale_grad * g for g in grad]
+        return run
 
-    fn._code = dataclasses.replace(fn._code, adjoint=wrong)
+    code = fn._code
+    fn._code = dataclasses.replace(
+        code, adjoint=wrong(code.adjoint), adjoint_scalar=wrong(code.adjoint_scalar)
+    )
     return fn
 
 
