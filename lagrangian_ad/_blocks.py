@@ -107,13 +107,14 @@ class _Factorized:
                 "solution is not locally unique, so the gradient is not defined there"
             )
 
-    def solve_transposed(self, g: np.ndarray) -> np.ndarray:
+    def solve(self, g: np.ndarray, transposed: bool) -> np.ndarray:
+        """J⁻¹ g, or J⁻ᵀ g when ``transposed``, with the factorization at the solution."""
         if self.dense:
-            return np.einsum("...ji,...j->...i", self.inv, g)
+            return np.einsum("...ji,...j->...i" if transposed else "...ij,...j->...i", self.inv, g)
         out = np.empty_like(g)
         flat_g, flat_out = g.reshape(-1, g.shape[-1]), out.reshape(-1, g.shape[-1])
         for b, lu in enumerate(self.lus):
-            flat_out[b] = lu.solve(flat_g[b], trans="T")
+            flat_out[b] = lu.solve(flat_g[b], trans="T" if transposed else "N")
         return out
 
 
@@ -275,8 +276,15 @@ class BlockSolver:
 
     def adjoint(self, ctx: Any, g: list) -> np.ndarray:
         """λ of the block's constraints from Jᵀ λ = g (g: seeds of the block's unknowns)."""
+        return self._solve(ctx, g, transposed=True)
+
+    def tangent(self, ctx: Any, rhs: list) -> np.ndarray:
+        """ż of the block's unknowns from J ż = rhs (forward mode)."""
+        return self._solve(ctx, rhs, transposed=False)
+
+    def _solve(self, ctx: Any, parts: list, transposed: bool) -> np.ndarray:
         fact, _ = ctx.blocks[self.index]
         G = np.empty((*ctx.batches[self.index], self.n))
-        for j, gj in enumerate(g):
+        for j, gj in enumerate(parts):
             G[..., j] = gj
-        return fact.solve_transposed(G)
+        return fact.solve(G, transposed)

@@ -27,6 +27,7 @@ import linecache
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.special
@@ -124,6 +125,9 @@ class Generated:
     n_forms: int
     forward_scalar: Callable[..., list]
     adjoint_scalar: Callable[..., tuple[list, list]]
+    jvp: Callable[..., Any]
+    jvp_scalar: Callable[..., Any]
+    jvp_source: str
 
 
 class _Emitter:
@@ -268,9 +272,11 @@ def generate(ir: ProgramIR, graph: Graph) -> Generated:
     adjoint_source = "\n".join(adj) + "\n"
 
     kkt_source = _kkt_source(em)
+    jvp_source = _jvp_source(em)
     blocks_source = "\n".join(block_src)
     namespace = _exec(
-        forward_source + "\n" + adjoint_source + "\n" + blocks_source + "\n" + kkt_source, "program"
+        "\n".join([forward_source, adjoint_source, blocks_source, kkt_source, jvp_source]),
+        "program",
     )
     block_solvers = tuple(
         BlockSolver(
@@ -287,7 +293,7 @@ def generate(ir: ProgramIR, graph: Graph) -> Generated:
     )
     namespace["_blocks"] = block_solvers
     scalar = _exec(
-        forward_source + "\n" + adjoint_source,
+        "\n".join([forward_source, adjoint_source, jvp_source]),
         "scalar program",
         {**SCALAR_NAMESPACE, "_blocks": block_solvers},
     )
@@ -303,6 +309,9 @@ def generate(ir: ProgramIR, graph: Graph) -> Generated:
         n_forms=em.n_forms,
         forward_scalar=scalar["forward"],
         adjoint_scalar=scalar["adjoint"],
+        jvp=namespace["jvp"],
+        jvp_scalar=scalar["jvp"],
+        jvp_source=jvp_source,
     )
 
 
@@ -361,6 +370,58 @@ def _block_source(em: _Emitter, b, k: int, ext: list[int]):
         np.array(cols, dtype=np.intp),
         has_map,
     )
+
+
+def _jvp_source(em: _Emitter) -> str:
+    """Forward mode: ż_i = Σ_j ∂f_i/∂z_j ż_j in block order; J ż_B = rhs in cyclic blocks.
+
+    Only variables downstream of the inputs get a tangent; the rest are zero and skipped.
+    """
+    graph, names, n_in = em.graph, em.names, em.n_in
+    dot = {v: em.namer.fresh("d_" + names[v]) for v in range(len(names))}
+    lines = [f"def jvp(_ctx, {', '.join(names)}, {', '.join(dot[k] for k in range(n_in))}):"]
+    known = set(range(n_in))
+
+    def terms(e: int, skip: frozenset = frozenset()) -> tuple[list[str], list[str]]:
+        """Temporaries, and the products ∂f/∂p · ṗ for the parents p with a tangent."""
+        form, sl = em.forms[e], em.slots(e)
+        out = []
+        for (k, _), text in zip(form.partials, form.jac, strict=True):
+            p = graph.parents[e][k]
+            if p in known and p not in skip:
+                code = instantiate(text, sl)
+                out.append(dot[p] if code == "1" else f"({code})*{dot[p]}")
+        temps = [f"    {instantiate(t, sl)}" for t in form.jac_temps] if out else []
+        return temps, out
+
+    cyclic_index = {b: k for k, b in enumerate(graph.cyclic_blocks)}
+    for b in graph.blocks:
+        if b.explicit:
+            (e,) = b.constraints
+            temps, products = terms(e)
+            if products:
+                t = graph.targets[e]
+                lines += [*temps, f"    {dot[t]} = {' + '.join(products)}"]
+                known.add(t)
+            continue
+        # J ż_B = −Σ_{p outside} ∂r/∂p ṗ: +∂f/∂p ṗ (explicit), −∂c/∂p ṗ (implicit).
+        rhs = []
+        inside = frozenset(b.unknowns)
+        for e in b.constraints:
+            temps, products = terms(e, skip=inside)
+            lines += temps
+            t = graph.targets[e]
+            parts = [f"-({' + '.join(products)})"] if t is None and products else products
+            if t is not None and t not in inside and t in known:
+                parts.append(f"-{dot[t]}")
+            rhs.append(" + ".join(parts) if parts else "0.0")
+        if all(r == "0.0" for r in rhs):
+            continue
+        lines.append(f"    _T = _blocks[{cyclic_index[b]}].tangent(_ctx, ({', '.join(rhs)},))")
+        lines += [f"    {dot[v]} = _T[..., {j}]" for j, v in enumerate(b.unknowns)]
+        known.update(b.unknowns)
+    lines.append(f"    return {dot[graph.output] if graph.output in known else '0.0'}")
+    return "\n".join(lines) + "\n"
 
 
 def _kkt_source(em: _Emitter) -> str:
