@@ -108,14 +108,21 @@ class _Factorized:
             )
 
     def solve(self, g: np.ndarray, transposed: bool) -> np.ndarray:
-        """J⁻¹ g, or J⁻ᵀ g when ``transposed``, with the factorization at the solution."""
+        """J⁻¹ g, or J⁻ᵀ g when ``transposed``, with the factorization at the solution.
+
+        ``g`` has shape (…, batch…, n): leading axes (several right-hand sides per sample,
+        e.g. the directions of a Hessian) broadcast against the batch.
+        """
         if self.dense:
             return np.einsum("...ji,...j->...i" if transposed else "...ij,...j->...i", self.inv, g)
-        out = np.empty_like(g)
-        flat_g, flat_out = g.reshape(-1, g.shape[-1]), out.reshape(-1, g.shape[-1])
+        n, nb = g.shape[-1], len(self.lus)
+        flat = np.broadcast_to(g, (*g.shape[:-1], n)).reshape(-1, nb, n)
+        out = np.empty_like(flat)
         for b, lu in enumerate(self.lus):
-            flat_out[b] = lu.solve(flat_g[b], trans="T" if transposed else "N")
-        return out
+            out[:, b] = lu.solve(
+                np.ascontiguousarray(flat[:, b].T), trans="T" if transposed else "N"
+            ).T
+        return out.reshape(g.shape)
 
 
 class BlockSolver:
@@ -284,7 +291,8 @@ class BlockSolver:
 
     def _solve(self, ctx: Any, parts: list, transposed: bool) -> np.ndarray:
         fact, _ = ctx.blocks[self.index]
-        G = np.empty((*ctx.batches[self.index], self.n))
+        shape = np.broadcast_shapes(ctx.batches[self.index], *(np.shape(p) for p in parts))
+        G = np.empty((*shape, self.n))
         for j, gj in enumerate(parts):
             G[..., j] = gj
         return fact.solve(G, transposed)

@@ -128,6 +128,7 @@ class Generated:
     jvp: Callable[..., Any]
     jvp_scalar: Callable[..., Any]
     jvp_source: str
+    emitter: Any
 
 
 class _Emitter:
@@ -138,7 +139,7 @@ class _Emitter:
         self.namer = _Namer()
         self.names = [self.namer.fresh(s.name) for s in graph.symbols]
         self.n_in = graph.n_inputs
-        table = FormTable(_Printer)
+        self.table = table = FormTable(_Printer)
         self.forms, self.consts = [], []
         for c, parents in zip(ir.constraints, graph.parents, strict=True):
             parent_symbols = tuple(graph.symbols[p] for p in parents)
@@ -291,7 +292,7 @@ def generate(ir: ProgramIR, graph: Graph) -> Generated:
         )
         for k, unknown_names, variables, rows, cols, has_map in solvers
     )
-    namespace["_blocks"] = block_solvers
+    namespace["_blocks"] = em.block_solvers = block_solvers
     scalar = _exec(
         "\n".join([forward_source, adjoint_source, jvp_source]),
         "scalar program",
@@ -312,6 +313,7 @@ def generate(ir: ProgramIR, graph: Graph) -> Generated:
         jvp=namespace["jvp"],
         jvp_scalar=scalar["jvp"],
         jvp_source=jvp_source,
+        emitter=em,
     )
 
 
@@ -372,14 +374,14 @@ def _block_source(em: _Emitter, b, k: int, ext: list[int]):
     )
 
 
-def _jvp_source(em: _Emitter) -> str:
+def _jvp_source(em: _Emitter, name: str = "jvp", every: bool = False) -> str:
     """Forward mode: ż_i = Σ_j ∂f_i/∂z_j ż_j in block order; J ż_B = rhs in cyclic blocks.
 
     Only variables downstream of the inputs get a tangent; the rest are zero and skipped.
     """
     graph, names, n_in = em.graph, em.names, em.n_in
     dot = {v: em.namer.fresh("d_" + names[v]) for v in range(len(names))}
-    lines = [f"def jvp(_ctx, {', '.join(names)}, {', '.join(dot[k] for k in range(n_in))}):"]
+    lines = [f"def {name}(_ctx, {', '.join(names)}, {', '.join(dot[k] for k in range(n_in))}):"]
     known = set(range(n_in))
 
     def terms(e: int, skip: frozenset = frozenset()) -> tuple[list[str], list[str]]:
@@ -420,8 +422,75 @@ def _jvp_source(em: _Emitter) -> str:
         lines.append(f"    _T = _blocks[{cyclic_index[b]}].tangent(_ctx, ({', '.join(rhs)},))")
         lines += [f"    {dot[v]} = _T[..., {j}]" for j, v in enumerate(b.unknowns)]
         known.update(b.unknowns)
-    lines.append(f"    return {dot[graph.output] if graph.output in known else '0.0'}")
+    if every:
+        listed = [dot[v] if v in known else "0.0" for v in range(len(names))]
+        lines.append(f"    return [{', '.join(listed)}]")
+    else:
+        lines.append(f"    return {dot[graph.output] if graph.output in known else '0.0'}")
     return "\n".join(lines) + "\n"
+
+
+def hessian_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
+    """Second order, generated on first use: the tangents Z = dz/dx, then Zᵀ ∇²L Z.
+
+    At the stationary point the Hessian of the output with respect to the inputs is the
+    reduced Hessian H = Zᵀ (∇²_{x,z} L) Z, where Z stacks the identity (inputs) and the
+    tangents of every variable along every input direction, and
+    ∇²L = Σ_i λ_i ∇²f_i (explicit) − Σ_i λ_i ∇²c_i (implicit). Directions lead the
+    tangent arrays, so each term is one contraction over the batch.
+    """
+    graph, names = em.graph, em.names
+    tangents_source = _jvp_source(em, "tangents", every=True)
+    lam = [em.namer.fresh("mu_" + c.label) for c in em.ir.constraints]
+    dot = [em.namer.fresh("z_" + names[v]) for v in range(len(names))]
+    lines = [
+        f"def hessian({', '.join(names)}, {', '.join(lam)}, {', '.join(dot)}):",
+        "    _H = 0.0",
+    ]
+    for e, c in enumerate(em.ir.constraints):
+        if e not in graph.needed:
+            continue
+        temps, pairs = em.table.second_derivatives(em.forms[e], c.label)
+        if not pairs:
+            continue
+        for k in range(len(em.temps), len(temps)):  # second order may need more names
+            em.temps[f"tmp{k}"] = em.namer.fresh(f"t{k}")
+        sl = em.slots(e, lam[e])
+        lines += [f"    {instantiate(t, sl)}" for t in temps]
+        sign = "+" if c.target is not None else "-"
+        for a, b, code in pairs:
+            pa, pb = dot[graph.parents[e][a]], dot[graph.parents[e][b]]
+            kind = "_outer" if a == b else "_outer2"
+            lines.append(f"    _H = _H {sign} {kind}({instantiate(code, sl)}, {pa}, {pb})")
+    lines.append("    return _H")
+    source = tangents_source + "\n" + "\n".join(lines) + "\n"
+    namespace = _exec(
+        source,
+        "hessian",
+        {
+            "numpy": np,
+            "special": scipy.special,
+            "math": math,
+            "_outer": _outer,
+            "_outer2": _outer2,
+            "_blocks": em.block_solvers,
+        },
+    )
+    return namespace["tangents"], namespace["hessian"], source
+
+
+def _outer(c: Any, za: Any, zb: Any) -> Any:
+    """Σ_batch c·z_a z_bᵀ over the leading direction axis (0 where a tangent is 0)."""
+    if np.ndim(za) == 0 or np.ndim(zb) == 0:
+        return 0.0
+    za, zb = np.broadcast_arrays(za * c, zb)
+    return za.reshape(za.shape[0], -1) @ zb.reshape(zb.shape[0], -1).T
+
+
+def _outer2(c: Any, za: Any, zb: Any) -> Any:
+    """The symmetric pair term of a mixed second partial: c (z_a z_bᵀ + z_b z_aᵀ)."""
+    h = _outer(c, za, zb)
+    return h if np.ndim(h) == 0 else h + h.T
 
 
 def _kkt_source(em: _Emitter) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import sympy as sp
 
 from ._blocks import BlockReport, SolveOptions
-from ._codegen import generate
+from ._codegen import generate, hessian_functions
 from ._errors import LagrangianADError, ProgramError
 from ._graph import analyse
 from ._program import ProgramIR
@@ -109,6 +109,7 @@ class CompiledProgram:
             {c.label: [e] for e, c in enumerate(ir.constraints) if c.target is None}
         )
         self._no_context = _Context(SolveOptions())
+        self._hessian: tuple | None = None
         in_cycles = {v for b in self.graph.cyclic_blocks for v in b.unknowns}
         self._cyclic_vars = {
             v.name: [position[s] + n_in for s in v.symbols]
@@ -146,7 +147,7 @@ class CompiledProgram:
     def value(self, inputs: Mapping[Any, Any], **options: Any) -> Array:
         """The output z_N only (forward pass)."""
         entries, _, _, batch = self._prepare(inputs)
-        z, _ = self._run(entries, batch, options, adjoint=False)
+        z, _ = self._run(entries, batch == (), options, adjoint=False)
         return _shaped(z[self._output_index], batch)
 
     def value_and_grad(
@@ -154,10 +155,10 @@ class CompiledProgram:
     ) -> tuple[Array, dict[str, Array]]:
         """The output and ∂(Σ z_N)/∂x for every input."""
         entries, arrays, leads, batch = self._prepare(inputs)
-        z, (_, g, _) = self._run(entries, batch, options, adjoint=True)
+        z, (_, g, _) = self._run(entries, batch == (), options, adjoint=True)
         return _shaped(z[self._output_index], batch), self._grads(g, arrays, leads, batch)
 
-    def _run(self, entries: list, batch: tuple, options: dict, adjoint: bool):
+    def _run(self, entries: list, scalar: bool, options: dict, adjoint: bool):
         """Forward (and adjoint) pass: over Python floats when there is no batch axis.
 
         The float path runs the same generated source with ``math`` functions; where
@@ -165,7 +166,7 @@ class CompiledProgram:
         which returns the IEEE result (inf, nan) with its usual warning.
         """
         code = self._code
-        if batch == ():
+        if scalar:
             try:
                 ctx = self._context(options)
                 z = code.forward_scalar(ctx, *entries)
@@ -227,10 +228,47 @@ class CompiledProgram:
         d = code.jvp(ctx, *entries, *z, *dots)
         return _shaped(z[self._output_index], batch), _shaped(d, batch)
 
+    def hessian(self, inputs: Mapping[Any, Any], **options: Any) -> dict[str, dict[str, Array]]:
+        """Hessian of the batch sum of z_N: ``H[a][b]`` has shape (a's array) + (b's array).
+
+        The reduced Hessian Zᵀ (∇²L) Z at the stationary point, with Z = dz/dx from forward
+        mode along every entry of every input array, and ∇²L from the second partials of
+        the constraints (derived with SymPy on the first call, then generated code).
+        Dense in the inputs: meant for moderate numbers of input entries.
+        """
+        if self._hessian is None:
+            self._hessian = hessian_functions(self._code.emitter)
+        tangents, hessian, _ = self._hessian
+        entries, arrays, leads, batch = self._prepare(inputs)
+        if batch == ():
+            entries = [np.float64(e) for e in entries]
+        z, (lam, _, ctx) = self._run(entries, False, options, adjoint=True)
+        sizes = {name: int(np.size(arrays[name])) for name in self._inputs}
+        n_dir = sum(sizes.values())
+        dots, offset = [], 0
+        for name, var in self._inputs.items():
+            lead = leads[name]
+            eye = np.eye(n_dir)[:, offset : offset + sizes[name]]
+            eye = eye.reshape((n_dir, *(1,) * (len(batch) - len(lead)), *lead, var.size))
+            dots.extend(eye[..., k] for k in range(var.size))
+            offset += sizes[name]
+        Z = tangents(ctx, *entries, *z, *dots)
+        H = hessian(*entries, *z, *lam, *Z)
+        H = np.zeros((n_dir, n_dir)) if np.ndim(H) == 0 else H
+        out: dict[str, dict[str, Array]] = {}
+        starts = np.cumsum([0, *sizes.values()])
+        names = list(self._inputs)
+        for i, a in enumerate(names):
+            out[a] = {}
+            for j, b in enumerate(names):
+                block = H[starts[i] : starts[i + 1], starts[j] : starts[j + 1]]
+                out[a][b] = _user_array(block.reshape(np.shape(arrays[a]) + np.shape(arrays[b])))
+        return out
+
     def solve(self, inputs: Mapping[Any, Any], **options: Any) -> Solution:
         """Forward values, multipliers and gradient: the full stationary point."""
         entries, arrays, leads, batch = self._prepare(inputs)
-        z, (lam, g, ctx) = self._run(entries, batch, options, adjoint=True)
+        z, (lam, g, ctx) = self._run(entries, batch == (), options, adjoint=True)
         values: dict[str, Array] = {name: _user_array(a) for name, a in arrays.items()}
         for var in self.ir.intermediates:
             values[var.name] = _assemble(

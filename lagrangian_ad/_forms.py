@@ -90,6 +90,7 @@ class FormTable:
 
     def __init__(self, printer_factory: Callable[[dict[sp.Symbol, str]], NumPyPrinter]):
         self._forms: dict[str, Form] = {}
+        self._second: dict[int, tuple] = {}
         self._printer_factory = printer_factory
 
     def __len__(self) -> int:
@@ -108,6 +109,40 @@ class FormTable:
         if form is None:
             form = self._forms[key] = self._derive(expr, parents, floats, target, label)
         return form
+
+    def second_derivatives(self, form: Form, label: str) -> tuple[tuple[str, ...], tuple]:
+        """Code of λ ∂²f/∂p_a∂p_b for a ≤ b (nonzero ones): (temporaries, ((a, b, code), …)).
+
+        Derived on first request only: first-order work never pays for it.
+        """
+        cached = self._second.get(id(form))
+        if cached is not None:
+            return cached
+        template = form.expr
+        placeholders = sorted(
+            (s for s in template.free_symbols if s.name.startswith("«p")),
+            key=lambda s: int(s.name[2:-1]),
+        )
+        first = _SparseDiff(template)
+        lam, t = sp.Symbol("«l»", real=True), sp.Symbol("«t»", real=True)
+        pairs, exprs = [], []
+        for i, pa in enumerate(placeholders):
+            da = first(pa)
+            if da == 0:
+                continue
+            second = _SparseDiff(da)
+            for pb in placeholders[i:]:
+                d2 = _differentiate(second, pb, label, pb)
+                if d2 != 0:
+                    if not template.is_Atom:
+                        d2 = d2.xreplace({template: t})
+                    pairs.append((int(pa.name[2:-1]), int(pb.name[2:-1])))
+                    exprs.append(lam * d2)
+        names = {s: s.name for s in template.free_symbols | {lam, t}}
+        temps, codes = _print_shared(exprs, self._printer_factory(names), label)
+        result = (temps, tuple((a, b, c) for (a, b), c in zip(pairs, codes, strict=True)))
+        self._second[id(form)] = result
+        return result
 
     def _derive(
         self,
