@@ -242,6 +242,16 @@ exit status: 0 success; 2 usage error, unreadable file or parse error;
 """
 
 
+def _add_point_options(p: argparse.ArgumentParser, at_help: str) -> None:
+    """``--at`` and ``--json``, shared by the commands that solve at a point."""
+    p.add_argument("--at", action="append", type=_at_value, metavar="NAME=VALUE", help=at_help)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object with value, grad, values, multipliers",
+    )
+
+
 def _parser() -> _ArgumentParser:
     debug = _ArgumentParser(add_help=False)
     debug.add_argument(
@@ -279,12 +289,7 @@ def _parser() -> _ArgumentParser:
         epilog="example: lagrangian-ad solve examples/blog.lad --at x=0.5 --json",
     )
     p.add_argument("file", metavar="FILE", help="the program file (.lad)")
-    p.add_argument("--at", action="append", type=_at_value, metavar="NAME=VALUE", help=at_help)
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON object with value, grad, values, multipliers",
-    )
+    _add_point_options(p, at_help)
     p.set_defaults(func=_cmd_solve)
 
     p = sub.add_parser(
@@ -298,12 +303,7 @@ def _parser() -> _ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("expr", metavar="EXPR", help='the expression, e.g. "exp(x)*sin(y)"')
-    p.add_argument("--at", action="append", type=_at_value, metavar="NAME=VALUE", help=at_help)
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON object with value, grad, values, multipliers",
-    )
+    _add_point_options(p, at_help)
     p.set_defaults(func=_cmd_grad)
 
     p = sub.add_parser(

@@ -10,7 +10,7 @@ The multipliers are per sample: λ_i = ∂z_N/∂z_i, with shape B + the variabl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 import sympy as sp
 
 from ._blocks import BlockReport, SolveOptions
-from ._codegen import generate, hessian_functions
+from ._codegen import Passes, generate, hessian_functions
 from ._errors import LagrangianADError, ProgramError
 from ._graph import analyse
 from ._program import ProgramIR
@@ -159,29 +159,29 @@ class CompiledProgram:
         return _shaped(z[self._output_index], batch), self._grads(g, arrays, leads, batch)
 
     def _run(self, entries: list, scalar: bool, options: dict, adjoint: bool):
-        """Forward (and adjoint) pass: over Python floats when there is no batch axis.
+        """Forward (and adjoint) pass; returns z and, with ``adjoint``, (λ, grads, ctx)."""
+
+        def passes(code: Passes, ctx: _Context, entries: list):
+            z = code.forward(ctx, *entries)
+            return z, ((*code.adjoint(ctx, *entries, *z), ctx) if adjoint else None)
+
+        return self._on_floats_or_numpy(entries, scalar, options, passes)
+
+    def _on_floats_or_numpy(self, entries: list, scalar: bool, options: dict, passes: Callable):
+        """``passes(code, ctx, entries)`` over Python floats when ``scalar``, else NumPy.
 
         The float path runs the same generated source with ``math`` functions; where
         ``math`` raises (domain, overflow, division by zero) the call is rerun on NumPy,
         which returns the IEEE result (inf, nan) with its usual warning.
         """
-        code = self._code
         if scalar:
             try:
-                ctx = self._context(options)
-                z = code.forward_scalar(ctx, *entries)
-                if not adjoint:
-                    return z, None
-                return z, (*code.adjoint_scalar(ctx, *entries, *z), ctx)
+                return passes(self._code.scalar, self._context(options), entries)
             except LagrangianADError:
                 raise
             except (ArithmeticError, ValueError):
                 entries = [np.float64(e) for e in entries]
-        ctx = self._context(options)
-        z = code.forward(ctx, *entries)
-        if not adjoint:
-            return z, None
-        return z, (*code.adjoint(ctx, *entries, *z), ctx)
+        return passes(self._code.numpy, self._context(options), entries)
 
     def jvp(
         self, inputs: Mapping[Any, Any], tangents: Mapping[Any, Any], **options: Any
@@ -212,21 +212,13 @@ class CompiledProgram:
             else:
                 flat = t.reshape((*leads[name], var.size))
                 dots.extend(flat[..., k] for k in range(var.size))
-        code = self._code
-        if batch == ():
-            try:
-                ctx = self._context(options)
-                z = code.forward_scalar(ctx, *entries)
-                d = code.jvp_scalar(ctx, *entries, *z, *dots)
-                return _shaped(z[self._output_index], batch), _shaped(d, batch)
-            except LagrangianADError:
-                raise
-            except (ArithmeticError, ValueError):
-                entries = [np.float64(e) for e in entries]
-        ctx = self._context(options)
-        z = code.forward(ctx, *entries)
-        d = code.jvp(ctx, *entries, *z, *dots)
-        return _shaped(z[self._output_index], batch), _shaped(d, batch)
+
+        def passes(code: Passes, ctx: _Context, entries: list):
+            z = code.forward(ctx, *entries)
+            return z[self._output_index], code.jvp(ctx, *entries, *z, *dots)
+
+        value, d = self._on_floats_or_numpy(entries, batch == (), options, passes)
+        return _shaped(value, batch), _shaped(d, batch)
 
     def hessian(self, inputs: Mapping[Any, Any], **options: Any) -> dict[str, dict[str, Array]]:
         """Hessian of the batch sum of z_N: ``H[a][b]`` has shape (a's array) + (b's array).

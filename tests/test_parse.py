@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lagrangian_ad as lad
+from lagrangian_ad._demo import blog_program
 from lagrangian_ad._parse import FUNCTIONS, MAX_DEPTH, parse_expression
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -47,16 +48,7 @@ def _program_eq(p: lad.Program, q: lad.Program) -> None:
 # ------------------------------------------------------------------- programs built in Python
 
 
-def _blog() -> lad.Program:
-    prog = lad.Program()
-    x = prog.input("x")
-    a = prog.define("a", sp.exp(x))
-    b = prog.define("b", a**2)
-    c = prog.define("c", a + b)
-    d = prog.define("d", sp.exp(c))
-    e = prog.define("e", sp.sin(c))
-    prog.define("f", d + e)
-    return prog
+_blog = blog_program
 
 
 def _arrays() -> lad.Program:

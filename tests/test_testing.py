@@ -23,6 +23,7 @@ def _program():
 
 def _sabotage(fn, scale_grad=1.0, scale_lam=1.0):
     """Wrap the generated adjoint so it returns slightly wrong numbers."""
+
     def wrong(adjoint):
         def run(*args):
             lam, grad = adjoint(*args)
@@ -32,7 +33,9 @@ def _sabotage(fn, scale_grad=1.0, scale_lam=1.0):
 
     code = fn._code
     fn._code = dataclasses.replace(
-        code, adjoint=wrong(code.adjoint), adjoint_scalar=wrong(code.adjoint_scalar)
+        code,
+        numpy=dataclasses.replace(code.numpy, adjoint=wrong(code.numpy.adjoint)),
+        scalar=dataclasses.replace(code.scalar, adjoint=wrong(code.scalar.adjoint)),
     )
     return fn
 
