@@ -345,12 +345,16 @@ def _block_source(em: _Emitter, b, k: int, ext: list[int]):
     for r, e in enumerate(b.constraints):
         form, sl = em.forms[e], em.slots(e)
         explicit = graph.targets[e] is not None
+        jac_temps, jac_codes = em.table.raw_jacobian(form, em.ir.constraints[e].label)
+        for k in range(len(em.temps), len(jac_temps)):
+            em.temps[f"tmp{k}"] = em.namer.fresh(f"t{k}")
+        sl = em.slots(e)
         # ∂r/∂z for the unknowns of the block: δ(z = target) − ∂f/∂z, or ∂c/∂z.
         entries: dict[int, str] = {}
         t = graph.targets[e]
         if explicit and t in col:
             entries[col[t]] = "1"
-        for (kk, _), text in zip(form.partials, form.jac, strict=True):
+        for (kk, _), text in zip(form.partials, jac_codes, strict=True):
             p = graph.parents[e][kk]
             if p in col:
                 code = f"({instantiate(text, sl)})"
@@ -360,7 +364,7 @@ def _block_source(em: _Emitter, b, k: int, ext: list[int]):
                 else:
                     entries[col[p]] = f"{old} - {code}" if old else f"-{code}"
         if entries:
-            jac += [f"    {instantiate(t_, sl)}" for t_ in form.jac_temps]
+            jac += [f"    {instantiate(t_, sl)}" for t_ in jac_temps]
         for c, code in entries.items():
             jac.append(f"    _D[..., {len(rows)}] = {code}")
             rows.append(r)

@@ -91,6 +91,7 @@ class FormTable:
     def __init__(self, printer_factory: Callable[[dict[sp.Symbol, str]], NumPyPrinter]):
         self._forms: dict[str, Form] = {}
         self._second: dict[int, tuple] = {}
+        self._raw: dict[int, tuple] = {}
         self._printer_factory = printer_factory
 
     def __len__(self) -> int:
@@ -109,6 +110,21 @@ class FormTable:
         if form is None:
             form = self._forms[key] = self._derive(expr, parents, floats, target, label)
         return form
+
+    def raw_jacobian(self, form: Form, label: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """Code of ∂f/∂p without f replaced by «t», in the order of ``form.partials``.
+
+        Newton's iterates inside a cyclic block are not solutions, so there z_i ≠ f_i and
+        the substitution that makes the adjoint cheap would give a wrong Jacobian.
+        """
+        cached = self._raw.get(id(form))
+        if cached is None:
+            diff = _SparseDiff(form.expr)
+            exprs = [diff(sp.Symbol(f"«p{k}»", real=True)) for k, _ in form.partials]
+            names = {s: s.name for s in form.expr.free_symbols}
+            cached = _print_shared(exprs, self._printer_factory(names), label)
+            self._raw[id(form)] = cached
+        return cached
 
     def second_derivatives(self, form: Form, label: str) -> tuple[tuple[str, ...], tuple]:
         """Code of λ ∂²f/∂p_a∂p_b for a ≤ b (nonzero ones): (temporaries, ((a, b, code), …)).

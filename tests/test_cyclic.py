@@ -288,3 +288,26 @@ def test_random_contractive_cyclic_programs(case, method):
     sol = prog.solve(inputs, method=method)
     assert sol.kkt["max_dL_dlambda"] < 1e-12 and sol.kkt["max_dL_dz"] < 1e-12
     check_grads(prog, inputs, rtol=1e-7)
+
+
+def test_newton_uses_the_true_jacobian_away_from_the_solution():
+    """h = tanh(0.99 Q h + U x) from h = 0: Newton needs 1 − tanh(·)² there, not 1 − h².
+
+    (With the derivative written in terms of the target, which the adjoint may use at a
+    solution, Newton stalled on this problem at a residual of about 1.6.)
+    """
+    n, d = 20, 4
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    W, U = 0.99 * Q, 0.3 * rng.standard_normal((n, d))
+    prog = lad.Program()
+    x = prog.input("x", shape=(d,))
+    h = prog.var("h", shape=(n,))
+    prog.define(h, (sp.Matrix(W.tolist()) * h + sp.Matrix(U.tolist()) * x).applyfunc(sp.tanh))
+    prog.define("out", sum(h))
+    xs = rng.standard_normal((50, d))
+    sol = prog.solve({"x": xs})
+    H = sol.values["h"]
+    np.testing.assert_allclose(H, np.tanh(H @ W.T + xs @ U.T), atol=1e-13)
+    assert sol.blocks[0].iterations <= 15
+    check_grads(prog, {"x": xs[:5]}, rtol=1e-7)
