@@ -1,0 +1,7 @@
+"""Benchmarks of lagrangian_ad against a hand-written NumPy adjoint, PyTorch, JAX and CasADi.
+
+Run ``python -m benchmarks`` from the repository root (``--help`` for the options). The
+problems are in `benchmarks.problems`, one module per implementation
+(``benchmarks.impl_*``), and the runner in `benchmarks.runner`. This package imports
+nothing heavy, so ``__main__`` can pin every library to one thread before NumPy loads.
+"""

@@ -1,0 +1,90 @@
+"""lagrangian_ad itself: ``fn = prog.compile()``, then ``fn.value`` and ``fn.value_and_grad``.
+
+The program is built once per problem with SymPy (not counted in the cold time, the way
+writing a PyTorch function is not); the cold time is ``prog.compile()`` plus the first
+``value_and_grad`` call. A problem the engine cannot solve yet (the cyclic equilibrium
+model until the cyclic solver lands) raises one of the package's errors, which becomes
+"not supported yet" in the table; the row fills in by itself once the engine solves it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from .implementations import Bench, Memory, Unsupported
+from .problems import Inputs, Problem
+from .timing import tracemalloc_peak
+
+LABEL = "lagrangian_ad"
+
+_programs: dict[tuple, tuple[Any, float]] = {}
+
+
+def available() -> tuple[bool, str]:
+    return True, ""
+
+
+def version() -> str:
+    import lagrangian_ad
+
+    return lagrangian_ad.__version__
+
+
+def program(problem: Problem) -> tuple[Any, float]:
+    """The problem's `Program`, built once, and the seconds SymPy took to build it."""
+    if problem.key not in _programs:
+        t0 = time.perf_counter()
+        prog = problem.program()
+        _programs[problem.key] = (prog, time.perf_counter() - t0)
+    return _programs[problem.key]
+
+
+def _not_supported(err: Exception) -> bool:
+    import lagrangian_ad as lad
+
+    text = str(err).lower()
+    return isinstance(err, NotImplementedError) or (
+        isinstance(err, lad.LagrangianADError)
+        and ("not supported" in text or "not implemented" in text)
+    )
+
+
+def build(problem: Problem, inputs: Inputs, batch: int) -> Bench:
+    prog, seconds = program(problem)
+    try:
+        fn = prog.compile()
+    except Exception as err:
+        if _not_supported(err):
+            raise Unsupported("not supported yet") from err
+        raise
+
+    def value_and_grad():
+        try:
+            return fn.value_and_grad(inputs)
+        except Exception as err:
+            if _not_supported(err):
+                raise Unsupported("not supported yet") from err
+            raise
+
+    def to_numpy(result):
+        v, g = result
+        return np.asarray(v), {k: np.asarray(a) for k, a in g.items()}
+
+    return Bench(
+        value=lambda: fn.value(inputs),
+        value_and_grad=value_and_grad,
+        to_numpy=to_numpy,
+        memory=lambda: Memory(tracemalloc_peak(value_and_grad), "tracemalloc"),
+        note=f"program built by SymPy in {seconds:.2f} s (not in cold)",
+    )
+
+
+BUILDERS = {
+    "blog": build,
+    "mlp": build,
+    "chain": build,
+    "equilibrium": build,
+}

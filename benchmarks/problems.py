@@ -1,0 +1,260 @@
+"""The benchmark problems: their mathematics, their data, and their lagrangian_ad program.
+
+Each problem has a scalar output per sample; every implementation returns that output
+with the batch shape and the gradient of its batch sum with respect to every input (the
+convention of `lagrangian_ad`: a parameter given without a batch axis gets the gradient
+summed over the batch). Batch 1 is one sample given without a batch axis.
+
+blog
+    f(x) = exp(exp(x) + exp(x)²) + sin(exp(x) + exp(x)²), as six constraints
+    a = eˣ, b = a², c = a + b, d = eᶜ, e = sin c, f = d + e (Vieira 2017).
+mlp
+    An 8-16-1 network written as scalar constraints: pre = W1 x + b1, h = tanh(pre),
+    y = w2·h + b2, loss = (y − t)² — 306 scalar operations over 8 + 1 data entries per
+    sample and 16·8 + 16 + 16 + 1 parameters shared over the batch.
+chain
+    A chain of scalar steps z_0 = x, z_k = sin(z_{k−1} + x) for k = 1 … steps (1,000):
+    two operations a step, nothing to hoist out of the loop; output z_steps.
+equilibrium
+    An implicit layer h = tanh(W h + U x + b), with n = 200 hidden units, d = 20
+    inputs, ‖W‖₂ = 0.5 (a contraction, so the fixed point is unique); output Σ_i h_i.
+    It is cyclic: lagrangian_ad solves it once its cyclic solver lands. The peers
+    backprop through a fixed number of unrolled iterations (20), the hand-written NumPy
+    version solves the fixed point and the adjoint (I − J)ᵀλ = 1 by iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+__all__ = ["PROBLEMS", "Problem", "blog", "chain", "equilibrium", "get", "mlp"]
+
+Inputs = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One benchmark problem.
+
+    Attributes
+    ----------
+    name : str
+        Short name used on the command line (``--problems``).
+    title : str
+        The row label of the results table.
+    batches, quick_batches : tuple of int
+        Batch sizes of a full run and of a ``--quick`` run.
+    batched : tuple of str
+        The inputs that carry the batch axis (data); the others are parameters, shared.
+    sizes : dict
+        The size parameters the problem was built with (steps, n, d, unroll …).
+    make_inputs : callable
+        ``make_inputs(batch, rng)`` -> dict name -> NumPy array, lagrangian_ad's shapes.
+    program : callable
+        Builds the `lagrangian_ad.Program` (SymPy work, done once per problem).
+    """
+
+    name: str
+    title: str
+    batches: tuple[int, ...]
+    quick_batches: tuple[int, ...]
+    batched: tuple[str, ...]
+    make_inputs: Callable[[int, np.random.Generator], Inputs]
+    program: Callable[[], Any]
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple:
+        """Identifies the problem and its sizes (for caching its program)."""
+        return (self.name, *sorted(self.sizes.items()))
+
+    def inputs(self, batch: int, seed: int = 0) -> Inputs:
+        """Seeded inputs for a batch (batch 1: one sample, no batch axis)."""
+        return self.make_inputs(batch, np.random.default_rng(seed))
+
+
+def _lead(batch: int) -> tuple[int, ...]:
+    return () if batch == 1 else (batch,)
+
+
+# --------------------------------------------------------------------------- blog
+
+
+def blog() -> Problem:
+    """The blog's six scalar operations, with a batched x."""
+
+    def make_inputs(batch: int, rng: np.random.Generator) -> Inputs:
+        return {"x": rng.uniform(-1.0, 0.5, size=_lead(batch))}
+
+    def program():
+        import lagrangian_ad as lad
+
+        prog = lad.Program()
+        x = prog.input("x")
+        a = prog.define("a", sp.exp(x))
+        b = prog.define("b", a**2)
+        c = prog.define("c", a + b)
+        d = prog.define("d", sp.exp(c))
+        e = prog.define("e", sp.sin(c))
+        prog.define("f", d + e)
+        return prog
+
+    return Problem(
+        name="blog",
+        title="blog (6 scalar ops)",
+        batches=(1, 1_000, 100_000),
+        quick_batches=(1, 1_000),
+        batched=("x",),
+        make_inputs=make_inputs,
+        program=program,
+    )
+
+
+# --------------------------------------------------------------------------- MLP
+
+
+def mlp(n_in: int = 8, n_hidden: int = 16) -> Problem:
+    """An n_in-n_hidden-1 tanh network as scalar constraints; squared error to a target."""
+
+    def make_inputs(batch: int, rng: np.random.Generator) -> Inputs:
+        lead = _lead(batch)
+        return {
+            "x": rng.standard_normal((*lead, n_in)),
+            "t": rng.standard_normal(lead),
+            "W1": rng.standard_normal((n_hidden, n_in)) / np.sqrt(n_in),
+            "b1": 0.1 * rng.standard_normal(n_hidden),
+            "w2": rng.standard_normal(n_hidden) / np.sqrt(n_hidden),
+            "b2": np.array(0.1),
+        }
+
+    def program():
+        import lagrangian_ad as lad
+
+        prog = lad.Program()
+        x = prog.input("x", shape=(n_in,))
+        t = prog.input("t")
+        W1 = prog.input("W1", shape=(n_hidden, n_in))
+        b1 = prog.input("b1", shape=(n_hidden,))
+        w2 = prog.input("w2", shape=(n_hidden,))
+        b2 = prog.input("b2")
+        pre = prog.define("pre", W1 * x + b1)
+        h = prog.define("h", pre.applyfunc(sp.tanh))
+        y = prog.define("y", (w2.T * h)[0, 0] + b2)
+        prog.define("loss", (y - t) ** 2)
+        return prog
+
+    ops = n_hidden * (2 * n_in - 1) + n_hidden + n_hidden + (2 * n_hidden - 1) + 1 + 2
+    return Problem(
+        name="mlp",
+        title=f"MLP {n_in}-{n_hidden}-1 as {ops} scalar ops",
+        batches=(1, 1_000, 100_000),
+        quick_batches=(1, 1_000),
+        batched=("x", "t"),
+        make_inputs=make_inputs,
+        program=program,
+        sizes={"n_in": n_in, "n_hidden": n_hidden, "ops": ops},
+    )
+
+
+# --------------------------------------------------------------------------- chain
+
+
+def chain(steps: int = 1_000) -> Problem:
+    """z_0 = x, z_k = sin(z_{k−1} + x): a long chain of scalar steps."""
+
+    def make_inputs(batch: int, rng: np.random.Generator) -> Inputs:
+        return {"x": rng.uniform(-1.0, 1.0, size=_lead(batch))}
+
+    def program():
+        import lagrangian_ad as lad
+
+        prog = lad.Program()
+        x = prog.input("x")
+        z = x
+        for k in range(1, steps + 1):
+            z = prog.define(f"z{k}", sp.sin(z + x))
+        return prog
+
+    return Problem(
+        name="chain",
+        title=f"{steps:,}-step scalar chain",
+        batches=(1, 1_000),
+        quick_batches=(1, 1_000),
+        batched=("x",),
+        make_inputs=make_inputs,
+        program=program,
+        sizes={"steps": steps},
+    )
+
+
+# --------------------------------------------------------------------------- equilibrium
+
+
+def equilibrium(n: int = 200, d: int = 20, unroll: int = 20) -> Problem:
+    """h = tanh(W h + U x + b) with ‖W‖₂ = 0.5; output Σ h. Cyclic (a fixed point)."""
+
+    def make_inputs(batch: int, rng: np.random.Generator) -> Inputs:
+        W = rng.standard_normal((n, n))
+        W *= 0.5 / np.linalg.norm(W, 2)
+        return {
+            "W": W,
+            "U": rng.standard_normal((n, d)) / np.sqrt(d),
+            "b": 0.1 * rng.standard_normal(n),
+            "x": rng.standard_normal((*_lead(batch), d)),
+        }
+
+    def program():
+        import lagrangian_ad as lad
+
+        prog = lad.Program()
+        W = prog.input("W", shape=(n, n))
+        U = prog.input("U", shape=(n, d))
+        b = prog.input("b", shape=(n,))
+        x = prog.input("x", shape=(d,))
+        h = prog.var("h", shape=(n,))
+        # Rows built as flat sums and tanh left unevaluated: SymPy's Matrix product and
+        # tanh's automatic simplification of a 220-term argument cost tens of seconds.
+        rows = [
+            sp.tanh(
+                sp.Add(*(W[i, j] * h[j] for j in range(n)), *(U[i, k] * x[k] for k in range(d)))
+                + b[i],
+                evaluate=False,
+            )
+            for i in range(n)
+        ]
+        prog.define(h, sp.Matrix(rows))
+        prog.define("loss", sp.Add(*h))
+        return prog
+
+    return Problem(
+        name="equilibrium",
+        title=f"equilibrium h = tanh(Wh+Ux+b), n={n}",
+        batches=(1_000,),
+        quick_batches=(10,),
+        batched=("x",),
+        make_inputs=make_inputs,
+        program=program,
+        sizes={"n": n, "d": d, "unroll": unroll},
+    )
+
+
+PROBLEMS: dict[str, Callable[[], Problem]] = {
+    "blog": blog,
+    "mlp": mlp,
+    "chain": chain,
+    "equilibrium": equilibrium,
+}
+
+
+def get(name: str) -> Problem:
+    """The problem called ``name`` at its benchmark size."""
+    try:
+        return PROBLEMS[name]()
+    except KeyError:
+        known = ", ".join(PROBLEMS)
+        raise ValueError(f"unknown problem {name!r} (problems: {known})") from None

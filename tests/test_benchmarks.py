@@ -1,0 +1,175 @@
+"""The benchmark suite's problems and peers, at tiny sizes: every gradient agrees with ours.
+
+This keeps ``benchmarks/`` from rotting. Each available implementation runs each problem
+at batch 1 (one sample, no batch axis) and at a batch of 3, and its value and gradient
+must match lagrangian_ad's to 1e-8 — or, where lagrangian_ad cannot run the problem yet,
+the hand-written NumPy adjoint's, which lagrangian_ad itself is checked against. Peers
+that are not installed are skipped with the reason. Speed is never asserted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
+
+from benchmarks import problems
+from benchmarks.implementations import IMPLEMENTATIONS, Unsupported, load
+from benchmarks.runner import (
+    TOLERANCE,
+    RunConfig,
+    check,
+    parse_args,
+    rel_error,
+    run_row,
+)
+
+# The benchmark problems, shrunk where their size only costs time.
+SMALL = {
+    "blog": problems.blog,
+    "mlp": problems.mlp,
+    "chain": lambda: problems.chain(steps=50),
+    "equilibrium": lambda: problems.equilibrium(n=12, d=4),
+}
+BATCHES = (1, 3)
+
+_results: dict[tuple[str, str, int], object] = {}
+
+
+def _result(impl: str, name: str, batch: int):
+    """(value, grads) of one implementation, or the Unsupported it raised (cached)."""
+    key = (impl, name, batch)
+    if key not in _results:
+        module, info = load(impl)
+        if module is None:
+            _results[key] = Unsupported(info)
+        else:
+            problem = SMALL[name]()
+            try:
+                bench = module.BUILDERS[name](problem, problem.inputs(batch), batch)
+                _results[key] = bench.to_numpy(bench.value_and_grad())
+            except Unsupported as exc:
+                _results[key] = exc
+    return _results[key]
+
+
+def _reference(impl: str, name: str, batch: int):
+    """What ``impl`` is checked against: lagrangian_ad, else (and for ours) NumPy by hand."""
+    if impl != "lad":
+        ours = _result("lad", name, batch)
+        if not isinstance(ours, Unsupported):
+            return "lad", ours
+    return "numpy", _result("numpy", name, batch)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
+@pytest.mark.parametrize("name", list(SMALL))
+def test_gradient_agrees_with_reference(name, impl, batch):
+    got = _result(impl, name, batch)
+    if isinstance(got, Unsupported):
+        pytest.skip(f"{IMPLEMENTATIONS[impl].label} on {name}: {got}")
+    if impl == "numpy":
+        ref_name, ref = "lad", _result("lad", name, batch)
+        if isinstance(ref, Unsupported):
+            pytest.skip(f"NumPy by hand is the reference for {name}")
+    else:
+        ref_name, ref = _reference(impl, name, batch)
+    inputs = SMALL[name]().inputs(batch)
+    value, grads = got
+    assert np.shape(value) == (() if batch == 1 else (batch,))
+    assert set(grads) == set(inputs)
+    for key, arr in inputs.items():
+        assert np.shape(grads[key]) == np.shape(arr), key
+    err = rel_error(ref, got)
+    assert err <= TOLERANCE, f"{impl} vs {ref_name} on {name}, batch {batch}: rel. error {err:.2e}"
+
+
+def test_rel_error_catches_wrong_and_misshapen_gradients():
+    ref = (np.array([1.0, 2.0]), {"x": np.array([3.0, -4.0])})
+    assert rel_error(ref, ref) == 0.0
+    nudged = (ref[0], {"x": np.array([3.0, -4.0 + 1e-6])})
+    assert 1e-8 < rel_error(ref, nudged) < 1e-6
+    assert rel_error(ref, (ref[0], {"x": np.array([3.0])})) == np.inf
+    assert rel_error(ref, (ref[0], {})) == np.inf
+    assert rel_error(ref, (ref[0], {"x": np.array([np.nan, 0.0])})) == np.inf
+
+
+def test_check_uses_ours_as_reference_and_numpy_for_ours():
+    good = (np.array(1.0), {"x": np.array(2.0)})
+    bad = (np.array(1.0), {"x": np.array(2.1)})
+    errs = check({"lad": good, "numpy": good, "torch": bad})
+    assert errs["lad"] == (0.0, "numpy") and errs["numpy"] == (0.0, "lad")
+    assert errs["torch"][1] == "lad" and errs["torch"][0] > TOLERANCE
+    errs = check({"numpy": good, "jax": good})  # ours could not run: NumPy is the reference
+    assert errs == {"jax": (0.0, "numpy")}
+
+
+def test_runner_row_and_report_end_to_end():
+    """One row through the runner (setup, check, timing, memory) and the Markdown report."""
+    from benchmarks import report
+
+    problem = problems.blog()
+    modules = {n: m for n in ("lad", "numpy") if (m := load(n)[0]) is not None}
+    config = RunConfig(target=1e-3, min_runs=1, verbose=False)
+    row = run_row(problem, 2, ["lad", "numpy", "casadi"], {**modules}, config)
+    for name in ("lad", "numpy"):
+        cell = row.cells[name]
+        assert cell.status == "ok", cell
+        assert cell.value.median > 0 and cell.value_and_grad.median > 0 and cell.cold > 0
+        assert cell.memory.nbytes is not None and cell.error <= TOLERANCE
+    assert row.cells["casadi"].status == "missing"  # not passed in: reported, not run
+    machine = report.machine_info()
+    text = report.markdown(
+        [row],
+        ["lad", "numpy", "casadi"],
+        {"lad": "x", "numpy": "y", "casadi": "— (z)"},
+        machine,
+        True,
+        1.0,
+        ["benchmarks"],
+    )
+    assert "| blog (6 scalar ops) | 2 |" in text
+    assert "ratios between implementations measured side by side" in text
+    assert machine["cpu"] in text
+
+
+def test_command_line_options():
+    args = parse_args(["--quick", "--problems", "blog,chain", "--batches", "1,1e3"])
+    assert args.quick and args.problems == ["blog", "chain"] and args.batches == [1, 1000]
+    with pytest.raises(SystemExit):
+        parse_args(["--problems", "nope"])
+    with pytest.raises(SystemExit):
+        parse_args(["--impls", "matlab"])
+
+
+def test_a_problem_we_cannot_solve_yet_is_a_cell_not_a_crash():
+    """Until the engine solves a problem, its cell reads "not supported yet"."""
+    import dataclasses
+
+    import lagrangian_ad as lad
+
+    class Cyclic:
+        def compile(self):
+            raise lad.ProgramError("h[0] depends on itself; cyclic programs are not supported yet")
+
+    problem = dataclasses.replace(problems.blog(), program=Cyclic, sizes={"variant": 1})
+    modules = {"lad": load("lad")[0], "numpy": load("numpy")[0]}
+    config = RunConfig(target=1e-3, min_runs=1, verbose=False)
+    row = run_row(problem, 1, ["lad", "numpy"], modules, config)
+    cell = row.cells["lad"]
+    assert (cell.status, cell.text) == ("unsupported", "not supported yet")
+    assert "ProgramError" in cell.detail
+    assert row.cells["numpy"].status == "ok"  # and the peers run regardless
+
+
+def test_a_wrong_result_of_ours_marks_only_our_cell():
+    good = (np.array(1.0), {"x": np.array(2.0)})
+    bad = (np.array(1.0), {"x": np.array(2.1)})
+    errs = check({"lad": bad, "numpy": good, "torch": good})
+    assert errs["lad"][0] > TOLERANCE
+    assert errs["torch"] == (0.0, "numpy")
