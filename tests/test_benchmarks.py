@@ -9,13 +9,8 @@ that are not installed are skipped with the reason. Speed is never asserted.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
 
 from benchmarks import problems
 from benchmarks.implementations import IMPLEMENTATIONS, Unsupported, load
