@@ -7,7 +7,8 @@ cannot run the problem, against the hand-written NumPy adjoint, which is also wh
 lagrangian_ad itself is checked against. A relative mismatch beyond 1e-8 (in the max
 norm, per array) marks the cell WRONG and it is not timed. The rest are timed
 (`timing.measure`: medians, one thread) for ``value`` and ``value_and_grad``, and their
-peak memory for one value_and_grad call is measured.
+peak memory for one value_and_grad call is measured. `main` writes the Markdown report
+(`report`) and the same measurements as JSON (`records`) beside it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = ["TOLERANCE", "Cell", "RunConfig", "check", "main", "rel_error", "run"
 
 TOLERANCE = 1e-8
 MEMORY_TRACE_LIMIT = 0.5  # seconds: slower calls are not run again under a memory tracer
+JSON_NAME = "results.json"  # the measurements as data, written beside the Markdown report
 
 
 @dataclass
@@ -294,7 +296,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out",
         type=Path,
         default=None,
-        help="the Markdown report (default: benchmarks/RESULTS.md for a full run)",
+        help="the Markdown report (default: benchmarks/RESULTS.md for a full run); the "
+        f"same measurements go, as JSON, to {JSON_NAME} in the same folder",
     )
     args = parser.parse_args(argv)
     for name in args.problems:
@@ -309,7 +312,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import report
+    from . import records, report
 
     args = parse_args(argv)
     config = RunConfig(target=0.02, min_runs=3, slow=1.0) if args.quick else RunConfig()
@@ -334,5 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if out is not None:
         out.write_text(text, encoding="utf-8")
-        print(f"written to {out}")
+        json_path = out.with_name(JSON_NAME)
+        data = records.results(
+            rows, args.impls, versions, machine, args.quick, elapsed, sys.argv, config
+        )
+        records.write(json_path, data)
+        print(f"written to {out} and {json_path}")
     return 0

@@ -168,3 +168,56 @@ def test_a_wrong_result_of_ours_marks_only_our_cell():
     errs = check({"lad": bad, "numpy": good, "torch": good})
     assert errs["lad"][0] > TOLERANCE
     assert errs["torch"] == (0.0, "numpy")
+
+
+def test_results_json_round_trips_a_tiny_run(tmp_path, capsys):
+    """One tiny run writes RESULTS.md and results.json; the JSON reads back as its cells."""
+    import json
+    import math
+
+    from benchmarks import records, report
+    from benchmarks.runner import Cell, fmt_time, main
+
+    out = tmp_path / "RESULTS.md"
+    argv = ["--quick", "--problems", "blog", "--batches", "2", "--impls", "lad,numpy", "--out"]
+    assert main([*argv, str(out)]) == 0
+    assert "results.json" in capsys.readouterr().out
+    data = records.read(tmp_path / "results.json")
+    assert data["run"]["quick"] and set(data["run"]["versions"]) == {"lad", "numpy"}
+    assert [(r["problem"], r["batch"], r["impl"]) for r in data["records"]] == [
+        ("blog", 2, "lad"),
+        ("blog", 2, "numpy"),
+    ]
+    markdown = out.read_text(encoding="utf-8")
+    for rec in data["records"]:  # the same run: the report shows the JSON's times
+        assert rec["status"] == "ok" and rec["error"] <= TOLERANCE
+        assert f"| {fmt_time(rec['value_and_grad_s'])} |" in markdown
+        assert rec["ratio"] == rec["value_and_grad_s"] / rec["value_s"]
+
+    # Round trip through the writer, with a WRONG cell whose error is infinite (a
+    # misshapen gradient) and a missing one: strict JSON, and the same records back.
+    row = run_row(
+        problems.blog(),
+        2,
+        ["numpy"],
+        {"numpy": load("numpy")[0]},
+        RunConfig(target=1e-3, min_runs=1, verbose=False),
+    )
+    row.cells["torch"] = Cell("torch", "wrong", "WRONG", error=math.inf, checked_against="lad")
+    row.cells["casadi"] = Cell("casadi", "missing", "not installed")
+    impls = ["numpy", "torch", "casadi"]
+    versions = {"numpy": "1", "torch": "2", "casadi": "— (not installed)"}
+    machine = report.machine_info()
+    written = records.results([row], impls, versions, machine, True, 0.5, ["x"], RunConfig())
+    path = tmp_path / "again.json"
+    records.write(path, written)
+    json.loads(path.read_text(encoding="utf-8"), parse_constant=lambda c: pytest.fail(c))
+    back = records.read(path)
+    assert back["run"] == written["run"]
+    expected = [records.record(row, row.cells[name]) for name in impls]
+    expected[1]["error"] = math.inf  # written as "inf", read back as a float
+    assert back["records"] == expected
+    numpy_rec, torch_rec, casadi_rec = back["records"]
+    assert numpy_rec["value_s"] == row.cells["numpy"].value.median
+    assert (torch_rec["status"], torch_rec["value_s"]) == ("wrong", None)
+    assert (casadi_rec["status"], casadi_rec["text"]) == ("missing", "not installed")
