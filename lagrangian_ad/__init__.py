@@ -14,6 +14,7 @@ from ._errors import (
     ProgramError,
     SingularSystemError,
 )
+from ._optimize import OptimizeResult, maximize, minimize
 from ._parse import load, parse
 from ._program import Program
 from ._symbolic import Conditions
@@ -23,6 +24,7 @@ __all__ = [
     "Conditions",
     "ConvergenceError",
     "LagrangianADError",
+    "OptimizeResult",
     "ParseError",
     "Program",
     "ProgramError",
@@ -30,6 +32,8 @@ __all__ = [
     "Solution",
     "decompose",
     "load",
+    "maximize",
+    "minimize",
     "parse",
 ]
 

@@ -1,0 +1,1411 @@
+"""Using: optimizers built on the Lagrangian of a program.
+
+Notation of DESIGN.md. A program has inputs x, intermediates z_i = f_i(z_Pa(i)) (or
+implicit equations c_i(z) = 0) and a scalar output z_N per sample b of the batch. Its
+constraint residuals are c_i = z_i − f_i (explicit) or c_i (implicit). Some inputs are
+optimized (given in ``x0``), the others are data (given in ``fixed``, possibly batched).
+The objective is the batch sum of the output at the forward solution z(x),
+
+    F(x) = Σ_b z_N^(b)(x),
+
+and every method minimizes φ = s·F with s = +1 (`minimize`) or s = −1 (`maximize`).
+Everything reported (``fun``, ``jac``, the history) is about F itself: the maximum, not
+its negation.
+
+Reduced-space methods run the exact forward pass at every iterate and take ∇F from the
+multipliers (``value_and_grad``): ∂F/∂x_k = Σ_i λ_i ∂f_i/∂x_k.
+
+* ``"gradient"``: x ← x − t s∇F(x), the blog's gradient ascent (for `maximize`), with a
+  backtracking Armijo line search on t.
+* ``"lbfgs"``: SciPy's L-BFGS-B on φ(x), fed by the multipliers; box bounds accepted.
+
+Full-space methods treat x and every z (one copy per sample) as unknowns; the constraints
+c(x, z) = 0 hold only at convergence, and no forward pass is run during the iterations.
+With multipliers μ (one per constraint and sample) and the Lagrangian in the convention
+of constrained optimization,
+
+    ℒ(x, z, μ) = s·Σ_b z_N^(b) + Σ_{b,i} μ_i^(b) c_i^(b)(x, z),
+
+the program's multipliers of DESIGN.md (L = z_N − Σ λ_i c_i, λ_i = ∂z_N/∂z_i) are
+λ = −s·μ; results report λ.
+
+* ``"augmented-lagrangian"``: the method of multipliers on
+  L_A = ℒ + (ρ/2) Σ_{b,i} (c_i^(b))², minimized over (x, z) by L-BFGS with exact gradients,
+  then μ ← μ + ρ c.
+* ``"newton-kkt"``: Newton's method on ∇ℒ = 0 in (x, z, μ) with the exact sparse KKT
+  matrix, an ℓ1 merit function, backtracking, a second-order correction and inertia
+  correction.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+import scipy.sparse as sps
+import scipy.sparse.linalg as spla
+import sympy as sp
+
+from ._compiled import CompiledProgram
+from ._errors import ConvergenceError, ProgramError, SingularSystemError
+from ._program import Program, ProgramIR
+
+__all__ = ["METHODS", "OptimizeResult", "maximize", "minimize"]
+
+METHODS = ("gradient", "lbfgs", "augmented-lagrangian", "newton-kkt")
+
+# Status codes, shared by every method.
+CONVERGED = 0  # the tolerance was met
+MAXITER = 1  # the iteration (or evaluation) limit was reached
+STALLED = 2  # no acceptable step: line search or inner solver failed
+STOPPED = 3  # the callback asked to stop
+FAILED = 4  # a numerical failure (non-finite values, singular KKT matrix)
+
+# Failures of a forward solve at a trial point: a line search rejects the point.
+_SOLVE_FAILURES = (ConvergenceError, SingularSystemError, FloatingPointError)
+
+
+class OptimizeResult(scipy.optimize.OptimizeResult):
+    """The result of `minimize` or `maximize` (a `scipy.optimize.OptimizeResult`).
+
+    Attributes
+    ----------
+    x : dict
+        Input name -> optimized value, with the shape given in ``x0`` (a float for a
+        scalar).
+    fun : float
+        F(x) = Σ_batch z_N at ``x`` (for `maximize` the maximum itself, not negated).
+        The full-space methods compute it with one exact forward pass at the final x.
+    jac : dict
+        Input name -> ∂F/∂x at ``x`` (the gradient of F, whatever the sense).
+    success : bool
+        Whether the method's tolerance was met.
+    status : int
+        0 converged, 1 iteration limit, 2 no acceptable step (line search or inner
+        solver failed), 3 stopped by the callback, 4 numerical failure.
+    message : str
+        Why the method stopped.
+    nit : int
+        Iterations (outer iterations for ``"augmented-lagrangian"``).
+    nfev, njev : int
+        Evaluations of the objective and of its gradient. For ``"gradient"`` and
+        ``"lbfgs"`` each is one forward and one adjoint pass. For
+        ``"augmented-lagrangian"``, evaluations of L_A and ∇L_A plus the exact passes at
+        the start and the end. For ``"newton-kkt"``, evaluations of the residuals c
+        (``nfev``) and of their first and second derivatives (``njev``), plus the exact
+        passes.
+    history : list of dict
+        One record per iteration: ``iteration``, ``fun`` (F, or for the full-space
+        methods Σ z_N read from the current z), ``grad_norm`` (∞-norm of the projected
+        gradient of φ, or of ∇_{x,z} of the Lagrangian), ``nfev`` and ``time`` (seconds
+        since the start), plus the method's own entries (``step``, ``backtracks``,
+        ``penalty``, ``constraint_violation``, ``kkt_residual``, ``delta``, …).
+    maxcv, fun_model, multipliers, z : optional
+        Full-space methods only: the final max |c_i| over the batch, Σ z_N read from the
+        optimizer's own z, the multipliers λ = ∂z_N/∂z_i in the convention of DESIGN.md
+        (by intermediate name, and by equation name for implicit equations; batch shape
+        + own shape, like `Solution.multipliers`), and the optimizer's z by intermediate
+        name (batch shape + own shape). ``"augmented-lagrangian"`` adds ``penalty`` (the
+        final ρ) and ``inner_nit`` (all L-BFGS iterations); ``"newton-kkt"`` adds
+        ``kkt_residual``.
+    """
+
+    def __repr__(self) -> str:
+        shown = scipy.optimize.OptimizeResult({k: v for k, v in self.items() if k != "history"})
+        return f"{shown!r}\n history: <{len(self.get('history', ()))} records>"
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def minimize(
+    prog: Program | CompiledProgram,
+    x0: Mapping[Any, Any],
+    fixed: Mapping[Any, Any] | None = None,
+    method: str = "lbfgs",
+    tol: float | None = None,
+    callback: Callable[[OptimizeResult], Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> OptimizeResult:
+    """Minimize F(x) = Σ_batch z_N over the inputs in ``x0``.
+
+    Parameters
+    ----------
+    prog : Program or CompiledProgram
+    x0 : dict
+        Input name (or Symbol) -> starting value of each input to optimize. A value may
+        carry batch axes (one variable per sample).
+    fixed : dict, optional
+        Input name -> value of each input that is data, not a variable; may be batched.
+        Every input of the program must be in exactly one of ``x0`` and ``fixed``.
+    method : {"gradient", "lbfgs", "augmented-lagrangian", "newton-kkt"}
+        See the module docstring and the option lists below.
+    tol : float, optional
+        Sets the method's main tolerances: ``gtol`` for ``"gradient"``; ``ftol`` and
+        ``gtol`` for ``"lbfgs"``; ``ctol`` and ``gtol`` for ``"augmented-lagrangian"``;
+        ``tol`` (the KKT residual) for ``"newton-kkt"``.
+    callback : callable, optional
+        ``callback(intermediate_result)`` after each iteration, with an
+        `OptimizeResult` holding ``x`` (dict), ``fun``, ``nit`` and the iteration's
+        history record. Returning True or raising StopIteration stops the method
+        (status 3).
+    options : dict, optional
+        Common to all methods: ``maxiter``, and ``solve`` (a dict of options for the
+        forward solves of cyclic blocks: ``init``, ``method``, ``tol``, ``maxiter``).
+
+        ``"gradient"``: ``gtol`` (1e-5; stop when the ∞-norm of the projected gradient
+        is below), ``ftol`` (0: off; stop when the relative decrease of φ is below),
+        ``maxiter`` (20000), ``step`` (1.0: the first trial step t), ``initial``
+        (``"bb"``: each trial step starts at the Barzilai–Borwein length
+        sᵀs/sᵀy of the last step, or ``"grow"``: at ``grow`` times the last accepted
+        step), ``grow`` (2.0), ``c1`` (1e-4: Armijo constant), ``shrink`` (0.5),
+        ``max_backtracks`` (60), ``bounds``.
+
+        ``"lbfgs"``: ``maxiter`` (15000), ``maxfun`` (15000), ``gtol`` (1e-5),
+        ``ftol`` (2.2e-9), ``maxcor`` (10), ``maxls`` (20), ``bounds``; the meanings of
+        `scipy.optimize.minimize` with ``method="L-BFGS-B"``.
+
+        ``bounds`` (``"gradient"``, ``"lbfgs"``, ``"augmented-lagrangian"``):
+        ``{name: (lo, hi)}``, each a scalar or an array broadcast to the shape of
+        ``x0[name]``; None for no bound. The gradient method projects on the box.
+
+        ``"augmented-lagrangian"``: ``maxiter`` (50 outer iterations), ``ctol`` (1e-8:
+        max |c_i|), ``gtol`` (1e-6: ∞-norm of ∇_{x,z} ℒ), ``rho`` (10: initial
+        penalty), ``rho_factor`` (10), ``rho_max`` (1e10), ``shrink`` (0.25: ρ grows
+        when max |c| did not shrink by this factor), ``inner_gtol`` (1e-3: first inner
+        tolerance, divided by ``inner_factor`` = 10 each outer iteration down to
+        ``gtol``), ``inner_maxiter`` (500), ``maxcor`` (20), ``z0`` (``"forward"``:
+        start z from one forward pass at x0; ``"zeros"``; or a dict name -> array).
+
+        ``"newton-kkt"``: ``maxiter`` (100), ``tol`` (1e-9: max of |∇_{x,z} ℒ| and
+        |c|), ``init`` (``"forward"``: z and μ from one exact solve at x0, or
+        ``"zeros"``), ``c1`` (1e-4), ``max_backtracks`` (40), ``soc`` (True: try a
+        second-order correction when the full step is rejected), ``inertia``
+        (``"reduced"``: exact test on the reduced Hessian, or ``"descent"``),
+        ``max_reduced`` (500: above this many optimized entries ``"descent"`` is used),
+        ``delta_min`` (1e-8), ``delta_max`` (1e20), ``damping`` (1e-3: the smallest
+        proximal term added after a shortened step).
+
+    Returns
+    -------
+    OptimizeResult
+
+    Raises
+    ------
+    ValueError
+        Unknown method or option.
+    ProgramError
+        An input in both or neither of ``x0`` and ``fixed``, an unknown input, a wrong
+        shape.
+
+    Examples
+    --------
+    >>> import sympy as sp, lagrangian_ad as lad
+    >>> prog = lad.Program()
+    >>> x, y = prog.input("x"), prog.input("y")
+    >>> f = prog.define("f", (1 - x) ** 2 + 100 * (y - x**2) ** 2)
+    >>> res = lad.minimize(prog, {"x": -1.2, "y": 1.0})
+    >>> bool(res.success), round(res.x["x"], 4), round(res.x["y"], 4)
+    (True, 1.0, 1.0)
+    """
+    return _optimize("min", prog, x0, fixed, method, tol, callback, options)
+
+
+def maximize(
+    prog: Program | CompiledProgram,
+    x0: Mapping[Any, Any],
+    fixed: Mapping[Any, Any] | None = None,
+    method: str = "lbfgs",
+    tol: float | None = None,
+    callback: Callable[[OptimizeResult], Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> OptimizeResult:
+    """Maximize F(x) = Σ_batch z_N over the inputs in ``x0``; ``fun`` is the maximum.
+
+    The same parameters, options and result as `minimize` (which see), with s = −1:
+    the methods minimize −F, and report F.
+
+    Examples
+    --------
+    >>> import sympy as sp, lagrangian_ad as lad
+    >>> prog = lad.Program()
+    >>> x = prog.input("x")
+    >>> f = prog.define("f", sp.sin(x) - x**2 / 4)
+    >>> res = lad.maximize(prog, {"x": 0.0}, method="gradient")
+    >>> round(res.x["x"], 5), round(res.fun, 5)
+    (1.02987, 0.59207)
+    """
+    return _optimize("max", prog, x0, fixed, method, tol, callback, options)
+
+
+def _optimize(sense, prog, x0, fixed, method, tol, callback, options) -> OptimizeResult:
+    if method not in _METHODS:
+        raise ValueError(f"Unknown method {method!r}; methods: {', '.join(METHODS)}")
+    defaults, run = _METHODS[method]
+    opts = _options(method, defaults, options)
+    if tol is not None:
+        for key in _TOL_KEYS[method]:
+            opts[key] = float(tol)
+    problem = _Problem(prog, x0, fixed, sense, opts.pop("solve") or {})
+    return run(problem, opts, _Monitor(callback))
+
+
+def _options(method: str, defaults: dict, options: Mapping[str, Any] | None) -> dict:
+    opts = dict(defaults)
+    if options is None:
+        return opts
+    if not isinstance(options, Mapping):
+        raise ValueError(f"options must be a dict, not {type(options).__name__}")
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"Unknown option {unknown[0]!r} for method {method!r}; "
+            f"options: {', '.join(sorted(defaults))}"
+        )
+    opts.update(options)
+    return opts
+
+
+# --------------------------------------------------------------------------- the problem
+
+
+def _compiled(prog: Any) -> CompiledProgram:
+    if isinstance(prog, CompiledProgram):
+        return prog
+    if isinstance(prog, Program):
+        return prog.compile()
+    raise ProgramError(f"expected a Program or CompiledProgram, not {type(prog).__name__}")
+
+
+class _Problem:
+    """The optimized inputs as one flat vector, the data, and F(x) with its gradient."""
+
+    def __init__(self, prog: Any, x0: Any, fixed: Any, sense: str, solve: Mapping):
+        fn = _compiled(prog)
+        self.fn, self.ir = fn, fn.ir
+        self.sign = 1.0 if sense == "min" else -1.0
+        given = _named(fn, x0, "x0")
+        data = _named(fn, {} if fixed is None else fixed, "fixed")
+        if not given:
+            raise ProgramError("x0 is empty: give a starting value for each input to optimize")
+        both = [n for n in given if n in data]
+        if both:
+            raise ProgramError(
+                f"input {both[0]!r} is in both x0 and fixed; an input is either optimized "
+                "(x0) or data (fixed)"
+            )
+        missing = [v.name for v in self.ir.inputs if v.name not in given and v.name not in data]
+        if missing:
+            raise ProgramError(
+                f"input {', '.join(map(repr, missing))} is in neither x0 nor fixed; give a "
+                "starting value in x0 or its data in fixed"
+            )
+        if not isinstance(solve, Mapping):
+            raise ValueError("option 'solve' must be a dict of forward-solve options")
+        self.solve_options = dict(solve)
+        _, arrays, _, batch = fn._prepare({**given, **data})
+        self.names = [v.name for v in self.ir.inputs if v.name in given]
+        self.x0 = {n: np.array(arrays[n], dtype=np.float64) for n in self.names}
+        self.fixed = {n: arrays[n] for n in data}
+        self.batch = batch
+        self.shapes = {n: self.x0[n].shape for n in self.names}
+        sizes = [self.x0[n].size for n in self.names]
+        self.offsets = dict(zip(self.names, np.cumsum([0, *sizes[:-1]]).tolist(), strict=True))
+        self.n = int(sum(sizes))
+        self.nfev = 0
+        self.njev = 0
+
+    def pack(self, d: Mapping[str, Any]) -> np.ndarray:
+        return np.concatenate([np.ravel(np.asarray(d[n], dtype=np.float64)) for n in self.names])
+
+    def unpack(self, v: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            n: v[self.offsets[n] : self.offsets[n] + self.x0[n].size].reshape(self.shapes[n])
+            for n in self.names
+        }
+
+    def user_x(self, v: np.ndarray) -> dict[str, Any]:
+        return {n: _user(a) for n, a in self.unpack(v).items()}
+
+    def inputs(self, v: np.ndarray) -> dict[str, Any]:
+        x = {n: float(a) if a.ndim == 0 else a for n, a in self.unpack(v).items()}
+        return {**x, **self.fixed}
+
+    def evaluate(self, v: np.ndarray) -> tuple[float, np.ndarray]:
+        """F(x) and ∇F(x) as a flat vector: one forward and one adjoint pass."""
+        value, grad = self.fn.value_and_grad(self.inputs(v), **self.solve_options)
+        self.nfev += 1
+        self.njev += 1
+        return float(np.sum(value)), self.pack(grad)
+
+    def finish(self, v: np.ndarray, F: float, G: np.ndarray, **fields: Any) -> OptimizeResult:
+        fields.setdefault("success", fields["status"] == CONVERGED)
+        return OptimizeResult(
+            x=self.user_x(v),
+            fun=float(F),
+            jac={n: _user(g) for n, g in self.unpack(G).items()},
+            nfev=self.nfev,
+            njev=self.njev,
+            **fields,
+        )
+
+
+def _named(fn: CompiledProgram, d: Any, what: str) -> dict[str, Any]:
+    if not isinstance(d, Mapping):
+        raise ProgramError(f"{what} must be a dict of input name -> value, not {type(d).__name__}")
+    out: dict[str, Any] = {}
+    for key, val in d.items():
+        name = fn._input_name(key)
+        if name in out:
+            raise ProgramError(f"input {name!r} is given twice in {what}")
+        out[name] = val
+    return out
+
+
+def _user(a: Any) -> Any:
+    a = np.asarray(a, dtype=np.float64)
+    return float(a) if a.ndim == 0 else a.copy()
+
+
+class _Monitor:
+    """The history, the clock and the user's callback."""
+
+    def __init__(self, callback: Callable[[OptimizeResult], Any] | None):
+        if callback is not None and not callable(callback):
+            raise ValueError("callback must be callable")
+        self.callback = callback
+        self.start = time.perf_counter()
+        self.history: list[dict[str, Any]] = []
+
+    def record(self, entry: dict[str, Any], x: dict[str, Any]) -> bool:
+        """Append ``entry``; call the callback; True if it asks to stop."""
+        entry["time"] = time.perf_counter() - self.start
+        self.history.append(entry)
+        if self.callback is None:
+            return False
+        info = OptimizeResult(x=x, nit=entry["iteration"], **entry)
+        try:
+            stop = self.callback(info)
+        except StopIteration:
+            return True
+        return stop is not None and bool(stop)
+
+
+def _bounds(problem: _Problem, bounds: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """``{name: (lo, hi)}`` -> flat lower and upper bounds (±inf where unbounded)."""
+    if bounds is None:
+        return None
+    if not isinstance(bounds, Mapping):
+        raise ValueError("option 'bounds' must be a dict name -> (lo, hi)")
+    lo = np.full(problem.n, -np.inf)
+    hi = np.full(problem.n, np.inf)
+    for key, pair in bounds.items():
+        name = problem.fn._input_name(key)
+        if name not in problem.shapes:
+            raise ProgramError(f"bounds: input {name!r} is not optimized (it is not in x0)")
+        try:
+            low, high = pair
+        except (TypeError, ValueError):
+            raise ValueError(f"bounds[{name!r}] must be a pair (lo, hi)") from None
+        sl = slice(problem.offsets[name], problem.offsets[name] + problem.x0[name].size)
+        for target, value, fill in ((lo, low, -np.inf), (hi, high, np.inf)):
+            arr = np.asarray(fill if value is None else value, dtype=np.float64)
+            try:
+                target[sl] = np.broadcast_to(arr, problem.shapes[name]).ravel()
+            except ValueError:
+                raise ValueError(
+                    f"bounds[{name!r}]: shape {arr.shape} does not broadcast to the shape "
+                    f"{problem.shapes[name]} of x0[{name!r}]"
+                ) from None
+    if np.any(lo > hi):
+        raise ValueError("bounds: a lower bound exceeds its upper bound")
+    return lo, hi
+
+
+def _projected_gradient(v: np.ndarray, g: np.ndarray, box) -> float:
+    """∞-norm of P(v − g) − v: the gradient itself when there are no bounds."""
+    if box is None:
+        return float(np.max(np.abs(g), initial=0.0))
+    return float(np.max(np.abs(np.clip(v - g, *box) - v), initial=0.0))
+
+
+# --------------------------------------------------------------------------- gradient
+
+_GRADIENT = {
+    "maxiter": 20000,
+    "gtol": 1e-5,
+    "ftol": 0.0,
+    "step": 1.0,
+    "initial": "bb",
+    "grow": 2.0,
+    "c1": 1e-4,
+    "shrink": 0.5,
+    "max_backtracks": 60,
+    "bounds": None,
+    "solve": None,
+}
+
+
+def _gradient(problem: _Problem, opts: dict, monitor: _Monitor) -> OptimizeResult:
+    """Gradient steps from the multipliers, with a backtracking Armijo line search.
+
+    With g = s∇F(x) = s Σ_i λ_i ∂f_i/∂x (one forward and one adjoint pass) and P the
+    projection on the bounds (identity without), each iteration takes
+
+        x⁺ = P(x − t g),   accepted when   φ(x⁺) ≤ φ(x) + c1 gᵀ(x⁺ − x),
+
+    halving t until it is. The first trial t is the Barzilai–Borwein length
+    sᵀs / sᵀy of the previous step (s = Δx, y = Δg), or the last accepted step times
+    ``grow``; the direction is always the (projected) negative gradient.
+    """
+    if opts["initial"] not in ("bb", "grow"):
+        raise ValueError("option 'initial' must be 'bb' or 'grow'")
+    s = problem.sign
+    box = _bounds(problem, opts["bounds"])
+    proj = (lambda v: np.clip(v, *box)) if box is not None else (lambda v: v)
+    v = proj(problem.pack(problem.x0))
+    F, G = problem.evaluate(v)
+    phi, g = s * F, s * G
+    t = float(opts["step"])
+    v_prev = g_prev = None
+    status, message = MAXITER, "Maximum number of iterations reached"
+    nit = 0
+    for k in range(int(opts["maxiter"]) + 1):
+        if _projected_gradient(v, g, box) <= opts["gtol"]:
+            status, message = CONVERGED, "Converged: projected gradient norm <= gtol"
+            break
+        if not np.all(np.isfinite(g)):
+            status, message = FAILED, "The gradient is not finite"
+            break
+        if k == int(opts["maxiter"]):
+            break
+        if v_prev is not None:
+            sv, sg = v - v_prev, g - g_prev
+            curv = float(sv @ sg)
+            t = float(sv @ sv) / curv if opts["initial"] == "bb" and curv > 0 else t * opts["grow"]
+        backtracks = 0
+        while True:
+            trial = proj(v - t * g)
+            F_new, G_new = _try(problem, trial)
+            accepted = s * F_new <= phi + opts["c1"] * float(g @ (trial - v))
+            if accepted or backtracks == int(opts["max_backtracks"]):
+                break
+            t *= opts["shrink"]
+            backtracks += 1
+        if not accepted:
+            status, message = STALLED, "Line search failed: no step decreased the objective"
+            break
+        phi_old = phi
+        v_prev, g_prev = v, g
+        v, F, G = trial, F_new, G_new
+        phi, g = s * F, s * G
+        nit = k + 1
+        entry = {
+            "iteration": nit,
+            "fun": F,
+            "grad_norm": _projected_gradient(v, g, box),
+            "step": t,
+            "backtracks": backtracks,
+            "nfev": problem.nfev,
+        }
+        if monitor.record(entry, problem.user_x(v)):
+            status, message = STOPPED, "Stopped by the callback"
+            break
+        if phi_old - phi <= opts["ftol"] * max(abs(phi_old), abs(phi), 1.0):
+            status, message = CONVERGED, "Converged: relative reduction of the objective <= ftol"
+            break
+    return problem.finish(v, F, G, status=status, message=message, nit=nit, history=monitor.history)
+
+
+def _try(problem: _Problem, v: np.ndarray) -> tuple[float, np.ndarray]:
+    """F and ∇F at a trial point; (inf, nan) if the forward solve fails or overflows."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            F, G = problem.evaluate(v)
+    except _SOLVE_FAILURES:
+        return np.inf, np.full_like(v, np.nan)
+    if not (np.isfinite(F) and np.all(np.isfinite(G))):
+        return np.inf, G
+    return F, G
+
+
+class _Guarded:
+    """An objective ``v -> (f, g)`` for L-BFGS-B, which reads f = +inf as convergence.
+
+    A non-finite value becomes a finite one above the last finite value, with that
+    point's gradient, so that the line search backs off instead of stopping.
+    """
+
+    def __init__(self, fun: Callable[[np.ndarray], tuple[float, np.ndarray]]):
+        self.fun = fun
+        self.good: tuple[float, np.ndarray] | None = None
+        self.failures = 0
+
+    def __call__(self, v: np.ndarray) -> tuple[float, np.ndarray]:
+        f, g = self.fun(v)
+        if np.isfinite(f) and np.all(np.isfinite(g)):
+            self.good = (f, g)
+            return f, g
+        self.failures += 1
+        if self.good is None:
+            return f, np.nan_to_num(g)
+        f_good, g_good = self.good
+        return f_good + 10 * (1 + abs(f_good)), g_good
+
+
+# --------------------------------------------------------------------------- L-BFGS
+
+_LBFGS = {
+    "maxiter": 15000,
+    "maxfun": 15000,
+    "gtol": 1e-5,
+    "ftol": 2.2e-9,
+    "maxcor": 10,
+    "maxls": 20,
+    "bounds": None,
+    "solve": None,
+}
+
+
+def _lbfgs(problem: _Problem, opts: dict, monitor: _Monitor) -> OptimizeResult:
+    """SciPy's L-BFGS-B on φ(x) = s F(x), with ∇φ = s Σ_i λ_i ∂f_i/∂x from the multipliers.
+
+    Each evaluation is one forward and one adjoint pass. At a trial point where the
+    forward solve of a cyclic block fails (or overflows), L-BFGS-B is given a finite
+    value above the last good one (it would read +inf as convergence), so that its line
+    search backs off.
+    """
+    s = problem.sign
+    box = _bounds(problem, opts["bounds"])
+    last: dict[str, Any] = {}
+
+    def fun(v: np.ndarray) -> tuple[float, np.ndarray]:
+        if not np.array_equal(last["v"], v):
+            F, G = _try(problem, v)
+            last.update(v=v.copy(), F=F, G=G)
+        return s * last["F"], s * last["G"]
+
+    def at(v: np.ndarray) -> tuple[float, np.ndarray]:
+        if np.array_equal(last["v"], v):
+            return last["F"], last["G"]
+        return problem.evaluate(v)
+
+    def callback(intermediate_result: scipy.optimize.OptimizeResult) -> None:
+        v = intermediate_result.x
+        F, G = at(v)
+        entry = {
+            "iteration": len(monitor.history) + 1,
+            "fun": F,
+            "grad_norm": _projected_gradient(v, s * G, box),
+            "nfev": problem.nfev,
+        }
+        if monitor.record(entry, problem.user_x(v)):
+            raise StopIteration
+
+    v0 = problem.pack(problem.x0)
+    if box is not None:
+        v0 = np.clip(v0, *box)
+    F0, G0 = problem.evaluate(v0)  # errors at the start are the caller's to see
+    last.update(v=v0.copy(), F=F0, G=G0)
+    objective = _Guarded(fun)
+    res = scipy.optimize.minimize(
+        objective,
+        v0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=None if box is None else scipy.optimize.Bounds(*box),
+        callback=callback,
+        options={k: opts[k] for k in ("maxiter", "maxfun", "gtol", "ftol", "maxcor", "maxls")},
+    )
+    status = {0: CONVERGED, 1: MAXITER, 2: STALLED}.get(res.status, STOPPED)
+    message = "Stopped by the callback" if status == STOPPED else str(res.message)
+    if status == STALLED:
+        message = f"Line search failed: {message}"
+    F, G = at(res.x)
+    if not np.isfinite(F):
+        status, message = FAILED, f"The forward solve failed at the final point ({message})"
+    elif (
+        objective.failures
+        and status == CONVERGED
+        and _projected_gradient(res.x, s * G, box) > opts["gtol"]
+    ):
+        status, message = (
+            STALLED,
+            (
+                f"{message}, but the gradient is not small: the forward solve failed at "
+                f"{objective.failures} trial point(s); try bounds, or method='gradient'"
+            ),
+        )
+    return problem.finish(
+        res.x,
+        F,
+        np.nan_to_num(G),
+        status=status,
+        message=message,
+        nit=int(res.nit),
+        history=monitor.history,
+    )
+
+
+# --------------------------------------------------------------------------- full space
+
+
+class _Space:
+    """The full-space unknowns: every scalar intermediate, one copy per sample.
+
+    z is held as an array of shape batch + (n_z,) (entries of the intermediates in
+    program order, C order within each), and the multipliers of the constraints as an
+    array of shape batch + (m,) in constraint order.
+    """
+
+    def __init__(self, problem: _Problem):
+        ir = problem.ir
+        self.batch = problem.batch
+        self.nb = int(np.prod(self.batch, dtype=int))
+        self.vars = ir.intermediates
+        self.m = len(ir.constraints)
+        self.zoff: dict[str, int] = {}
+        off = 0
+        for var in self.vars:
+            self.zoff[var.name] = off
+            off += var.size
+        self.nz = off
+        where = {s: self.zoff[v.name] + j for v in self.vars for j, s in enumerate(v.symbols)}
+        self.out = where[ir.output]
+        self.by_target = {c.target: i for i, c in enumerate(ir.constraints) if c.target is not None}
+        self.implicit = {c.label: i for i, c in enumerate(ir.constraints) if c.target is None}
+
+    def split(self, Z: np.ndarray) -> dict[str, np.ndarray]:
+        """batch + (n_z,) -> name -> batch + shape."""
+        return {
+            v.name: Z[..., self.zoff[v.name] : self.zoff[v.name] + v.size].reshape(
+                self.batch + v.shape
+            )
+            for v in self.vars
+        }
+
+    def join(self, d: Mapping[str, Any]) -> np.ndarray:
+        """name -> batch + shape (broadcastable) -> batch + (n_z,)."""
+        Z = np.empty((*self.batch, self.nz))
+        for v in self.vars:
+            a = np.broadcast_to(np.asarray(d[v.name], dtype=np.float64), self.batch + v.shape)
+            Z[..., self.zoff[v.name] : self.zoff[v.name] + v.size] = a.reshape(
+                (*self.batch, v.size)
+            )
+        return Z
+
+    def initial(
+        self, problem: _Problem, how: Any, v_x: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """z and the DESIGN multipliers λ at x: from one exact solve, zeros, or given z."""
+        lam = np.zeros((*self.batch, self.m))
+        if isinstance(how, Mapping):
+            names = {v.name for v in self.vars}
+            unknown = sorted(set(how) - names)
+            if unknown:
+                raise ProgramError(f"z0: {unknown[0]!r} is not an intermediate of the program")
+            missing = [n for n in names if n not in how]
+            if missing:
+                raise ProgramError(f"z0: no value for intermediate {missing[0]!r}")
+            return self.join(how), lam
+        if how == "zeros":
+            return np.zeros((*self.batch, self.nz)), lam
+        if how != "forward":
+            raise ValueError("the start of z must be 'forward', 'zeros' or a dict name -> array")
+        sol = problem.fn.solve(problem.inputs(v_x), **problem.solve_options)
+        problem.nfev += 1
+        problem.njev += 1
+        for v in self.vars:
+            idx = [self.by_target.get(s) for s in v.symbols]
+            if v.name in sol.multipliers and None not in idx:
+                lam[..., idx] = np.reshape(sol.multipliers[v.name], (*self.batch, v.size))
+        for label, i in self.implicit.items():
+            lam[..., i] = sol.multipliers[label]
+        return self.join(sol.values), lam
+
+    def multipliers(self, lam: np.ndarray) -> dict[str, Any]:
+        """batch + (m,) -> the layout of `Solution.multipliers`."""
+        out: dict[str, Any] = {}
+        for v in self.vars:
+            idx = [self.by_target.get(s) for s in v.symbols]
+            if None not in idx:
+                out[v.name] = _user(lam[..., idx].reshape(self.batch + v.shape))
+        for label, i in self.implicit.items():
+            out[label] = _user(lam[..., i])
+        return out
+
+    def model_value(self, Z: np.ndarray) -> float:
+        """Σ_b z_N read from the optimizer's z (no forward pass)."""
+        return float(np.sum(Z[..., self.out]))
+
+
+def _final_pass(problem: _Problem, v: np.ndarray, F_model: float) -> tuple[float, np.ndarray, str]:
+    """The exact F and ∇F at the final x (one forward and one adjoint pass)."""
+    try:
+        F, G = problem.evaluate(v)
+    except _SOLVE_FAILURES as err:
+        return (
+            F_model,
+            np.full(problem.n, np.nan),
+            (
+                f"; the exact forward pass at the final x failed ({err}), so fun is Σ z_N "
+                "from the optimizer's z"
+            ),
+        )
+    return F, G, "; fun and jac from one exact forward and adjoint pass at the final x"
+
+
+# --------------------------------------------------------------------------- augmented Lagrangian
+
+_AUGMENTED = {
+    "maxiter": 50,
+    "ctol": 1e-8,
+    "gtol": 1e-6,
+    "rho": 10.0,
+    "rho_factor": 10.0,
+    "rho_max": 1e10,
+    "shrink": 0.25,
+    "inner_gtol": 1e-3,
+    "inner_factor": 10.0,
+    "inner_maxiter": 500,
+    "maxcor": 20,
+    "z0": "forward",
+    "bounds": None,
+    "solve": None,
+}
+
+
+@dataclass(frozen=True)
+class _AugmentedProgram:
+    """The acyclic program whose output is the per-sample augmented Lagrangian.
+
+    Its inputs are the original inputs, every intermediate (as an input of the same name
+    and shape), the multipliers ``mult`` (shape (m,), constraint order) and the penalty
+    ``rho``. Its intermediates are the residuals c_i and partial sums; its output is
+    s·z_N + Σ_i (μ_i c_i + (ρ/2) c_i²). The package differentiates it exactly: the
+    gradient with respect to the original inputs and intermediates is ∇_{x,z} L_A, and
+    the gradient with respect to ``mult`` is c itself (∂L_A/∂μ_i = c_i).
+    """
+
+    fn: CompiledProgram
+    mult: str
+    rho: str
+
+
+_AUGMENTED_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _augmented_program(fn: CompiledProgram, sign: float) -> _AugmentedProgram:
+    per_program = _AUGMENTED_CACHE.setdefault(fn, {})
+    if sign in per_program:
+        return per_program[sign]
+    ir: ProgramIR = fn.ir
+    taken = {v.name for v in (*ir.inputs, *ir.intermediates)}
+    taken.update(c.label for c in ir.constraints)
+
+    def fresh(base: str) -> str:
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return name
+
+    lp = Program()
+    for var in (*ir.inputs, *ir.intermediates):
+        lp.input(var.name, shape=var.shape)
+    m = len(ir.constraints)
+    mult_name, rho_name = fresh("al_mult"), fresh("al_rho")
+    mult = lp.input(mult_name, shape=(m,))
+    rho = lp.input(rho_name)
+    res = lp.define(fresh("al_residual"), sp.Matrix([c.residual for c in ir.constraints]))
+    terms = [mult[i] * res[i] + rho / 2 * res[i] ** 2 for i in range(m)]
+    terms.append(sp.Integer(int(sign)) * ir.output)
+    chunk, level = 32, 0
+    while len(terms) > chunk:  # partial sums keep every constraint small
+        terms = [
+            lp.define(fresh(f"al_sum{level}_{k // chunk}"), sp.Add(*terms[k : k + chunk]))
+            for k in range(0, len(terms), chunk)
+        ]
+        level += 1
+    lp.output(lp.define(fresh("al_lagrangian"), sp.Add(*terms)))
+    out = _AugmentedProgram(lp.compile(), mult_name, rho_name)
+    per_program[sign] = out
+    return out
+
+
+def _augmented_lagrangian(problem: _Problem, opts: dict, monitor: _Monitor) -> OptimizeResult:
+    """The method of multipliers over the inputs and the intermediates jointly.
+
+    Unknowns v = (x, z), z holding every intermediate of every sample. With
+    c(x, z) the residuals (c_i = z_i − f_i, or c_i for an implicit equation) and
+    multipliers μ (one per constraint and sample), each outer iteration k minimizes
+
+        L_A(x, z; μ, ρ) = s Σ_b z_N + Σ_{b,i} μ_i c_i + (ρ/2) Σ_{b,i} c_i²
+
+    over (x, z) by L-BFGS-B (bounds on x if given), from the previous (x, z), to an
+    inner tolerance ω_k (``inner_gtol``, divided by ``inner_factor`` each iteration down
+    to ``gtol``), then updates
+
+        μ ← μ + ρ c,    ρ ← ρ_factor·ρ  if  max|c| > max(shrink·(last max|c|), ctol).
+
+    ρ is raised only when the inner problem was solved to ω_k or stopped at
+    ``inner_maxiter``: when the inner line search can no longer decrease L_A (its
+    conditioning grows with ρ), a larger ρ would only make that worse. Two inner solves
+    in a row without any progress stop the method (status 2).
+
+    After the update, ∇_{x,z} L_A(x, z; μ_old, ρ) = ∇ℒ(x, z, μ_new), so the inner
+    gradient norm is the stationarity residual of the ordinary Lagrangian; the method
+    stops when that is ≤ gtol and max|c| ≤ ctol. In double precision the reachable
+    stationarity is about √(ε |L_A| ρ ‖C‖²): ask for ctol and gtol accordingly.
+
+    The exact gradient of L_A comes from a second program, built and compiled once (see
+    `_AugmentedProgram`): its value_and_grad gives ∇_{x,z} L_A and, as the gradient with
+    respect to μ, the residuals c. No forward pass of the original program runs during
+    the iterations; z starts from one exact solve at x0 (``z0="forward"``, which also
+    gives the starting μ = −s λ from the program's adjoint), or from zeros with μ = 0,
+    and one exact forward and adjoint pass at the final x gives ``fun`` and ``jac``.
+    """
+    s = problem.sign
+    space = _Space(problem)
+    aug = _augmented_program(problem.fn, s)
+    n = problem.n
+    box = _bounds(problem, opts["bounds"])
+    v_x = problem.pack(problem.x0)
+    if box is not None:
+        v_x = np.clip(v_x, *box)
+        box = (
+            np.concatenate([box[0], np.full(space.nb * space.nz, -np.inf)]),
+            np.concatenate([box[1], np.full(space.nb * space.nz, np.inf)]),
+        )
+    Z, lam = space.initial(problem, opts["z0"], v_x)
+    mu = -s * lam
+    rho = float(opts["rho"])
+    v = np.concatenate([v_x, Z.ravel()])
+    last: dict[str, Any] = {}
+
+    def evaluate(w: np.ndarray) -> tuple[float, np.ndarray]:
+        inputs = {
+            **problem.unpack(w[:n]),
+            **problem.fixed,
+            **space.split(w[n:].reshape((*space.batch, space.nz))),
+            aug.mult: mu,
+            aug.rho: rho,
+        }
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            value, grad = aug.fn.value_and_grad(inputs)
+        problem.nfev += 1
+        problem.njev += 1
+        g = np.concatenate([problem.pack(grad), space.join(grad).ravel()])
+        L = float(np.sum(value))
+        last.update(w=w.copy(), L=L, g=g, c=np.asarray(grad[aug.mult]).reshape(mu.shape))
+        return L, g
+
+    def at(w: np.ndarray) -> None:
+        if "w" not in last or not np.array_equal(last["w"], w):
+            evaluate(w)
+
+    omega = float(opts["inner_gtol"])
+    prev_cv = np.inf
+    inner_total = idle = 0
+    status, message = MAXITER, "Maximum number of outer iterations reached"
+    nit = 0
+    for k in range(1, int(opts["maxiter"]) + 1):
+        inner = scipy.optimize.minimize(
+            _Guarded(evaluate),
+            v,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=None if box is None else scipy.optimize.Bounds(*box),
+            options={
+                "gtol": max(omega, opts["gtol"]),
+                "ftol": 0.0,
+                "maxiter": int(opts["inner_maxiter"]),
+                "maxfun": 10 * int(opts["inner_maxiter"]),
+                "maxcor": int(opts["maxcor"]),
+            },
+        )
+        v = inner.x
+        at(v)
+        c, gnorm = last["c"], _projected_gradient(v, last["g"], box)
+        cv = float(np.max(np.abs(c), initial=0.0))
+        inner_total += int(inner.nit)
+        nit = k
+        if not (np.isfinite(cv) and np.isfinite(gnorm)):
+            status, message = FAILED, "The augmented Lagrangian is not finite"
+            break
+        mu = mu + rho * c
+        entry = {
+            "iteration": k,
+            "fun": space.model_value(v[n:].reshape((*space.batch, space.nz))),
+            "grad_norm": gnorm,
+            "constraint_violation": cv,
+            "penalty": rho,
+            "inner_iterations": int(inner.nit),
+            "inner_status": int(inner.status),
+            "nfev": problem.nfev,
+        }
+        if cv <= opts["ctol"] and gnorm <= opts["gtol"]:
+            monitor.record(entry, problem.user_x(v[:n]))
+            status, message = CONVERGED, "Converged: max |c| <= ctol and ‖∇ℒ‖ <= gtol"
+            break
+        if monitor.record(entry, problem.user_x(v[:n])):
+            status, message = STOPPED, "Stopped by the callback"
+            break
+        idle = idle + 1 if inner.nit == 0 else 0
+        if idle == 2:
+            status, message = (
+                STALLED,
+                (
+                    "The inner solver made no progress twice: the tolerances are below what "
+                    "the penalty's conditioning allows"
+                ),
+            )
+            break
+        # A larger penalty only when the inner problem was solved and c did not shrink.
+        solved = gnorm <= max(omega, opts["gtol"]) or inner.status == 1
+        if solved and cv > max(opts["shrink"] * prev_cv, opts["ctol"]):
+            rho = min(rho * opts["rho_factor"], opts["rho_max"])
+        prev_cv = cv
+        omega = max(omega / opts["inner_factor"], opts["gtol"])
+    Z = v[n:].reshape((*space.batch, space.nz))
+    F_model = space.model_value(Z)
+    F, G, note = _final_pass(problem, v[:n], F_model)
+    return problem.finish(
+        v[:n],
+        F,
+        G,
+        status=status,
+        message=message + note,
+        nit=nit,
+        inner_nit=inner_total,
+        history=monitor.history,
+        fun_model=F_model,
+        maxcv=float(np.max(np.abs(last["c"]), initial=0.0)),
+        penalty=rho,
+        multipliers=space.multipliers(-s * mu),
+        z={name: _user(a) for name, a in space.split(Z).items()},
+    )
+
+
+# --------------------------------------------------------------------------- Newton-KKT
+
+_NEWTON = {
+    "maxiter": 100,
+    "tol": 1e-9,
+    "init": "forward",
+    "c1": 1e-4,
+    "max_backtracks": 40,
+    "soc": True,
+    "inertia": "reduced",
+    "max_reduced": 500,
+    "delta_min": 1e-8,
+    "delta_max": 1e20,
+    "damping": 1e-3,
+    "solve": None,
+}
+
+
+@dataclass(frozen=True)
+class _KKTCode:
+    """Residuals and their sparse first and second derivatives, generated once.
+
+    Over the program's scalar symbols (inputs, then intermediates, renamed v0, v1, …):
+    ``residuals(*v)`` returns [c_i]; ``derivatives(*v)`` returns ([∂c_i/∂v_k for each
+    (i, k) in ``jac_entries``], [∂²c_i/∂v_k∂v_l for each (i, k, l), k ≤ l, in
+    ``hess_entries``]), only the structurally nonzero entries and only with respect to
+    the unknowns (optimized inputs and intermediates).
+    """
+
+    residuals: Callable[..., list]
+    derivatives: Callable[..., tuple[list, list]]
+    jac_entries: tuple[tuple[int, int], ...]
+    hess_entries: tuple[tuple[int, int, int], ...]
+
+    @property
+    def source(self) -> str:
+        """The generated NumPy source (SymPy's lambdify with common subexpressions)."""
+        import inspect
+
+        return inspect.getsource(self.residuals) + "\n" + inspect.getsource(self.derivatives)
+
+
+_KKT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _scalar_symbols(ir: ProgramIR) -> list[sp.Symbol]:
+    return [s for v in (*ir.inputs, *ir.intermediates) for s in v.symbols]
+
+
+def _kkt_code(fn: CompiledProgram, optimized: frozenset[str]) -> _KKTCode:
+    per_program = _KKT_CACHE.setdefault(fn, {})
+    if optimized in per_program:
+        return per_program[optimized]
+    ir = fn.ir
+    symbols = _scalar_symbols(ir)
+    index = {s: k for k, s in enumerate(symbols)}
+    unknown = {index[s] for v in ir.inputs if v.name in optimized for s in v.symbols}
+    unknown.update(index[s] for v in ir.intermediates for s in v.symbols)
+    args = [sp.Symbol(f"v{k}", real=True) for k in range(len(symbols))]
+    rename = dict(zip(symbols, args, strict=True))
+    residuals, firsts, seconds = [], [], []
+    jac_entries, hess_entries = [], []
+    for i, c in enumerate(ir.constraints):
+        r = c.residual
+        residuals.append(r.xreplace(rename))
+        ks = sorted(index[s] for s in r.free_symbols if index[s] in unknown)
+        d1 = {}
+        for k in ks:
+            d = sp.diff(r, symbols[k])
+            if d != 0:
+                d1[k] = d
+                jac_entries.append((i, k))
+                firsts.append(d.xreplace(rename))
+        for a, k in enumerate(ks):
+            if k not in d1:
+                continue
+            for ell in ks[a:]:
+                d2 = sp.diff(d1[k], symbols[ell])
+                if d2 != 0:
+                    hess_entries.append((i, k, ell))
+                    seconds.append(d2.xreplace(rename))
+    modules = ["scipy", "numpy"]
+    code = _KKTCode(
+        residuals=sp.lambdify(args, residuals, modules=modules, cse=True),
+        derivatives=sp.lambdify(args, [firsts, seconds], modules=modules, cse=True),
+        jac_entries=tuple(jac_entries),
+        hess_entries=tuple(hess_entries),
+    )
+    per_program[optimized] = code
+    return code
+
+
+class _KKTLayout:
+    """Unknowns y = (x, z) and μ as flat vectors; sparse C = ∂c/∂y and H = Σ μ_i ∇²c_i.
+
+    x entries come first (as packed by the problem), then z sample by sample
+    (index n_x + b·n_z + q); constraint i of sample b is row b·m + i. An x entry shared
+    by the whole batch is one column touched by every sample's constraints.
+    """
+
+    def __init__(self, problem: _Problem, space: _Space, code: _KKTCode):
+        ir, nb, batch = problem.ir, space.nb, space.batch
+        self.code, self.space = code, space
+        self.n_x = problem.n
+        self.n_y = self.n_x + nb * space.nz
+        self.n_c = nb * space.m
+        self.cols: list[np.ndarray | None] = []
+        self.data: list[np.ndarray | None] = []
+        for var in ir.inputs:
+            if var.name in problem.shapes:
+                lead = problem.shapes[var.name][: len(problem.shapes[var.name]) - len(var.shape)]
+                idx = problem.offsets[var.name] + np.arange(problem.x0[var.name].size)
+                idx = idx.reshape((*lead, var.size))
+                for j in range(var.size):
+                    self.cols.append(np.broadcast_to(idx[..., j], batch).ravel())
+                    self.data.append(None)
+            else:
+                arr = np.asarray(problem.fixed[var.name])
+                lead = arr.shape[: arr.ndim - len(var.shape)]
+                flat = arr.reshape((*lead, var.size))
+                for j in range(var.size):
+                    self.cols.append(None)
+                    self.data.append(np.broadcast_to(flat[..., j], batch).ravel())
+        samples = np.arange(nb)
+        for q in range(space.nz):
+            self.cols.append(self.n_x + samples * space.nz + q)
+            self.data.append(None)
+        rows = [samples * space.m + i for i in range(space.m)]
+        self.jrows = _cat([rows[i] for i, _ in code.jac_entries])
+        self.jcols = _cat([self.cols[k] for _, k in code.jac_entries])
+        self.hmu = _cat([rows[i] for i, _, _ in code.hess_entries])
+        hr = _cat([self.cols[k] for _, k, _ in code.hess_entries])
+        hc = _cat([self.cols[ell] for _, _, ell in code.hess_entries])
+        off = _cat([np.full(nb, k != ell) for _, k, ell in code.hess_entries]).astype(bool)
+        self.hrows = np.concatenate([hr, hc[off]])
+        self.hcols = np.concatenate([hc, hr[off]])
+        self.hoff = off
+        self.gphi = np.zeros(self.n_y)
+        self.gphi[self.n_x + samples * space.nz + space.out] = problem.sign
+
+    def _values(self, y: np.ndarray) -> list[np.ndarray]:
+        return [y[c] if c is not None else d for c, d in zip(self.cols, self.data, strict=True)]
+
+    def residuals(self, y: np.ndarray) -> np.ndarray:
+        """c(y), flat in row order b·m + i."""
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            r = self.code.residuals(*self._values(y))
+        nb = self.space.nb
+        return (
+            np.stack(
+                [np.broadcast_to(np.asarray(e, dtype=np.float64), (nb,)) for e in r], axis=1
+            ).ravel()
+            if r
+            else np.zeros(0)
+        )
+
+    def derivatives(self, y: np.ndarray, mu: np.ndarray) -> tuple[sps.csr_matrix, sps.csr_matrix]:
+        """C = ∂c/∂y (n_c × n_y) and H = Σ_{b,i} μ_i ∇²c_i (n_y × n_y)."""
+        nb = self.space.nb
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            first, second = self.code.derivatives(*self._values(y))
+        jd = _cat([np.broadcast_to(np.asarray(e, dtype=np.float64), (nb,)) for e in first])
+        hd = _cat([np.broadcast_to(np.asarray(e, dtype=np.float64), (nb,)) for e in second])
+        hd = hd * mu[self.hmu]
+        C = sps.coo_matrix((jd, (self.jrows, self.jcols)), shape=(self.n_c, self.n_y)).tocsr()
+        H = sps.coo_matrix(
+            (np.concatenate([hd, hd[self.hoff]]), (self.hrows, self.hcols)),
+            shape=(self.n_y, self.n_y),
+        ).tocsr()
+        return C, H
+
+    def merit(self, y: np.ndarray, c: np.ndarray, nu: float) -> float:
+        """The ℓ1 merit φ(y) + ν‖c(y)‖₁ (φ is linear: φ = s Σ_b z_N)."""
+        return float(self.gphi @ y + nu * np.sum(np.abs(c)))
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp)
+
+
+def _reduced_min_eig(H: sps.spmatrix, C: sps.spmatrix, n_x: int) -> float | None:
+    """Smallest eigenvalue of the reduced Hessian ZᵀHZ, Z a basis of the null space of C.
+
+    C = [C_x  C_z] with C_z = ∂c/∂z square (it is I − J, sample by sample); when C_z is
+    nonsingular, Z = [I; −C_z⁻¹ C_x] (n_y × n_x), and ZᵀHZ is the Hessian of the
+    objective in x along the constraints (at a feasible point with the adjoint's
+    multipliers, exactly the Hessian of F). The KKT matrix [[H + δD, Cᵀ], [C, 0]] with
+    D = diag(I_x, 0) has the right inertia (n_y positive, n_c negative eigenvalues) exactly
+    when Zᵀ(H + δD)Z = ZᵀHZ + δI ≻ 0, i.e. when δ > −λ_min. None if C_z is not square
+    or is singular.
+    """
+    Cz = C[:, n_x:]
+    if Cz.shape[0] != Cz.shape[1]:
+        return None
+    try:
+        lu = spla.splu(Cz.tocsc())
+    except RuntimeError:
+        return None
+    Cx = C[:, :n_x].toarray()
+    Y = -lu.solve(Cx) if Cx.size else np.zeros((Cz.shape[0], n_x))
+    if not np.all(np.isfinite(Y)):
+        return None
+    Z = np.vstack([np.eye(n_x), Y])
+    R = Z.T @ (H @ Z)
+    return float(scipy.linalg.eigvalsh((R + R.T) / 2, subset_by_index=[0, 0])[0])
+
+
+def _newton_kkt(problem: _Problem, opts: dict, monitor: _Monitor) -> OptimizeResult:
+    """Newton's method on the stationarity conditions ∇ℒ = 0 in (x, z, μ).
+
+    With y = (x, z), c(y) the residuals of every constraint of every sample, C = ∂c/∂y
+    and ℒ = φ(y) + μᵀc(y), φ = s Σ_b z_N (linear in y, so ∇²ℒ = Σ_i μ_i ∇²c_i), each
+    iteration solves the KKT system
+
+        [ H + δD   Cᵀ ] [ Δy ]     [ ∇φ ]
+        [   C      0  ] [ μ⁺ ] = − [  c ]
+
+    by a sparse LU factorization (SuperLU). The entries of C and H are the symbolic
+    first and second derivatives of each constraint, derived once with SymPy and
+    generated as NumPy code (lambdify with common subexpressions). With every sample's z
+    as separate unknowns the system grows with the batch: for small data.
+
+    Inertia correction (SciPy has no sparse LDLᵀ to count the inertia). With
+    ``inertia="reduced"``, Z = [I; −C_z⁻¹C_x] is a basis of the null space of C
+    (C_z = ∂c/∂z is I − J, square: one sparse LU and n_x solves), and the smallest
+    eigenvalue λ_min of the reduced Hessian ZᵀHZ (n_x × n_x, dense) is computed; with
+    D = diag(I_x, 0) the KKT matrix has the right inertia (n_y positive, n_c negative
+    eigenvalues) iff Zᵀ(H + δD)Z = ZᵀHZ + δI ≻ 0, so δ = 0 if λ_min > 0 and
+    δ = max(δ_min, 2|λ_min|) otherwise. The shift acts on the x block only, which leaves
+    the z rows (the adjoint equations that determine μ⁺) untouched. When C_z is singular
+    or more than ``max_reduced`` entries are optimized, ``"descent"`` is used instead:
+    D = I and δ grows (δ_min, then ×10) until the step has positive curvature
+    Δyᵀ(H + δI)Δy > 0 — a heuristic, not an inertia count.
+
+    Damping: after a step shortened to α < 1, the next δ is at least
+    max(δ, ``damping``)/α (a proximal term on x, like Levenberg–Marquardt); each full step
+    divides it by 10, and below δ_min it is dropped, so the last steps are pure Newton.
+
+    Globalization: the ℓ1 merit M(y) = φ(y) + ν‖c(y)‖₁ with ν raised (never lowered) to
+    max(‖μ⁺‖∞, (∇φᵀΔy + ½ max(ΔyᵀWΔy, 0)) / (½‖c‖₁)) (Nocedal & Wright, 18.36), which
+    makes Δy a descent direction with derivative D = ∇φᵀΔy − ν‖c‖₁. A step α is accepted
+    when M(y + αΔy) ≤ M(y) + c1 α D; if the full step is rejected, one second-order
+    correction (the same factorization, right-hand side c(y) + c(y + Δy)) is tried
+    before backtracking by halves. Then μ ← μ + α(μ⁺ − μ).
+
+    The method stops when the KKT residual max(‖∇φ + Cᵀμ‖∞, ‖c‖∞) ≤ tol; near a
+    solution with positive definite reduced Hessian the full steps are taken and the
+    residual falls quadratically (it is recorded as ``kkt_residual`` in the history).
+    No forward pass runs during the iterations: z and μ start from one exact solve at x0
+    (``init="forward"``, μ = −s λ) or from zeros, and one exact forward and adjoint pass
+    at the final x gives ``fun`` and ``jac``.
+    """
+    if opts["inertia"] not in ("reduced", "descent"):
+        raise ValueError("option 'inertia' must be 'reduced' or 'descent'")
+    if opts["init"] not in ("forward", "zeros"):
+        raise ValueError("option 'init' must be 'forward' or 'zeros'")
+    s = problem.sign
+    space = _Space(problem)
+    code = _kkt_code(problem.fn, frozenset(problem.names))
+    lay = _KKTLayout(problem, space, code)
+    n_x, n_y = lay.n_x, lay.n_y
+    v_x = problem.pack(problem.x0)
+    Z, lam = space.initial(problem, opts["init"], v_x)
+    y = np.concatenate([v_x, Z.ravel()])
+    mu = (-s * lam).ravel()
+    reduced = opts["inertia"] == "reduced" and n_x <= int(opts["max_reduced"])
+    c1, delta_min, delta_max = float(opts["c1"]), float(opts["delta_min"]), opts["delta_max"]
+
+    def state(y: np.ndarray, mu: np.ndarray, c: np.ndarray):
+        C, H = lay.derivatives(y, mu)
+        problem.njev += 1
+        grad_l = lay.gphi + C.T @ mu
+        stat = float(np.max(np.abs(grad_l), initial=0.0))
+        cv = float(np.max(np.abs(c), initial=0.0))
+        return C, H, stat, cv
+
+    c = lay.residuals(y)
+    problem.nfev += 1
+    C, H, stat, cv = state(y, mu, c)
+    nu = float(np.max(np.abs(mu), initial=0.0))
+    delta_last = damping = 0.0
+    damping_min = float(opts["damping"])
+    status, message = MAXITER, "Maximum number of iterations reached"
+    nit = 0
+    # δ goes on the x block only when the reduced test is exact (it shifts ZᵀHZ by δI and
+    # leaves the z rows, which determine μ⁺, untouched); on every y otherwise.
+    shift = sps.identity(n_y, format="csr")
+    shift_x = sps.diags(np.r_[np.ones(n_x), np.zeros(n_y - n_x)], format="csr")
+    for k in range(int(opts["maxiter"]) + 1):
+        kkt = max(stat, cv)
+        if not np.isfinite(kkt):
+            status, message = FAILED, "The KKT residual is not finite"
+            break
+        if kkt <= opts["tol"]:
+            status, message = CONVERGED, "Converged: KKT residual <= tol"
+            break
+        if k == int(opts["maxiter"]):
+            break
+        # ---- inertia correction and the Newton step
+        lam_min = _reduced_min_eig(H, C, n_x) if reduced else None
+        if lam_min is not None:
+            delta = 0.0 if lam_min > 0 else max(delta_min, 2 * abs(lam_min))
+        else:
+            delta = 0.0 if delta_last == 0 else max(delta_min, delta_last / 4)
+        delta = max(delta, damping)
+        rhs = -np.concatenate([lay.gphi, c])
+        while True:
+            W = H + delta * (shift_x if lam_min is not None else shift) if delta else H
+            K = sps.bmat([[W, C.T], [C, None]], format="csc")
+            try:
+                lu = spla.splu(K)
+                sol = lu.solve(rhs)
+            except RuntimeError:
+                sol = None
+            ok = sol is not None and bool(np.all(np.isfinite(sol)))
+            if ok:
+                dy, mu_plus = sol[:n_y], sol[n_y:]
+                curv = float(dy @ (W @ dy))
+                if lam_min is not None or curv > 1e-12 * float(dy @ dy):
+                    break
+            if delta >= delta_max:
+                lu = None
+                break
+            delta = delta_min if delta == 0 else 10 * delta
+        if lu is None:
+            status, message = FAILED, "The KKT matrix is singular for every inertia correction"
+            break
+        delta_last = delta
+        # ---- merit function, line search with one second-order correction
+        c_l1 = float(np.sum(np.abs(c)))
+        slope = float(lay.gphi @ dy)
+        if c_l1 > 0:
+            nu_req = (slope + 0.5 * max(curv, 0.0)) / (0.5 * c_l1)
+            nu = max(nu, nu_req, float(np.max(np.abs(mu_plus), initial=0.0))) + 1e-8
+        D = slope - nu * c_l1
+        M0 = lay.merit(y, c, nu)
+        slack = 10 * np.finfo(float).eps * max(1.0, abs(M0))
+        alpha, soc, accepted = 1.0, False, False
+        for backtracks in range(int(opts["max_backtracks"]) + 1):
+            y_t = y + alpha * dy
+            c_t = lay.residuals(y_t)
+            problem.nfev += 1
+            if lay.merit(y_t, c_t, nu) <= M0 + c1 * alpha * D + slack:
+                mu_t = mu + alpha * (mu_plus - mu)
+                accepted = True
+                break
+            if backtracks == 0 and opts["soc"]:
+                sol = lu.solve(-np.concatenate([lay.gphi, c + c_t]))
+                y_s = y + sol[:n_y]
+                c_s = lay.residuals(y_s)
+                problem.nfev += 1
+                if np.all(np.isfinite(sol)) and lay.merit(y_s, c_s, nu) <= M0 + c1 * D + slack:
+                    y_t, c_t, mu_t, soc, accepted = y_s, c_s, sol[n_y:], True, True
+                    break
+            alpha /= 2
+        if not accepted:
+            status, message = STALLED, "Line search failed: no step decreased the merit function"
+            break
+        y, c, mu = y_t, c_t, mu_t
+        C, H, stat, cv = state(y, mu, c)
+        # Damping: a shortened step asks for a stronger proximal term next time, a full
+        # step for a weaker one (gone after a few full steps, so the end is pure Newton).
+        damping = damping / 10 if alpha == 1 else max(delta, damping_min) / alpha
+        damping = 0.0 if damping < delta_min else damping
+        nit = k + 1
+        entry = {
+            "iteration": nit,
+            "fun": space.model_value(y[n_x:].reshape((*space.batch, space.nz))),
+            "grad_norm": stat,
+            "constraint_violation": cv,
+            "kkt_residual": max(stat, cv),
+            "step": alpha,
+            "backtracks": backtracks,
+            "soc": soc,
+            "delta": delta,
+            "penalty": nu,
+            "nfev": problem.nfev,
+        }
+        if monitor.record(entry, problem.user_x(y[:n_x])):
+            status, message = STOPPED, "Stopped by the callback"
+            break
+    Zf = y[n_x:].reshape((*space.batch, space.nz))
+    F_model = space.model_value(Zf)
+    F, G, note = _final_pass(problem, y[:n_x], F_model)
+    return problem.finish(
+        y[:n_x],
+        F,
+        G,
+        status=status,
+        message=message + note,
+        nit=nit,
+        history=monitor.history,
+        fun_model=F_model,
+        maxcv=cv,
+        kkt_residual=max(stat, cv),
+        multipliers=space.multipliers(-s * mu.reshape((*space.batch, space.m))),
+        z={name: _user(a) for name, a in space.split(Zf).items()},
+    )
+
+
+# --------------------------------------------------------------------------- registry
+
+_METHODS: dict[str, tuple[dict, Callable[[_Problem, dict, _Monitor], OptimizeResult]]] = {
+    "gradient": (_GRADIENT, _gradient),
+    "lbfgs": (_LBFGS, _lbfgs),
+    "augmented-lagrangian": (_AUGMENTED, _augmented_lagrangian),
+    "newton-kkt": (_NEWTON, _newton_kkt),
+}
+
+_TOL_KEYS = {
+    "gradient": ("gtol",),
+    "lbfgs": ("ftol", "gtol"),
+    "augmented-lagrangian": ("ctol", "gtol"),
+    "newton-kkt": ("tol",),
+}
