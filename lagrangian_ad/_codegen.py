@@ -27,6 +27,7 @@ import linecache
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import CodeType
 from typing import Any
 
 import numpy as np
@@ -116,7 +117,6 @@ class Passes:
 
     forward: Callable[..., list]
     adjoint: Callable[..., tuple[list, list]]
-    jvp: Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -132,11 +132,8 @@ class Generated:
     forward_source: str
     adjoint_source: str
     blocks_source: str
-    kkt_source: str
-    kkt: Callable[..., tuple]
     block_solvers: tuple[BlockSolver, ...]
     n_forms: int
-    jvp_source: str
     emitter: Any
 
 
@@ -281,13 +278,10 @@ def generate(ir: ProgramIR, graph: Graph) -> Generated:
     adj.append(f"    return [{', '.join(lam_out)}], [{', '.join(grad_out)}]")
     adjoint_source = "\n".join(adj) + "\n"
 
-    kkt_source = _kkt_source(em)
-    jvp_source = _jvp_source(em)
     blocks_source = "\n".join(block_src)
-    namespace = _exec(
-        "\n".join([forward_source, adjoint_source, blocks_source, kkt_source, jvp_source]),
-        "program",
-    )
+    # Compiled once; run in two namespaces (NumPy for arrays, math for one sample).
+    code = _compile("\n".join([forward_source, adjoint_source, blocks_source]), "program")
+    namespace = _exec(code)
     block_solvers = tuple(
         BlockSolver(
             k,
@@ -302,24 +296,34 @@ def generate(ir: ProgramIR, graph: Graph) -> Generated:
         for k, unknown_names, variables, rows, cols, has_map in solvers
     )
     namespace["_blocks"] = em.block_solvers = block_solvers
-    scalar = _exec(
-        "\n".join([forward_source, adjoint_source, jvp_source]),
-        "scalar program",
-        {**SCALAR_NAMESPACE, "_blocks": block_solvers},
-    )
+    scalar = _exec(code, {**SCALAR_NAMESPACE, "_blocks": block_solvers})
     return Generated(
-        numpy=Passes(namespace["forward"], namespace["adjoint"], namespace["jvp"]),
-        scalar=Passes(scalar["forward"], scalar["adjoint"], scalar["jvp"]),
+        numpy=Passes(namespace["forward"], namespace["adjoint"]),
+        scalar=Passes(scalar["forward"], scalar["adjoint"]),
         forward_source=forward_source,
         adjoint_source=adjoint_source,
         blocks_source=blocks_source,
-        kkt_source=kkt_source,
-        kkt=namespace["kkt"],
         block_solvers=block_solvers,
         n_forms=em.n_forms,
-        jvp_source=jvp_source,
         emitter=em,
     )
+
+
+def jvp_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
+    """The tangent pass, generated on first use: (NumPy version, float version, source)."""
+    source = _jvp_source(em)
+    code = _compile(source, "jvp")
+    numpy_ns = _exec(
+        code, {"numpy": np, "special": scipy.special, "math": math, "_blocks": em.block_solvers}
+    )
+    scalar_ns = _exec(code, {**SCALAR_NAMESPACE, "_blocks": em.block_solvers})
+    return numpy_ns["jvp"], scalar_ns["jvp"], source
+
+
+def kkt_function(em: _Emitter) -> tuple[Callable, str]:
+    """The stationarity certificate, generated on first use: (function, source)."""
+    source = _kkt_source(em)
+    return _exec(_compile(source, "kkt"))["kkt"], source
 
 
 def _lam_known(graph: Graph, em: _Emitter, e: int, assigned: set[int]) -> bool:
@@ -474,8 +478,7 @@ def hessian_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
     lines.append("    return _H")
     source = tangents_source + "\n" + "\n".join(lines) + "\n"
     namespace = _exec(
-        source,
-        "hessian",
+        _compile(source, "hessian"),
         {
             "numpy": np,
             "special": scipy.special,
@@ -529,12 +532,17 @@ def _kkt_source(em: _Emitter) -> str:
 _counter = itertools.count()
 
 
-def _exec(source: str, name: str, namespace: dict | None = None) -> dict:
+def _compile(source: str, name: str) -> CodeType:
     """Compile our generated source (never user text); register it for tracebacks."""
     filename = f"<lagrangian_ad {name} {next(_counter)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    return compile(source, filename, "exec")
+
+
+def _exec(code: CodeType, namespace: dict | None = None) -> dict:
+    """Run compiled generated code in a fresh namespace (NumPy's by default)."""
     namespace = dict(namespace or {"numpy": np, "special": scipy.special, "math": math})
-    exec(compile(source, filename, "exec"), namespace)
+    exec(code, namespace)
     return namespace
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import sympy as sp
 
 from ._blocks import BlockReport, SolveOptions
-from ._codegen import Passes, generate, hessian_functions
+from ._codegen import Passes, generate, hessian_functions, jvp_functions, kkt_function
 from ._errors import LagrangianADError, ProgramError
 from ._graph import analyse
 from ._program import ProgramIR
@@ -95,6 +95,7 @@ class CompiledProgram:
         self.graph = analyse(ir)
         self._code = generate(ir, self.graph)
         self._inputs = {v.name: v for v in ir.inputs}
+        self._intermediates = {v.name: v for v in ir.intermediates}
         n_in = self.graph.n_inputs
         position = {s: k - n_in for k, s in enumerate(self.graph.symbols)}
         self._positions = {v.name: [position[s] for s in v.symbols] for v in ir.intermediates}
@@ -109,7 +110,9 @@ class CompiledProgram:
             {c.label: [e] for e, c in enumerate(ir.constraints) if c.target is None}
         )
         self._no_context = _Context(SolveOptions())
-        self._hessian: tuple | None = None
+        self._hessian: tuple | None = None  # generated on first use, like these two:
+        self._jvp: tuple | None = None
+        self._kkt: tuple | None = None
         in_cycles = {v for b in self.graph.cyclic_blocks for v in b.unknowns}
         self._cyclic_vars = {
             v.name: [position[s] + n_in for s in v.symbols]
@@ -213,9 +216,13 @@ class CompiledProgram:
                 flat = t.reshape((*leads[name], var.size))
                 dots.extend(flat[..., k] for k in range(var.size))
 
+        if self._jvp is None:
+            self._jvp = jvp_functions(self._code.emitter)
+
         def passes(code: Passes, ctx: _Context, entries: list):
             z = code.forward(ctx, *entries)
-            return z[self._output_index], code.jvp(ctx, *entries, *z, *dots)
+            jvp = self._jvp[1] if code is self._code.scalar else self._jvp[0]
+            return z[self._output_index], jvp(ctx, *entries, *z, *dots)
 
         value, d = self._on_floats_or_numpy(entries, batch == (), options, passes)
         return _shaped(value, batch), _shaped(d, batch)
@@ -270,7 +277,9 @@ class CompiledProgram:
             name: _assemble([lam[e] for e in pos], self._multiplier_shape(name), batch)
             for name, pos in self._lam_positions.items()
         }
-        max_r, max_s = self._code.kkt(*entries, *z, *lam)
+        if self._kkt is None:
+            self._kkt = kkt_function(self._code.emitter)
+        max_r, max_s = self._kkt[0](*entries, *z, *lam)
         return Solution(
             value=_shaped(z[self._output_index], batch),
             grad=self._grads(g, arrays, leads, batch),
@@ -281,8 +290,8 @@ class CompiledProgram:
         )
 
     def _multiplier_shape(self, name: str) -> tuple[int, ...]:
-        var = next((v for v in self.ir.intermediates if v.name == name), None)
-        return () if var is None else var.shape
+        var = self._intermediates.get(name)
+        return () if var is None else var.shape  # an equation's multiplier is a scalar
 
     def _context(self, options: dict[str, Any]) -> _Context:
         if not options and not self.graph.cyclic_blocks:
@@ -304,7 +313,7 @@ class CompiledProgram:
                     f"init: {name!r} is not a variable of a cyclic block or implicit equation "
                     f"(those are: {', '.join(self._cyclic_vars) or 'none'})"
                 )
-            var = next(v for v in self.ir.intermediates if v.name == name)
+            var = self._intermediates[name]
             arr = _as_float_array(val, f"init {name}")
             if var.shape and arr.shape[arr.ndim - len(var.shape) :] != var.shape:
                 raise ProgramError(f"init {name!r}: expected trailing shape {var.shape}")
