@@ -92,17 +92,9 @@ def blog() -> Problem:
         return {"x": rng.uniform(-1.0, 0.5, size=_lead(batch))}
 
     def program():
-        import lagrangian_ad as lad
+        from lagrangian_ad._demo import blog_program
 
-        prog = lad.Program()
-        x = prog.input("x")
-        a = prog.define("a", sp.exp(x))
-        b = prog.define("b", a**2)
-        c = prog.define("c", a + b)
-        d = prog.define("d", sp.exp(c))
-        e = prog.define("e", sp.sin(c))
-        prog.define("f", d + e)
-        return prog
+        return blog_program()
 
     return Problem(
         name="blog",
