@@ -85,8 +85,12 @@ class Graph:
 
     def reads(self, i: int) -> tuple[int, ...]:
         """Variables in constraint i's residual: its parents, and its target."""
-        t = self.targets[i]
-        return self.parents[i] if t is None or t in self.parents[i] else (*self.parents[i], t)
+        return _reads(self.parents, self.targets, i)
+
+
+def _reads(parents, targets, i: int) -> tuple[int, ...]:
+    t = targets[i]
+    return parents[i] if t is None or t in parents[i] else (*parents[i], t)
 
 
 def analyse(ir: ProgramIR) -> Graph:
@@ -105,8 +109,7 @@ def analyse(ir: ProgramIR) -> Graph:
     matched_by = {v: e for e, v in enumerate(match)}
 
     def reads(i: int) -> tuple[int, ...]:
-        t = targets[i]
-        return parents[i] if t is None or t in parents[i] else (*parents[i], t)
+        return _reads(parents, targets, i)
 
     # Constraint-to-constraint edges e' -> e when e reads the unknown matched to e'.
     n_c = len(ir.constraints)

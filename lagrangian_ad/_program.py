@@ -133,16 +133,6 @@ class ProgramIR:
         if self.output not in {s for v in self.intermediates for s in v.symbols}:
             raise ProgramError(f"the output {self.output} is not an intermediate")
 
-    # Lookups every later layer needs; cheap to recompute, so not stored.
-    def variable_of(self) -> dict[sp.Symbol, Variable]:
-        return {s: v for v in (*self.inputs, *self.intermediates) for s in v.symbols}
-
-    def variable(self, name: str) -> Variable:
-        for v in (*self.inputs, *self.intermediates):
-            if v.name == name:
-                return v
-        raise ProgramError(f"no variable named {name!r}")
-
 
 # --------------------------------------------------------------------------- builder
 

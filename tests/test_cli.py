@@ -20,6 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
+# x has 2 entries where network.lad declares x[3]: a program (shape) error, exit 1.
+BAD_NETWORK_POINT = (
+    *("--at", "x=[1,2]", "--at", "W=[[1,2,3],[4,5,6]]", "--at", "b=[0,0]"),
+    *("--at", "v=[1,1]", "--at", "t=0"),
+)
+
+
 def run(*args: str) -> subprocess.CompletedProcess:
     """``python -m lagrangian_ad ARGS`` in the repository root."""
     return subprocess.run(
@@ -241,16 +248,7 @@ def test_program_error_exits_1_with_one_line():
     proc = run(
         "solve",
         "examples/network.lad",
-        "--at",
-        "x=[1,2]",
-        "--at",
-        "W=[[1,2,3],[4,5,6]]",
-        "--at",
-        "b=[0,0]",
-        "--at",
-        "v=[1,1]",
-        "--at",
-        "t=0",
+        *BAD_NETWORK_POINT,
     )
     assert proc.returncode == 1
     line = assert_one_line_error(proc.stderr)
@@ -332,16 +330,7 @@ def test_debug_shows_the_traceback(capsys):
                 "solve",
                 str(EXAMPLES / "network.lad"),
                 "--debug",
-                "--at",
-                "x=[1,2]",
-                "--at",
-                "W=[[1,2,3],[4,5,6]]",
-                "--at",
-                "b=[0,0]",
-                "--at",
-                "v=[1,1]",
-                "--at",
-                "t=0",
+                *BAD_NETWORK_POINT,
             ]
         )
         == 1
