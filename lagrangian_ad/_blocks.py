@@ -19,6 +19,7 @@ LU, never as one giant block-diagonal system.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,13 +34,18 @@ __all__ = ["BlockReport", "BlockSolver", "SolveOptions"]
 
 DENSE_MAX = 100  # blocks up to this many unknowns use stacked dense linear algebra
 SINGULAR = 1e13  # condition (or ‖J⁻¹‖) beyond which the gradient is not trusted
+ANDERSON_MEMORY = 5  # iterates combined by Anderson acceleration
+METHODS = ("auto", "newton", "fixed-point", "anderson")
 
 
 @dataclass(frozen=True)
 class SolveOptions:
     """Options of the forward solve of cyclic blocks.
 
-    method : "newton" or "fixed-point"
+    method : "auto", "newton", "fixed-point" or "anderson"
+        "auto" is Newton, except that the grouped engine (`_grouped`) solves a block of
+        explicit constraints z = f(z) by Anderson-accelerated fixed-point iteration and
+        falls back to Newton when that does not converge.
     tol : float
         Converged when max |r| ≤ tol·max(1, max |z|) and the last step is as small.
     maxiter : int
@@ -47,7 +53,7 @@ class SolveOptions:
         Variable index -> starting value (broadcastable to the batch).
     """
 
-    method: str = "newton"
+    method: str = "auto"
     tol: float = 1e-12
     maxiter: int = 100
     init: dict[int, Any] = field(default_factory=dict)
@@ -176,13 +182,16 @@ class BlockSolver:
         Z = np.empty((*batch, self.n))
         for j, v in enumerate(inits):
             Z[..., j] = v
-        if opts.method == "fixed-point":
+        if opts.method in ("fixed-point", "anderson"):
             if self.fixed_map is None:
                 raise ConvergenceError(
-                    f"fixed-point iteration needs explicit constraints z = f(z); the block "
+                    f"{opts.method} iteration needs explicit constraints z = f(z); the block "
                     f"{self.label} has implicit equations: use method='newton'"
                 )
-            Z, it, res = self._fixed_point(Z, ext, opts)
+            if opts.method == "anderson":
+                Z, it, res = self._anderson(Z, ext, opts)
+            else:
+                Z, it, res = self._fixed_point(Z, ext, opts)
         else:
             Z, it, res = self._newton(Z, ext, opts)
         fact = _Factorized(self._jacobian_matrix(Z, ext), self.dense, self.label)
@@ -279,6 +288,22 @@ class BlockSolver:
             "the map may not be contractive: try method='newton'"
         )
 
+    def _anderson(self, Z: np.ndarray, ext: tuple, opts: SolveOptions):
+        def F(Zt: np.ndarray) -> np.ndarray:  # _anderson keeps the unknowns on axis 0
+            out = np.empty(Zt.shape[1:] + Zt.shape[:1])
+            self.fixed_map(out, np.moveaxis(Zt, 0, -1), ext)
+            return np.moveaxis(out, -1, 0)
+
+        Zt, it, res = _anderson(F, np.moveaxis(Z, -1, 0), opts.tol, opts.maxiter)
+        if Zt is None:
+            raise ConvergenceError(
+                f"Anderson-accelerated fixed-point iteration did not converge in the block "
+                f"{self.label}: max |f(z) − z| = {res:.3e} after {opts.maxiter} iterations "
+                f"(tol {opts.tol}); the map may not be contractive: try method='newton'"
+            )
+        Z = np.ascontiguousarray(np.moveaxis(Zt, 0, -1))
+        return Z, it, float(np.max(np.abs(self._residual(Z, ext)), initial=0.0))
+
     # ----------------------------------------------------------------- adjoint
 
     def adjoint(self, ctx: Any, g: list) -> np.ndarray:
@@ -296,3 +321,59 @@ class BlockSolver:
         for j, gj in enumerate(parts):
             G[..., j] = gj
         return fact.solve(G, transposed)
+
+
+def _anderson(G: Callable, x: np.ndarray, tol: float, maxiter: int, m: int = ANDERSON_MEMORY):
+    """Fixed point x = G(x) for x of shape (n, batch…), every sample at once.
+
+    Anderson acceleration (type II, memory ``m``): each sample's next iterate combines
+    its last ``m`` map values with the weights that best cancel their residuals (a small
+    regularized least-squares problem per sample, solved for the whole batch together).
+    Returns (x, iterations, max residual), or (None, iterations, residual) when it did
+    not converge. Converged when max |G(x) − x| ≤ tol·max(1, max |x|) in every sample.
+    """
+    shape = x.shape
+    n = shape[0]
+    x = x.reshape(n, -1)
+    g = G(x.reshape(shape)).reshape(n, -1)
+    f = g - x
+    # The last m differences of iterates and of residuals, and their Gram products.
+    dX: list[np.ndarray] = []
+    dF: list[np.ndarray] = []
+    gram: list[list[np.ndarray]] = []  # gram[i][j] = ⟨dF_i, dF_j⟩ per sample
+    for it in itertools.count(1):
+        scale = np.maximum(1.0, np.abs(x).max(axis=0, initial=0.0))
+        r = np.abs(f).max(axis=0, initial=0.0)
+        res = float(np.max(r, initial=0.0))
+        if not np.isfinite(res) or it > maxiter:
+            return None, it - 1, res
+        if np.all(r <= tol * scale):
+            return g.reshape(shape), it, res
+        x_new = g
+        if dF:
+            k = len(dF)
+            A = np.empty((x.shape[1], k, k))
+            for i in range(k):
+                for j in range(k):
+                    A[:, i, j] = gram[i][j]
+            A += (1e-13 * np.trace(A, axis1=1, axis2=2) + 1e-300)[:, None, None] * np.eye(k)
+            rhs = np.stack([np.einsum("nb,nb->b", d, f) for d in dF], axis=-1)
+            gamma = np.linalg.solve(A, rhs[..., None])[..., 0]  # (nb, k)
+            x_new = g.copy()
+            for i in range(k):
+                x_new -= gamma[:, i] * (dX[i] + dF[i])
+        g_new = G(x_new.reshape(shape)).reshape(n, -1)
+        f_new = g_new - x_new
+        if len(dF) == m:  # forget the oldest
+            del dX[0], dF[0], gram[0]
+            for row in gram:
+                del row[0]
+        d = f_new - f
+        dots = [np.einsum("nb,nb->b", old, d) for old in dF]
+        for row, v in zip(gram, dots, strict=True):
+            row.append(v)
+        gram.append([*dots, np.einsum("nb,nb->b", d, d)])
+        dX.append(x_new - x)
+        dF.append(d)
+        x, g, f = x_new, g_new, f_new
+    raise AssertionError("unreachable")

@@ -146,13 +146,19 @@ class _Emitter:
         self.names = [self.namer.fresh(s.name) for s in graph.symbols]
         self.n_in = graph.n_inputs
         self.table = table = FormTable(_Printer)
-        self.forms, self.consts = [], []
+        self.forms, self.consts, self.floats = [], [], []
         for c, parents in zip(ir.constraints, graph.parents, strict=True):
             parent_symbols = tuple(graph.symbols[p] for p in parents)
             key, floats = form_key(c.expr, {s: k for k, s in enumerate(parent_symbols)})
             key = ("z = " if c.target is not None else "0 = ") + key  # «t» only if explicit
             self.forms.append(table.get(key, c.expr, parent_symbols, floats, c.target, c.label))
             self.consts.append({f"c{k}": float_text(f) for k, f in enumerate(floats)})
+            self.floats.append(floats)
+        # Where each variable index lives as an array entry: (variable number, entry),
+        # numbering the inputs, then the intermediates (the grouped engine's stores).
+        variables = (*ir.inputs, *ir.intermediates)
+        place = {s: (k, j) for k, v in enumerate(variables) for j, s in enumerate(v.symbols)}
+        self.loc = [place[s] for s in graph.symbols]
         self.n_forms = len(table)
         most = max((max(len(f.temps), len(f.jac_temps)) for f in self.forms), default=0)
         self.temps = {f"tmp{k}": self.namer.fresh(f"t{k}") for k in range(most)}
@@ -503,6 +509,106 @@ def _outer2(c: Any, za: Any, zb: Any) -> Any:
     """The symmetric pair term of a mixed second partial: c (z_a z_bᵀ + z_b z_aᵀ)."""
     h = _outer(c, za, zb)
     return h if np.ndim(h) == 0 else h + h.T
+
+
+def hvp_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
+    """Hessian-vector products, generated on first use: (NumPy version, float version, source).
+
+    ``hvp(_ctx, <variables>, <λ>, <ẋ>)`` returns (∇²(Σ z_N)) ẋ per input entry and sample,
+    the second-order adjoint way: the tangents ż = Z ẋ along one direction
+    (`_jvp_source`), then the reverse pass of the tangent-linear program,
+    `_second_adjoint_source`. Never forms a Hessian: about one forward and two reverse
+    sweeps.
+    """
+    names = em.names
+    tangents_source = _jvp_source(em, "tangents", every=True)
+    lam = [em.namer.fresh("l_" + c.label) for c in em.ir.constraints]
+    dot = [em.namer.fresh("zd_" + names[v]) for v in range(len(names))]
+    dx = [em.namer.fresh("xd_" + names[k]) for k in range(em.n_in)]
+    wrapper = [
+        f"def hvp(_ctx, {', '.join(names)}, {', '.join(lam)}, {', '.join(dx)}):",
+        f"    _D = tangents(_ctx, {', '.join(names)}, {', '.join(dx)})",
+        f"    return second_adjoint(_ctx, {', '.join(names)}, {', '.join(lam)}, *_D)",
+    ]
+    source = "\n".join(
+        [tangents_source, _second_adjoint_source(em, lam, dot), "\n".join(wrapper) + "\n"]
+    )
+    code = _compile(source, "hvp")
+    numpy_ns = _exec(
+        code, {"numpy": np, "special": scipy.special, "math": math, "_blocks": em.block_solvers}
+    )
+    scalar_ns = _exec(code, {**SCALAR_NAMESPACE, "_blocks": em.block_solvers})
+    return numpy_ns["hvp"], scalar_ns["hvp"], source
+
+
+def _second_adjoint_source(em: _Emitter, lam: list[str], dot: list[str]) -> str:
+    """The reverse pass of the tangent-linear program: μ, and Hẋ at the inputs.
+
+    Differentiating ∂L/∂z_j = 0 (the adjoint) along ż gives the same triangular system
+    with another right-hand side: Σ_e μ_e ∂r_e/∂z_j = w_j, where μ = λ̇ and
+    w = (∇²L) ż, w_j = Σ_e λ_e Σ_p ∂²f_e/∂z_j∂z_p ż_p (−∂²c_e for implicit equations).
+    The output's seed is 0. So this is the adjoint pass, blocks in reverse, with each
+    constraint first adding its λ_e ∂²f_e ż terms to its parents, then scattering
+    μ_e ∂f_e/∂p; cyclic blocks solve Jᵀ μ_B = w_B + … with the forward factorization.
+    At an input x_k the accumulator is (Hẋ)_k = w_k + Σ_e μ_e ∂f_e/∂x_k.
+    """
+    graph, names, n_in = em.graph, em.names, em.n_in
+    acc = {v: em.namer.fresh("m_" + names[v]) for v in range(len(names))}
+    lines = [f"def second_adjoint(_ctx, {', '.join(names)}, {', '.join(lam)}, {', '.join(dot)}):"]
+    assigned: set[int] = set()
+
+    def curvature(e: int) -> list[str]:
+        """Lines adding λ_e (∂²f_e/∂p_a∂p_b) ż to the parents of constraint e: w."""
+        c = em.ir.constraints[e]
+        temps, pairs = em.table.second_derivatives(em.forms[e], c.label)
+        if not pairs:
+            return []
+        for k in range(len(em.temps), len(temps)):  # second order may need more names
+            em.temps[f"tmp{k}"] = em.namer.fresh(f"t{k}")
+        sl = em.slots(e, lam[e])
+        sign = "+" if c.target is not None else "-"
+        out = [f"    {instantiate(t, sl)}" for t in temps]
+        parents = graph.parents[e]
+        for a, b, code in pairs:
+            pa, pb = parents[a], parents[b]
+            text = instantiate(code, sl)
+            out.append(_accumulate(acc[pa], sign, f"({text})*{dot[pb]}", pa in assigned))
+            assigned.add(pa)
+            if a != b:
+                out.append(_accumulate(acc[pb], sign, f"({text})*{dot[pa]}", pb in assigned))
+                assigned.add(pb)
+        return out
+
+    cyclic_index = {b: k for k, b in enumerate(graph.cyclic_blocks)}
+    for b in reversed(graph.blocks):
+        needed = [e for e in b.constraints if e in graph.needed]
+        if not needed:
+            continue
+        if b.explicit:
+            (e,) = b.constraints
+            t = graph.targets[e]
+            lines.append(f"    # {names[t]} = {em.forward_text(e)}")
+            lines += curvature(e)
+            if t in assigned and em.forms[e].partials:
+                lines += em.scatter(e, acc, assigned, lam=acc[t])
+            continue
+        k = cyclic_index[b]
+        lines.append(f"    # block {k}: {', '.join(names[v] for v in b.unknowns)}")
+        for e in b.constraints:
+            lines += curvature(e)
+        if not any(v in assigned for v in b.unknowns):
+            continue
+        seeds = [acc[v] if v in assigned else "0.0" for v in b.unknowns]
+        lines.append(f"    _M = _blocks[{k}].adjoint(_ctx, ({''.join(s + ', ' for s in seeds)}))")
+        mu = {e: em.namer.fresh("mu2_" + em.ir.constraints[e].label) for e in b.constraints}
+        lines += [f"    {mu[e]} = _M[..., {j}]" for j, e in enumerate(b.constraints)]
+        for e in b.constraints:
+            lines += em.scatter(
+                e, acc, assigned, skip=frozenset(b.unknowns), lam=mu[e], target=True
+            )
+    out = [acc[k] if k in assigned else "0.0" for k in range(n_in)]
+    lines.append(f"    return [{', '.join(out)}]")
+    return "\n".join(lines) + "\n"
 
 
 def _kkt_source(em: _Emitter) -> str:

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from ._blocks import BlockReport, SolveOptions
+from ._blocks import METHODS, BlockReport, SolveOptions
 from ._codegen import Passes, generate, hessian_functions, jvp_functions, kkt_function
 from ._errors import LagrangianADError, ProgramError
 from ._graph import analyse
+from ._grouped import GroupedEngine, plan, worth_grouping
 from ._program import ProgramIR
 
 __all__ = ["CompiledProgram", "Solution"]
@@ -110,6 +111,14 @@ class CompiledProgram:
             {c.label: [e] for e, c in enumerate(ir.constraints) if c.target is None}
         )
         self._no_context = _Context(SolveOptions())
+        # Programs with repeated structure (array defines, dense layers, equilibrium
+        # models) also get the grouped engine, used for NumPy calls (see `_grouped`).
+        steps = plan(self.graph, self._code.emitter)
+        self._grouped = (
+            GroupedEngine(ir, self.graph, self._code.emitter, self._code.block_solvers, steps)
+            if worth_grouping(steps, len(ir.constraints))
+            else None
+        )
         self._hessian: tuple | None = None  # generated on first use, like these two:
         self._jvp: tuple | None = None
         self._kkt: tuple | None = None
@@ -149,7 +158,11 @@ class CompiledProgram:
 
     def value(self, inputs: Mapping[Any, Any], **options: Any) -> Array:
         """The output z_N only (forward pass)."""
-        entries, _, _, batch = self._prepare(inputs)
+        arrays, leads, batch = self._check(inputs)
+        if self._use_grouped(batch):
+            stores, _, _, _ = self._run_grouped(arrays, leads, batch, options, adjoint=False)
+            return self._grouped_output(stores, batch)
+        entries = self._entries(arrays, leads, batch)
         z, _ = self._run(entries, batch == (), options, adjoint=False)
         return _shaped(z[self._output_index], batch)
 
@@ -157,9 +170,39 @@ class CompiledProgram:
         self, inputs: Mapping[Any, Any], **options: Any
     ) -> tuple[Array, dict[str, Array]]:
         """The output and ∂(Σ z_N)/∂x for every input."""
-        entries, arrays, leads, batch = self._prepare(inputs)
+        arrays, leads, batch = self._check(inputs)
+        if self._use_grouped(batch):
+            stores, accs, _, _ = self._run_grouped(arrays, leads, batch, options, adjoint=True)
+            return self._grouped_output(stores, batch), self._grouped_grads(accs, arrays)
+        entries = self._entries(arrays, leads, batch)
         z, (_, g, _) = self._run(entries, batch == (), options, adjoint=True)
         return _shaped(z[self._output_index], batch), self._grads(g, arrays, leads, batch)
+
+    # The grouped engine: for batches (one sample runs faster on Python floats).
+
+    def _use_grouped(self, batch: tuple[int, ...]) -> bool:
+        return self._grouped is not None and batch != ()
+
+    def _run_grouped(self, arrays, leads, batch, options, adjoint: bool, report: bool = False):
+        nd = len(batch)
+        ins = []
+        for name, var in self._inputs.items():
+            lead = leads[name]
+            a = np.moveaxis(np.reshape(arrays[name], (*lead, var.size)), -1, 0)
+            ins.append(a.reshape((var.size,) + (1,) * (nd - len(lead)) + lead))
+        ctx = self._context(options)
+        stores, accs, blocks = self._grouped.run(ins, batch, ctx, adjoint, report)
+        return stores, accs, blocks, ctx
+
+    def _grouped_output(self, stores: list, batch: tuple[int, ...]) -> Array:
+        s, e = self._grouped.output
+        return _shaped(stores[s][e], batch)
+
+    def _grouped_grads(self, accs: list, arrays: dict) -> dict[str, Array]:
+        return {
+            name: _user_array(np.moveaxis(accs[k], 0, -1).reshape(np.shape(arrays[name])))
+            for k, name in enumerate(self._inputs)
+        }
 
     def _run(self, entries: list, scalar: bool, options: dict, adjoint: bool):
         """Forward (and adjoint) pass; returns z and, with ``adjoint``, (λ, grads, ctx)."""
@@ -266,8 +309,48 @@ class CompiledProgram:
 
     def solve(self, inputs: Mapping[Any, Any], **options: Any) -> Solution:
         """Forward values, multipliers and gradient: the full stationary point."""
-        entries, arrays, leads, batch = self._prepare(inputs)
+        arrays, leads, batch = self._check(inputs)
+        entries = self._entries(arrays, leads, batch)
+        if self._use_grouped(batch):
+            return self._solve_grouped(entries, arrays, leads, batch, options)
         z, (lam, g, ctx) = self._run(entries, batch == (), options, adjoint=True)
+        return self._solution(
+            entries,
+            arrays,
+            leads,
+            batch,
+            z,
+            lam,
+            self._grads(g, arrays, leads, batch),
+            tuple(ctx.blocks[k][1] for k in sorted(ctx.blocks)),
+        )
+
+    def _solve_grouped(self, entries, arrays, leads, batch, options) -> Solution:
+        stores, accs, blocks, _ = self._run_grouped(
+            arrays, leads, batch, options, adjoint=True, report=True
+        )
+        graph, loc = self.graph, self._grouped.loc
+        z = [stores[s][j] for s, j in loc[graph.n_inputs :]]
+        lam: list = [None] * len(self.ir.constraints)
+        for info in blocks.values():
+            for r, e in enumerate(info["constraints"]):
+                lam[e] = info["lam"][r]
+        for e, t in enumerate(graph.targets):
+            if lam[e] is None:
+                s, j = loc[t]
+                lam[e] = accs[s][j]
+        return self._solution(
+            entries,
+            arrays,
+            leads,
+            batch,
+            z,
+            lam,
+            self._grouped_grads(accs, arrays),
+            tuple(blocks[k]["report"] for k in sorted(blocks)),
+        )
+
+    def _solution(self, entries, arrays, leads, batch, z, lam, grad, reports) -> Solution:
         values: dict[str, Array] = {name: _user_array(a) for name, a in arrays.items()}
         for var in self.ir.intermediates:
             values[var.name] = _assemble(
@@ -282,10 +365,10 @@ class CompiledProgram:
         max_r, max_s = self._kkt[0](*entries, *z, *lam)
         return Solution(
             value=_shaped(z[self._output_index], batch),
-            grad=self._grads(g, arrays, leads, batch),
+            grad=grad,
             values=values,
             multipliers=multipliers,
-            blocks=tuple(ctx.blocks[k][1] for k in sorted(ctx.blocks)),
+            blocks=reports,
             kkt={"max_dL_dlambda": float(np.max(max_r)), "max_dL_dz": float(np.max(max_s))},
         )
 
@@ -302,9 +385,11 @@ class CompiledProgram:
                 f"unknown solve option {', '.join(sorted(unknown))}; "
                 "the options are init, method, tol, maxiter"
             )
-        method = options.get("method", "newton")
-        if method not in ("newton", "fixed-point"):
-            raise ProgramError(f"unknown method {method!r}: use 'newton' or 'fixed-point'")
+        method = options.get("method", "auto")
+        if method not in METHODS:
+            raise ProgramError(
+                f"unknown method {method!r}: use one of {', '.join(map(repr, METHODS))}"
+            )
         init: dict[int, Any] = {}
         for key, val in (options.get("init") or {}).items():
             name = key if isinstance(key, str) else getattr(key, "name", str(key))
@@ -333,6 +418,11 @@ class CompiledProgram:
 
     def _prepare(self, inputs: Mapping[Any, Any]):
         """Check the inputs; return scalar entries, arrays, batch axes, batch shape."""
+        arrays, leads, batch = self._check(inputs)
+        return self._entries(arrays, leads, batch), arrays, leads, batch
+
+    def _check(self, inputs: Mapping[Any, Any]):
+        """Check the inputs; return the arrays, their batch axes, and the batch shape."""
         if not isinstance(inputs, dict) and not isinstance(inputs, Mapping):
             raise ProgramError(
                 f"inputs must be a dict of name -> value, not {type(inputs).__name__}"
@@ -372,6 +462,10 @@ class CompiledProgram:
         except ValueError:
             desc = ", ".join(f"{n}: {s}" for n, s in leads.items())
             raise ProgramError(f"the batch axes of the inputs do not broadcast ({desc})") from None
+        return arrays, leads, batch
+
+    def _entries(self, arrays: dict, leads: dict, batch: tuple[int, ...]) -> list:
+        """One value per scalar input entry: floats for one sample, else arrays."""
         entries: list = []
         for name, var in self._inputs.items():
             arr = arrays[name]
@@ -382,7 +476,7 @@ class CompiledProgram:
             else:
                 flat = arr.reshape((*leads[name], var.size))
                 entries.extend(flat[..., k] for k in range(var.size))
-        return entries, arrays, leads, batch
+        return entries
 
     def _input_name(self, key: Any) -> str:
         if isinstance(key, str):

@@ -33,8 +33,33 @@ def form_key(expr: sp.Expr, rank: dict[sp.Symbol, int]) -> tuple[str, tuple[sp.F
     """A structural key of ``expr`` and its distinct float constants in traversal order.
 
     Symbols are written by rank, distinct floats by order of first appearance, every
-    other node by its class and, for numbers, its value. Iterative pre-order walk.
+    other node by its class and, for numbers, its value. The arguments of sums and
+    products are visited in a canonical order that ignores float values: SymPy orders
+    2.0·x₁ − 3.0·x₂ by its coefficients, and one dense layer's rows must still share
+    a form. Iterative walks (no recursion limit).
     """
+    # Pass 1, bottom-up: a hash of each subtree with its floats masked, to sort by.
+    shape: dict[sp.Basic, int] = {}
+    stack: list[tuple[sp.Basic, bool]] = [(expr, False)]
+    while stack:
+        node, ready = stack.pop()
+        if node in shape:
+            continue
+        if node.is_Symbol:
+            shape[node] = hash(("s", rank[node]))
+        elif node.is_Float:
+            shape[node] = hash("f")
+        elif node.is_Number or not node.args:
+            shape[node] = hash((type(node).__name__, str(node)))
+        elif ready:
+            children = [shape[a] for a in node.args]
+            if node.is_Add or node.is_Mul:
+                children.sort()
+            shape[node] = hash((type(node).__name__, *children))
+        else:
+            stack.append((node, True))
+            stack.extend((a, False) for a in node.args if a not in shape)
+    # Pass 2, top-down in that order: the tokens and the floats.
     tokens: list[str] = []
     floats: list[sp.Float] = []
     seen_floats: dict[sp.Float, int] = {}
@@ -52,7 +77,10 @@ def form_key(expr: sp.Expr, rank: dict[sp.Symbol, int]) -> tuple[str, tuple[sp.F
             tokens.append(f"{type(node).__name__}:{node}")
         else:
             tokens.append(f"{type(node).__name__}/{len(node.args)}")
-            stack.extend(reversed(node.args))
+            args = node.args
+            if node.is_Add or node.is_Mul:
+                args = sorted(args, key=shape.__getitem__)
+            stack.extend(reversed(args))
     return " ".join(tokens), tuple(floats)
 
 

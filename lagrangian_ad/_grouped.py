@@ -1,0 +1,758 @@
+"""Structure-aware evaluation: constraints of one form run as one vectorized group.
+
+Big programs are written entry by entry but are array programs underneath: the sixteen
+constraints pre_i = Σ_j W1_ij x_j + b1_i of a dense layer share one form and read the
+same variables in the same pattern. This engine groups such constraints — same form,
+same target variable, each placeholder read from the same variable for every member, and
+no member depending on another (they sit at the same depth of the graph) — and evaluates
+a group with one NumPy call per operation of its form, over a trailing *member* axis.
+
+A wide sum of products in a form (Σ_j W_ij h_j) is contracted as a matrix product: for
+each term, the factor that is the same for every member (h_j) against the one that
+varies (W_ij), so a dense layer runs at matrix-multiply speed in both passes (forward
+``H @ Wᵀ``; multipliers ``μ @ W`` and, for a weight given without batch axes, ``μᵀ H``
+summed over the batch in the same product).
+
+Cyclic blocks made of explicit constraints iterate their fixed-point map z ← f(z) with
+Anderson acceleration, and their multipliers solve λ = g + J_fᵀ λ by the same iteration
+on the group's vector-Jacobian product: no batch × n² Jacobian is formed. A block the
+iteration does not solve (no map, not contractive) falls back to Newton's method in
+`_blocks.BlockSolver`. Values are stored per variable as arrays of shape
+(batch…, entries); the generated code is per form, compiled once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+from ._blocks import BlockReport, BlockSolver, SolveOptions, _anderson, _Factorized
+from ._errors import ConvergenceError
+from ._forms import Form, _differentiate, _print, _print_shared, _SparseDiff
+
+__all__ = ["GroupedEngine", "worth_grouping"]
+
+MIN_CONTRACT = 8  # a sum with at least this many products is contracted as a matmul
+
+
+# --------------------------------------------------------------------------- form code
+
+
+@dataclass(frozen=True)
+class _FormCode:
+    """A form rewritten for groups: its contracted sum replaced by the placeholder «s».
+
+    ``args`` are the placeholder names the functions take (``p3``, ``c0``, ``s``);
+    ``fwd(*args)`` is the form's value, ``vjp(l, t, *args)`` the terms λ·∂f/∂a for the
+    names in ``wrt``; ``bilinear`` lists (coefficient, a, b) of the contracted products.
+    """
+
+    args: tuple[str, ...]
+    wrt: tuple[str, ...]
+    bilinear: tuple[tuple[float, str, str], ...]
+    fwd: Callable
+    vjp: Callable
+    source: str
+
+
+def _bilinear(term: sp.Expr) -> tuple[float, str, str] | None:
+    """(coefficient, a, b) when ``term`` is r·a·b for placeholders a, b and a number r."""
+    if not term.is_Mul:
+        return None
+    syms = [f for f in term.args if f.is_Symbol]
+    nums = [f for f in term.args if f.is_Number]
+    if len(syms) != 2 or len(nums) > 1 or len(syms) + len(nums) != len(term.args):
+        return None
+    a, b = (s.name[1:-1] for s in syms)
+    if a.startswith("c") and b.startswith("c"):
+        return None
+    return (float(nums[0]) if nums else 1.0), a, b
+
+
+def _derive_form_code(form: Form, explicit: bool, printer_factory, label: str) -> _FormCode:
+    expr = form.expr
+    widest, best = None, []
+    for node in sp.preorder_traversal(expr):
+        if node.is_Add and len(node.args) >= MIN_CONTRACT:
+            found = [b for b in (_bilinear(a) for a in node.args) if b]
+            if len(found) > len(best):
+                widest, best = node, found
+    bilinear: tuple = ()
+    s = sp.Symbol("«s»", real=True)
+    if widest is not None and len(best) >= MIN_CONTRACT:
+        rest = [a for a in widest.args if _bilinear(a) is None]
+        expr = expr.xreplace({widest: sp.Add(s, *rest)})
+        bilinear = tuple(best)
+    syms = sorted(
+        (x for x in expr.free_symbols if x.name[1] in "pcs"),
+        key=lambda x: (x.name[1], int(x.name[2:-1]) if x.name[2:-1] else 0),
+    )
+    args = tuple(x.name[1:-1] for x in syms)
+    lam, t = sp.Symbol("«l»", real=True), sp.Symbol("«t»", real=True)
+    names = {x: x.name[1:-1] for x in (*syms, lam, t)}
+    printer = printer_factory(names)
+    diff = _SparseDiff(expr)
+    wrt, terms = [], []
+    for x in syms:
+        if x.name[1] == "c":
+            continue
+        d = _differentiate(diff, x, label, x)
+        if d != 0:
+            if explicit and not expr.is_Atom:
+                d = d.xreplace({expr: t})
+            wrt.append(x.name[1:-1])
+            terms.append(lam * d)
+    temps, codes = _print_shared(terms, printer, label)
+    temps = tuple(line.replace("«", "").replace("»", "") for line in temps)
+    codes = tuple(c.replace("«", "").replace("»", "") for c in codes)
+    sig = ", ".join(args)
+    lines = [f"def fwd({sig}):", f"    return {_print(printer, expr, label)}"]
+    lines += [f"def vjp(l, t{', ' if sig else ''}{sig}):"]
+    lines += [f"    {line}" for line in temps]
+    lines += [f"    return ({''.join(c + ', ' for c in codes)})"]
+    source = "\n".join(lines) + "\n"
+    from ._codegen import _compile, _exec  # one compile path for all generated code
+
+    ns = _exec(_compile(source, f"group form {label}"))
+    return _FormCode(args, tuple(wrt), bilinear, ns["fwd"], ns["vjp"], source)
+
+
+# --------------------------------------------------------------------------- groups
+#
+# Layout: every store holds one variable with its entries on the first axis and the
+# batch axes after it, (entries, batch…): gathering entries copies whole rows, contiguous
+# ranges are views, and a dense layer is one (M, K) @ (K, batch) product. Input stores
+# have all the call's batch axes (size 1 where the input has none).
+
+
+@dataclass
+class _Operand:
+    """Values of one placeholder (or contraction side) for every member of a group.
+
+    ``store`` indexes the engine's stores (−1: the unknowns of the block being solved,
+    None: constants ``const``). ``idx`` holds the entries read: shape (M,) — (1,) when
+    every member reads the same entry — or (M, K) and (K,) for contraction sides;
+    ``span`` is (start, stop) when they are one contiguous range, read as a view.
+    """
+
+    store: int | None
+    idx: np.ndarray | None = None
+    const: Any = None
+    unique: bool = True
+    span: tuple[int, int] | None = None
+
+    def get(self, stores: list, Z: Any, nd: int) -> Any:
+        if self.store is None:
+            c = self.const
+            return c if np.ndim(c) == 0 else c.reshape(c.shape + (1,) * nd)
+        arr = Z if self.store < 0 else stores[self.store]
+        if self.span is None:
+            return arr[self.idx]
+        part = arr[self.span[0] : self.span[1]]
+        return part if self.idx.ndim == 1 else part.reshape(self.idx.shape + arr.shape[1:])
+
+
+def _operand(store: int | None, values: np.ndarray) -> _Operand:
+    if store is None:
+        return _Operand(None, const=values)
+    flat = values.ravel()
+    span = None
+    if len(flat) and np.array_equal(flat, np.arange(flat[0], flat[0] + len(flat))):
+        span = (int(flat[0]), int(flat[0]) + len(flat))
+    return _Operand(store, values, unique=len(np.unique(flat)) == len(flat), span=span)
+
+
+@dataclass
+class _Contraction:
+    """Σ_k r_k a_k b_k over one pair of sources: ``vary`` (M, K) against ``inv`` (K,).
+
+    When neither side is the same for every member both are (M, K) (``both``).
+    """
+
+    vary: _Operand
+    inv: _Operand
+    coef: np.ndarray | None
+    both: bool
+
+    def gather(self, stores: list, Z: Any, nd: int) -> tuple[Any, Any]:
+        A, V = self.vary.get(stores, Z, nd), self.inv.get(stores, Z, nd)
+        if self.coef is not None:
+            A = A * self.coef.reshape((1, -1) + (1,) * (np.ndim(A) - 2))
+        return A, V
+
+    def apply(self, A: Any, V: Any) -> Any:
+        if self.both:
+            return np.einsum("mk...,mk...->m...", A, V)
+        A2, V = _matrix(A), np.asarray(V)
+        if A2 is not None:  # (M, K) @ (K, batch): one matrix product
+            return (A2 @ V.reshape(V.shape[0], -1)).reshape(A2.shape[:1] + V.shape[1:])
+        if all(n == 1 for n in V.shape[1:]):  # Σ_k A[m, k, b] v_k: a product per member
+            A = np.asarray(A)
+            M, K = A.shape[:2]
+            return (V.reshape(1, K) @ A.reshape(M, K, -1)).reshape((M, *A.shape[2:]))
+        return np.einsum("mk...,k...->m...", A, V)
+
+
+def _matrix(A: Any) -> np.ndarray | None:
+    """A as an (M, K) matrix when it has no batch extent, else None."""
+    A = np.asarray(A)
+    return A.reshape(A.shape[:2]) if all(n == 1 for n in A.shape[2:]) else None
+
+
+@dataclass
+class _Group:
+    members: tuple[int, ...]
+    code: _FormCode
+    operands: dict[str, _Operand]  # the placeholders of code.args except «s»
+    contractions: list[_Contraction]
+    out_store: int | None  # the target variable (None: implicit equations)
+    out: _Operand | None  # the target entries
+    rows: np.ndarray | None = None  # rows of the block, for groups in a cyclic block
+    sign: float = 1.0  # +λ ∂f/∂p for explicit constraints, −λ ∂c/∂p for equations
+    reads_z: bool = False
+    whole: bool = False  # the members are every entry of the target, in order
+    needed: bool = True  # some member is upstream of the output
+
+    def evaluate(self, stores: list, nd: int, Z: Any = None, cache: dict | None = None) -> Any:
+        """f for every member, shape (M, batch…); ``cache`` keeps what the adjoint reuses."""
+        vals = {name: op.get(stores, Z, nd) for name, op in self.operands.items()}
+        if self.contractions:
+            gathered = [c.gather(stores, Z, nd) for c in self.contractions]
+            vals["s"] = _sum(
+                c.apply(A, V) for c, (A, V) in zip(self.contractions, gathered, strict=True)
+            )
+            if cache is not None:
+                cache["gathered"] = gathered
+        if cache is not None:
+            cache["vals"] = vals
+        return self.code.fwd(*(vals[a] for a in self.code.args))
+
+    def backward(
+        self,
+        lam: Any,
+        t: Any,
+        accs: list,
+        cache: dict,
+        acc_z: Any = None,
+        only_z: bool | None = None,
+    ) -> None:
+        """Add sign·λ·∂f/∂p of every member to the accumulator of each variable p reads.
+
+        ``only_z``: True for the unknowns of the block only, False for everything else,
+        None for all.
+        """
+        vals = cache["vals"]
+        terms = self.code.vjp(lam, t, *(vals[a] for a in self.code.args))
+        for name, term in zip(self.code.wrt, terms, strict=True):
+            if self.sign != 1.0:
+                term = -term
+            if name == "s":
+                for c, (A, V) in zip(self.contractions, cache["gathered"], strict=True):
+                    _contraction_backward(c, A, V, np.asarray(term), accs, acc_z, only_z)
+                continue
+            op = self.operands[name]
+            if _skip(op, only_z):
+                continue
+            if len(op.idx) == 1 and np.shape(term)[0] != 1:
+                term = np.sum(term, axis=0, keepdims=True)
+            _scatter(_acc(op, accs, acc_z), op, term)
+
+
+def _sum(parts) -> Any:
+    total = None
+    for p in parts:
+        total = p if total is None else total + p
+    return total
+
+
+def _contraction_backward(c: _Contraction, A, V, mu, accs, acc_z, only_z) -> None:
+    if c.both:
+        if not _skip(c.vary, only_z):
+            _scatter(_acc(c.vary, accs, acc_z), c.vary, mu[:, None] * V)
+        if not _skip(c.inv, only_z):
+            _scatter(_acc(c.inv, accs, acc_z), c.inv, mu[:, None] * A)
+        return
+    A2 = _matrix(A)
+    if not _skip(c.inv, only_z):  # ∂/∂b_k = Σ_m μ_m r_k a_mk
+        acc = _acc(c.inv, accs, acc_z)
+        if A2 is not None:
+            d = (A2.T @ mu.reshape(mu.shape[0], -1)).reshape(A2.shape[1:2] + mu.shape[1:])
+        elif all(n == 1 for n in acc.shape[1:]):  # b without batch axes: Σ_batch Σ_m μ a
+            A = np.asarray(A)
+            M, K = A.shape[:2]
+            mu3 = np.broadcast_to(mu, (M, *A.shape[2:])).reshape(M, -1, 1)
+            d = (A.reshape(M, K, -1) @ mu3).sum(axis=0).reshape((K,) + (1,) * (mu.ndim - 1))
+        else:
+            d = np.einsum("m...,mk...->k...", mu, A)
+        _scatter(acc, c.inv, d)
+    if not _skip(c.vary, only_z):  # ∂/∂a_mk = μ_m r_k b_k
+        acc = _acc(c.vary, accs, acc_z)
+        M, K = c.vary.idx.shape
+        V = np.asarray(V)
+        if all(n == 1 for n in acc.shape[1:]):  # a weight without batch axes: Σ_batch μ bᵀ
+            Vb = np.broadcast_to(V, (K, *mu.shape[1:])).reshape(K, -1)
+            d = (mu.reshape(M, -1) @ Vb.T).reshape((M, K) + (1,) * (mu.ndim - 1))
+        else:
+            d = mu[:, None] * V[None]
+        if c.coef is not None:
+            d = d * c.coef.reshape((1, -1) + (1,) * (d.ndim - 2))
+        _scatter(acc, c.vary, d)
+
+
+def _skip(op: _Operand, only_z: bool | None) -> bool:
+    if op.store is None:
+        return True
+    return only_z is not None and (op.store < 0) != only_z
+
+
+def _acc(op: _Operand, accs: list, acc_z: Any) -> Any:
+    return acc_z if op.store < 0 else accs[op.store]
+
+
+def _scatter(acc: np.ndarray, op: _Operand, d: Any) -> None:
+    """acc[idx] += d, with d summed down to acc's batch axes."""
+    d = _sum_to(np.asarray(d), acc.shape[1:], op.idx.ndim)
+    if op.span is not None:
+        a, b = op.span
+        acc[a:b] += d.reshape((b - a, *d.shape[op.idx.ndim :]))
+    elif op.unique:
+        acc[op.idx] += d
+    else:
+        np.add.at(acc, op.idx, np.broadcast_to(d, op.idx.shape + acc.shape[1:]))
+
+
+def _sum_to(d: np.ndarray, lead: tuple[int, ...], core: int) -> np.ndarray:
+    """Sum the batch axes of ``d`` (after its ``core`` entry axes) where ``lead`` is 1."""
+    axes = tuple(
+        core + k
+        for k, n in enumerate(lead)
+        if n == 1 and core + k < d.ndim and d.shape[core + k] != 1
+    )
+    return d.sum(axis=axes, keepdims=True) if axes else d
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+@dataclass
+class _BlockPlan:
+    solver: BlockSolver
+    groups: list[_Group]
+    ext: list[int]  # graph variables the block reads but does not solve, in solver order
+    cols: dict[int, int]  # graph variable -> column of Z
+    unknown_locs: list[tuple[int, int]]  # (store, entry) of each column
+    has_map: bool
+    constraints: tuple[int, ...]
+
+
+@dataclass
+class _Step:
+    groups: list[_Group] = field(default_factory=list)
+    block: _BlockPlan | None = None
+
+
+def plan(graph, em) -> list[tuple[str, Any]]:
+    """The grouping, without any symbolic work: steps in order, each
+    ("groups", [member tuples]) for explicit constraints at one depth, or
+    ("block", (block, its member tuples)) for a cyclic block."""
+    loc = em.loc
+    n_in = graph.n_inputs
+    depth_of_var = [0] * len(graph.symbols)
+    steps: list[tuple[int, int, str, Any]] = []
+    keyed: dict[tuple, list[int]] = {}
+    for _k, b in enumerate(graph.blocks):
+        unknowns = frozenset(b.unknowns)
+        d = 1 + max(
+            (
+                depth_of_var[v]
+                for e in b.constraints
+                for v in graph.reads(e)
+                if v >= n_in and v not in unknowns
+            ),
+            default=0,
+        )
+        for v in b.unknowns:
+            depth_of_var[v] = d
+        if b.explicit:
+            (e,) = b.constraints
+            keyed.setdefault((d, *_key(graph, em, loc, e, frozenset())), []).append(e)
+        else:
+            inner: dict[tuple, list[int]] = {}
+            for e in b.constraints:
+                inner.setdefault(_key(graph, em, loc, e, unknowns), []).append(e)
+            steps.append((d, 1, "block", (b, [tuple(m) for m in inner.values()])))
+    by_depth: dict[int, list] = {}
+    for key, members in keyed.items():
+        by_depth.setdefault(key[0], []).append(tuple(members))
+    steps += [(d, 0, "groups", groups) for d, groups in by_depth.items()]
+    steps.sort(key=lambda s: (s[0], s[1]))
+    return [(kind, what) for _, _, kind, what in steps]
+
+
+def _key(graph, em, loc, e: int, unknowns: frozenset) -> tuple:
+    t = graph.targets[e]
+    sources = tuple(-1 if p in unknowns else loc[p][0] for p in graph.parents[e])
+    target = None if t is None else (-1 if t in unknowns else loc[t][0])
+    return target, id(em.forms[e]), sources
+
+
+def worth_grouping(steps: list, n_constraints: int) -> bool:
+    """Whether grouping pays: big programs whose groups average at least 4 members."""
+    n_groups = sum(len(what) if kind == "groups" else len(what[1]) for kind, what in steps)
+    return n_constraints >= 16 and 4 * n_groups <= n_constraints
+
+
+class GroupedEngine:
+    """Forward values, multipliers and gradient by groups; see the module docstring."""
+
+    def __init__(self, ir, graph, em, solvers: tuple[BlockSolver, ...], steps: list):
+        self.ir, self.graph = ir, graph
+        self.n_inputs = len(ir.inputs)
+        self.sizes = [v.size for v in (*ir.inputs, *ir.intermediates)]
+        self.loc = em.loc
+        self.output = self.loc[graph.output]
+        self._codes: dict[tuple[int, bool], _FormCode] = {}
+        self._em = em
+        from ._codegen import _Printer
+
+        self._printer = _Printer
+        cyclic = {b: k for k, b in enumerate(graph.cyclic_blocks)}
+        self.steps: list[_Step] = []
+        for kind, what in steps:
+            if kind == "groups":
+                self.steps.append(_Step(groups=[self._group(m, {}) for m in what]))
+            else:
+                b, members = what
+                self.steps.append(_Step(block=self._block_plan(b, members, solvers[cyclic[b]])))
+        self.n_groups = sum(len(s.groups) for s in self.steps) + sum(
+            len(s.block.groups) for s in self.steps if s.block
+        )
+
+    # ----------------------------------------------------------------- building
+
+    def _form_code(self, e: int) -> _FormCode:
+        form = self._em.forms[e]
+        explicit = self.graph.targets[e] is not None
+        key = (id(form), explicit)
+        code = self._codes.get(key)
+        if code is None:
+            label = self.ir.constraints[e].label
+            code = self._codes[key] = _derive_form_code(form, explicit, self._printer, label)
+        return code
+
+    def _group(self, members: tuple[int, ...], cols: dict[int, int]) -> _Group:
+        graph, em = self.graph, self._em
+        code = self._form_code(members[0])
+        P = np.array([graph.parents[e] for e in members], dtype=np.intp).reshape(len(members), -1)
+        C = np.array([[float(f) for f in em.floats[e]] for e in members], dtype=np.float64).reshape(
+            len(members), -1
+        )
+
+        def column(name: str) -> tuple[int | None, np.ndarray]:
+            k = int(name[1:])
+            if name[0] == "c":
+                return None, C[:, k]
+            vars_ = P[:, k]
+            store = -1 if int(vars_[0]) in cols else self.loc[int(vars_[0])][0]
+            idx = np.array(
+                [cols[v] if store < 0 else self.loc[v][1] for v in vars_.tolist()], dtype=np.intp
+            )
+            return store, idx
+
+        def operand(name: str) -> _Operand:
+            store, values = column(name)
+            same = bool(np.all(values == values[0]))
+            if store is None:
+                return _Operand(None, const=float(values[0]) if same else values)
+            return _operand(store, values[:1] if same else values)
+
+        operands = {a: operand(a) for a in code.args if a != "s"}
+        contractions = []
+        if code.bilinear:
+            classes: dict[tuple, list] = {}
+            for coef, a, b in code.bilinear:
+                (sa, va), (sb, vb) = column(a), column(b)
+                inv_a, inv_b = bool(np.all(va == va[0])), bool(np.all(vb == vb[0]))
+                if inv_b or not inv_a:
+                    vary, inv, both = (sa, va), (sb, vb), not inv_b
+                else:
+                    vary, inv, both = (sb, vb), (sa, va), False
+                classes.setdefault((vary[0], inv[0], both), []).append((coef, vary[1], inv[1]))
+            for (s_vary, s_inv, both), items in classes.items():
+                coefs = np.array([c for c, _, _ in items])
+                Vm = np.stack([v for _, v, _ in items], axis=1)  # (M, K)
+                Iv = np.stack([v for _, _, v in items], axis=1)
+                Iv = Iv if both else Iv[0]  # (K,) when the same for every member
+                contractions.append(
+                    _Contraction(
+                        _operand(s_vary, Vm),
+                        _operand(s_inv, Iv),
+                        None if np.all(coefs == 1.0) else coefs,
+                        both,
+                    )
+                )
+        t = graph.targets[members[0]]
+        out_store, out = None, None
+        if t is not None:
+            targets = [graph.targets[e] for e in members]
+            out_store = -1 if targets[0] in cols else self.loc[targets[0]][0]
+            out = _operand(
+                out_store,
+                np.array([cols[v] if out_store < 0 else self.loc[v][1] for v in targets]),
+            )
+        group = _Group(
+            members,
+            code,
+            operands,
+            contractions,
+            out_store,
+            out,
+            sign=1.0 if t is not None else -1.0,
+        )
+        group.needed = any(e in graph.needed for e in members)
+        group.whole = out is not None and out_store >= 0 and out.span == (0, self.sizes[out_store])
+        group.reads_z = any(op.store == -1 for op in operands.values()) or any(
+            c.vary.store == -1 or c.inv.store == -1 for c in contractions
+        )
+        return group
+
+    def _block_plan(self, b, member_lists: list, solver: BlockSolver) -> _BlockPlan:
+        graph = self.graph
+        cols = {v: j for j, v in enumerate(b.unknowns)}
+        unknowns = frozenset(b.unknowns)
+        row_of = {e: r for r, e in enumerate(b.constraints)}
+        groups = []
+        for members in member_lists:
+            g = self._group(tuple(members), cols)
+            g.rows = _operand(-1, np.array([row_of[e] for e in members], dtype=np.intp))
+            groups.append(g)
+        ext = sorted({v for e in b.constraints for v in graph.reads(e)} - unknowns)
+        has_map = all(graph.targets[e] == graph.match[e] for e in b.constraints)
+        return _BlockPlan(
+            solver, groups, ext, cols, [self.loc[v] for v in b.unknowns], has_map, b.constraints
+        )
+
+    # ----------------------------------------------------------------- running
+
+    def run(
+        self,
+        inputs: list[np.ndarray],
+        batch: tuple[int, ...],
+        ctx: Any,
+        adjoint: bool,
+        report: bool = False,
+    ):
+        """Forward (and adjoint) pass.
+
+        ``inputs``: each input variable's values, shape (entries, batch…) with as many
+        batch axes as ``batch`` (size 1 where the input has none). Returns (stores, accs,
+        blocks): every variable's values, shape (entries, batch…); ∂L/∂v accumulated for
+        every variable (for an input, its gradient summed to its own batch axes); and
+        per cyclic block its solution, multipliers and report.
+        """
+        nd = len(batch)
+        stores: list = list(inputs)
+        stores += [np.empty((n, *batch)) for n in self.sizes[self.n_inputs :]]
+        tapes: list = []
+        blocks: dict[int, dict] = {}
+        for step in self.steps:
+            if step.block is not None:
+                blocks[step.block.solver.index] = self._solve_block(
+                    step.block, stores, batch, ctx, report
+                )
+                continue
+            tape = []
+            for g in step.groups:
+                cache: dict | None = {} if adjoint else None
+                value = g.evaluate(stores, nd, cache=cache)
+                store = stores[g.out_store]
+                if g.whole and np.shape(value) == store.shape:
+                    stores[g.out_store] = value  # the group is the whole variable: no copy
+                else:
+                    _put(store, g.out, value)
+                tape.append(cache)
+            tapes.append(tape)
+        if not adjoint:
+            return stores, None, blocks
+        accs: list = [np.zeros(np.shape(a)) for a in inputs]
+        accs += [np.zeros((n, *batch)) for n in self.sizes[self.n_inputs :]]
+        store, entry = self.output
+        accs[store][entry] = 1.0
+        for step in reversed(self.steps):
+            if step.block is not None:
+                self._block_adjoint(step.block, stores, accs, batch, ctx, blocks)
+                continue
+            tape = tapes.pop()
+            for g, cache in zip(reversed(step.groups), reversed(tape), strict=True):
+                if not g.needed:
+                    continue
+                lam = g.out.get(accs, None, nd)
+                g.backward(lam, g.out.get(stores, None, nd), accs, cache)
+        return stores, accs, blocks
+
+    # ----------------------------------------------------------------- cyclic blocks
+
+    def _externals(self, plan: _BlockPlan, stores: list) -> tuple:
+        return tuple(stores[s][j] for s, j in (self.loc[v] for v in plan.ext))
+
+    def _solve_block(self, plan, stores, batch, ctx, report: bool) -> dict:
+        opts = ctx.options
+        solver = plan.solver
+        nd = len(batch)
+        inits = [opts.init.get(v, 0.0) for v in solver.variables]
+        shape = np.broadcast_shapes(batch, *(np.shape(v) for v in inits))
+        Z0 = np.empty((solver.n, *shape))
+        for j, v in enumerate(inits):
+            Z0[j] = v
+        method = opts.method
+        if method == "auto":
+            method = "anderson" if plan.has_map else "newton"
+        info: dict = {"method": method, "constraints": plan.constraints}
+        Z = None
+        if method == "anderson" and plan.has_map:
+            fixed: dict = {}
+
+            def F(Z: np.ndarray) -> np.ndarray:
+                out = np.empty_like(Z)
+                for g in plan.groups:
+                    _put(out, g.out, _evaluate_cached(g, stores, nd, Z, fixed))
+                return out
+
+            Z, it, res = _anderson(F, Z0, opts.tol, opts.maxiter)
+            if Z is not None:
+                info["fixed"] = fixed
+                cond = float("nan")
+                if report:
+                    J = solver._jacobian_matrix(
+                        np.moveaxis(Z, 0, -1), self._externals(plan, stores)
+                    )
+                    cond = _Factorized(J, solver.dense, solver.label).condition
+                info["report"] = BlockReport(solver.names, it, res, cond)
+            elif opts.method == "anderson":
+                raise ConvergenceError(
+                    f"Anderson-accelerated fixed-point iteration did not converge in the "
+                    f"block {solver.label}: max |f(z) − z| = {res:.3e} after {opts.maxiter} "
+                    f"iterations (tol {opts.tol}); the map may not be contractive: try "
+                    "method='newton'"
+                )
+        if Z is None:  # Newton (or plain fixed point) with the block's Jacobian
+            inner = ctx.__class__(
+                SolveOptions(
+                    "newton" if method in ("auto", "anderson") else method,
+                    opts.tol,
+                    opts.maxiter,
+                    opts.init,
+                )
+            )
+            Zb = solver.solve(inner, self._externals(plan, stores))
+            ctx.blocks[solver.index] = inner.blocks[solver.index]
+            ctx.batches[solver.index] = inner.batches[solver.index]
+            Z = np.moveaxis(Zb, -1, 0)
+            info["method"] = "newton"
+            info["report"] = inner.blocks[solver.index][1]
+        for j, (s, e) in enumerate(plan.unknown_locs):
+            stores[s][e] = Z[j]
+        info["Z"] = Z
+        return info
+
+    def _block_adjoint(self, plan, stores, accs, batch, ctx, blocks) -> None:
+        info = blocks[plan.solver.index]
+        Z = info["Z"]
+        nd = len(batch)
+        seeds = np.empty_like(Z)
+        for j, (s, e) in enumerate(plan.unknown_locs):
+            seeds[j] = accs[s][e]
+        fixed = info.get("fixed", {})
+        caches = {}
+        for g in plan.groups:
+            cache: dict = {}
+            _evaluate_cached(g, stores, nd, Z, fixed, cache)
+            caches[id(g)] = cache
+
+        def t_of(g: _Group) -> Any:
+            if g.out is None:
+                return None
+            return g.out.get(stores, Z, nd)
+
+        if info["method"] == "newton":
+            lam = plan.solver.adjoint(ctx, [seeds[j] for j in range(plan.solver.n)])
+            lam = np.moveaxis(lam, -1, 0)
+        else:
+
+            def K(lam: np.ndarray) -> np.ndarray:  # g + J_fᵀ λ
+                out = seeds.copy()
+                for g in plan.groups:
+                    g.backward(
+                        g.rows.get(None, lam, nd), t_of(g), accs, caches[id(g)], out, only_z=True
+                    )
+                return out
+
+            lam, _it, res = _anderson(K, seeds.copy(), ctx.options.tol, ctx.options.maxiter)
+            if lam is None:
+                raise ConvergenceError(
+                    f"the multipliers of the block {plan.solver.label} did not converge by "
+                    f"fixed-point iteration (max residual {res:.3e}); try method='newton'"
+                )
+        info["lam"] = lam
+        # Contributions of the block's constraints to the variables outside it.
+        for g in plan.groups:
+            lam_g = g.rows.get(None, lam, nd)
+            g.backward(lam_g, t_of(g), accs, caches[id(g)], None, only_z=False)
+            if g.out_store is not None and g.out_store >= 0:  # a target outside the block
+                _scatter(accs[g.out_store], g.out, -lam_g)
+
+
+def _put(arr: np.ndarray, op: _Operand, value: Any) -> None:
+    if op.span is not None:
+        arr[op.span[0] : op.span[1]] = value
+    else:
+        arr[op.idx] = value
+
+
+def _evaluate_cached(g: _Group, stores, nd: int, Z, fixed: dict, cache: dict | None = None):
+    """Evaluate a block's group at Z, computing what does not read Z once per solve."""
+    key = id(g)
+    if not g.reads_z:
+        if key not in fixed:
+            c: dict = {}
+            fixed[key] = (g.evaluate(stores, nd, Z, c), c)
+        value, c = fixed[key]
+        if cache is not None:
+            cache.update(c)
+        return value
+    if key not in fixed:
+        vals = {n: op.get(stores, None, nd) for n, op in g.operands.items() if op.store != -1}
+        parts = []
+        for c in g.contractions:
+            if c.vary.store == -1 or c.inv.store == -1:
+                A = None if c.vary.store == -1 else c.gather(stores, Z, nd)[0]
+                parts.append((A, None))
+            else:
+                A, V = c.gather(stores, None, nd)
+                parts.append((A, V, c.apply(A, V)))
+        fixed[key] = (vals, parts)
+    vals_fixed, parts = fixed[key]
+    vals = dict(vals_fixed)
+    for n, op in g.operands.items():
+        if op.store == -1:
+            vals[n] = op.get(stores, Z, nd)
+    gathered = []
+    if g.contractions:
+        terms = []
+        for c, part in zip(g.contractions, parts, strict=True):
+            if len(part) == 3:
+                gathered.append(part[:2])
+                terms.append(part[2])
+                continue
+            A = part[0] if part[0] is not None else c.gather(stores, Z, nd)[0]
+            V = c.inv.get(stores, Z, nd)
+            gathered.append((A, V))
+            terms.append(c.apply(A, V))
+        vals["s"] = _sum(terms)
+    if cache is not None:
+        cache["vals"], cache["gathered"] = vals, gathered
+    return g.code.fwd(*(vals[a] for a in g.code.args))
