@@ -61,12 +61,17 @@ class SolveOptions:
 
 @dataclass(frozen=True)
 class BlockReport:
-    """Diagnostics of one cyclic block at the solution (worst sample of the batch)."""
+    """Diagnostics of one cyclic block at the solution (worst sample of the batch).
+
+    ``method`` is the one that solved it ("newton", "fixed-point" or "anderson"); with
+    "auto", a block the Anderson iteration could not solve reports "newton".
+    """
 
     variables: tuple[str, ...]
     iterations: int
     residual: float
     condition: float
+    method: str = "newton"
 
 
 class _Factorized:
@@ -182,7 +187,8 @@ class BlockSolver:
         Z = np.empty((*batch, self.n))
         for j, v in enumerate(inits):
             Z[..., j] = v
-        if opts.method in ("fixed-point", "anderson"):
+        method = "newton" if opts.method == "auto" else opts.method
+        if method in ("fixed-point", "anderson"):
             if self.fixed_map is None:
                 raise ConvergenceError(
                     f"{opts.method} iteration needs explicit constraints z = f(z); the block "
@@ -195,7 +201,7 @@ class BlockSolver:
         else:
             Z, it, res = self._newton(Z, ext, opts)
         fact = _Factorized(self._jacobian_matrix(Z, ext), self.dense, self.label)
-        ctx.blocks[self.index] = (fact, BlockReport(self.names, it, res, fact.condition))
+        ctx.blocks[self.index] = (fact, BlockReport(self.names, it, res, fact.condition, method))
         ctx.batches[self.index] = Z.shape[:-1]
         return Z
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
+from . import _second
 from ._blocks import METHODS, BlockReport, SolveOptions
 from ._codegen import Passes, generate, hessian_functions, jvp_functions, kkt_function
 from ._errors import LagrangianADError, ProgramError
@@ -111,6 +112,7 @@ class CompiledProgram:
             {c.label: [e] for e, c in enumerate(ir.constraints) if c.target is None}
         )
         self._no_context = _Context(SolveOptions())
+        self._has_cycles = bool(self.graph.cyclic_blocks)
         # Programs with repeated structure (array defines, dense layers, equilibrium
         # models) also get the grouped engine, used for NumPy calls (see `_grouped`).
         steps = plan(self.graph, self._code.emitter)
@@ -188,7 +190,8 @@ class CompiledProgram:
         ins = []
         for name, var in self._inputs.items():
             lead = leads[name]
-            a = np.moveaxis(np.reshape(arrays[name], (*lead, var.size)), -1, 0)
+            a = np.reshape(arrays[name], (*lead, var.size))
+            a = a.transpose((len(lead), *range(len(lead))))  # entries first
             ins.append(a.reshape((var.size,) + (1,) * (nd - len(lead)) + lead))
         ctx = self._context(options)
         stores, accs, blocks = self._grouped.run(ins, batch, ctx, adjoint, report)
@@ -200,7 +203,9 @@ class CompiledProgram:
 
     def _grouped_grads(self, accs: list, arrays: dict) -> dict[str, Array]:
         return {
-            name: _user_array(np.moveaxis(accs[k], 0, -1).reshape(np.shape(arrays[name])))
+            name: _user_array(
+                accs[k].transpose((*range(1, accs[k].ndim), 0)).reshape(np.shape(arrays[name]))
+            )
             for k, name in enumerate(self._inputs)
         }
 
@@ -307,6 +312,17 @@ class CompiledProgram:
                 out[a][b] = _user_array(block.reshape(np.shape(arrays[a]) + np.shape(arrays[b])))
         return out
 
+    def hvp(
+        self, inputs: Mapping[Any, Any], vectors: Mapping[Any, Any], **options: Any
+    ) -> dict[str, Array]:
+        return _second.hvp(self, inputs, vectors, **options)
+
+    def sparse_hessian(self, inputs: Mapping[Any, Any], **options: Any) -> _second.SparseHessian:
+        return _second.sparse_hessian(self, inputs, **options)
+
+    hvp.__doc__ = _second.hvp.__doc__
+    sparse_hessian.__doc__ = _second.sparse_hessian.__doc__
+
     def solve(self, inputs: Mapping[Any, Any], **options: Any) -> Solution:
         """Forward values, multipliers and gradient: the full stationary point."""
         arrays, leads, batch = self._check(inputs)
@@ -377,7 +393,7 @@ class CompiledProgram:
         return () if var is None else var.shape  # an equation's multiplier is a scalar
 
     def _context(self, options: dict[str, Any]) -> _Context:
-        if not options and not self.graph.cyclic_blocks:
+        if not options and not self._has_cycles:
             return self._no_context  # nothing to set or record without cyclic blocks
         unknown = set(options) - {"init", "method", "tol", "maxiter"}
         if unknown:

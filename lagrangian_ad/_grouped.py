@@ -631,7 +631,7 @@ class GroupedEngine:
                         np.moveaxis(Z, 0, -1), self._externals(plan, stores)
                     )
                     cond = _Factorized(J, solver.dense, solver.label).condition
-                info["report"] = BlockReport(solver.names, it, res, cond)
+                info["report"] = BlockReport(solver.names, it, res, cond, "anderson")
             elif opts.method == "anderson":
                 raise ConvergenceError(
                     f"Anderson-accelerated fixed-point iteration did not converge in the "
@@ -691,12 +691,16 @@ class GroupedEngine:
                     )
                 return out
 
-            lam, _it, res = _anderson(K, seeds.copy(), ctx.options.tol, ctx.options.maxiter)
-            if lam is None:
-                raise ConvergenceError(
-                    f"the multipliers of the block {plan.solver.label} did not converge by "
-                    f"fixed-point iteration (max residual {res:.3e}); try method='newton'"
+            lam, _, _ = _anderson(K, seeds.copy(), ctx.options.tol, ctx.options.maxiter)
+            if lam is None:  # not contractive at the solution: factorize I − J there
+                solver = plan.solver
+                init = {v: Z[j] for j, v in enumerate(solver.variables)}
+                inner = ctx.__class__(
+                    SolveOptions("newton", ctx.options.tol, ctx.options.maxiter, init)
                 )
+                solver.solve(inner, self._externals(plan, stores))
+                lam = solver.adjoint(inner, [seeds[j] for j in range(solver.n)])
+                lam = np.moveaxis(lam, -1, 0)
         info["lam"] = lam
         # Contributions of the block's constraints to the variables outside it.
         for g in plan.groups:

@@ -32,14 +32,16 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sps
 
 from ._codegen import hvp_functions
-from ._compiled import CompiledProgram
 from ._errors import ProgramError
+
+if TYPE_CHECKING:
+    from ._compiled import CompiledProgram
 
 __all__ = ["SparseHessian", "hvp", "hvp_source", "sparse_hessian"]
 
@@ -123,10 +125,9 @@ def hvp(
     Examples
     --------
     >>> import sympy as sp, lagrangian_ad as lad
-    >>> from lagrangian_ad._second import hvp
     >>> x, y = sp.symbols("x y")
     >>> fn = lad.decompose(x**2 * y, [x, y]).compile()
-    >>> hvp(fn, {"x": 1.0, "y": 3.0}, {"x": 1.0})   # H = [[2y, 2x], [2x, 0]]
+    >>> fn.hvp({"x": 1.0, "y": 3.0}, {"x": 1.0})   # H = [[2y, 2x], [2x, 0]]
     {'x': 6.0, 'y': 2.0}
     """
     entries, arrays, leads, batch = fn._prepare(inputs)
@@ -262,11 +263,10 @@ def sparse_hessian(fn: CompiledProgram, inputs: Mapping[Any, Any], **options: An
     Examples
     --------
     >>> import numpy as np, sympy as sp, lagrangian_ad as lad
-    >>> from lagrangian_ad._second import sparse_hessian
     >>> prog = lad.Program()
     >>> x = prog.input("x", shape=(4,))
     >>> _ = prog.define("s", sum(sp.sin(x[i] * x[i + 1]) for i in range(3)))
-    >>> H, labels = result = sparse_hessian(prog.compile(), {"x": np.ones(4)})
+    >>> H, labels = result = prog.compile().sparse_hessian({"x": np.ones(4)})
     >>> H.nnz, result.n_hvp, labels[1]
     (10, 3, ('x', (1,)))
     """

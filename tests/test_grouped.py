@@ -215,6 +215,7 @@ def test_equilibrium_by_anderson_against_the_implicit_function_theorem():
     for name, g in grads.items():
         np.testing.assert_allclose(sol.grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
     (report,) = sol.blocks
+    assert report.method == "anderson"
     assert 0 < report.iterations < 40 and report.residual < 1e-12
     assert 1 < report.condition < 10  # ‖W‖₂ = 0.5: cond(I − DW) ≤ 3 in the 2-norm
     assert sol.kkt["max_dL_dlambda"] < 1e-12 and sol.kkt["max_dL_dz"] < 1e-12
@@ -225,8 +226,9 @@ def test_equilibrium_by_anderson_against_the_implicit_function_theorem():
 
 @pytest.mark.parametrize("method", ["newton", "fixed-point"])
 def test_equilibrium_other_methods_agree(method):
-    n, d = 12, 3
+    n, d = 16, 3
     fn = _equilibrium(n, d).compile()
+    assert fn._grouped is not None
     inp = _equilibrium_inputs(n, d, 6, seed=4)
     _, _, grads = _ift(inp)
     _, grad = fn.value_and_grad(inp, method=method)
@@ -237,16 +239,18 @@ def test_equilibrium_other_methods_agree(method):
 def test_non_contractive_block_falls_back_to_newton():
     """h = tanh(W h + …) with ‖W‖₂ = 3 at a point where the fixed-point map diverges:
     "auto" falls back to Newton; "anderson" alone says it did not converge."""
-    n, d = 10, 2
+    n, d = 16, 2
     rng = np.random.default_rng(11)
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     W = -3.0 * Q  # f′ = −3·diag(tanh′) Q: the plain iteration oscillates and grows
     fn = _equilibrium(n, d, numeric_W=np.round(W, 12)).compile()
+    assert fn._grouped is not None
     inp = _equilibrium_inputs(n, d, 3, seed=2)
     del inp["W"]
     inp["b"] = inp["b"] * 0
     inp["x"] = inp["x"] * 0.01
     sol = fn.solve(inp, maxiter=60)
+    assert sol.blocks[0].method == "newton"
     H = sol.values["h"]
     np.testing.assert_allclose(H, np.tanh(H @ W.T + inp["x"] @ inp["U"].T), atol=1e-12)
     check_grads(fn, inp, rtol=1e-6)
@@ -275,3 +279,26 @@ def test_chain_programs_are_not_grouped():
     for k in range(40):
         z = prog.define(f"z{k}", sp.sin(z + x))
     assert prog.compile()._grouped is None
+
+
+def test_adjoint_falls_back_to_the_factorization(monkeypatch):
+    """When the iteration for the multipliers fails, I − J is factorized at the solution."""
+    import lagrangian_ad._grouped as grouped
+
+    calls = []
+    anderson = grouped._anderson
+
+    def forward_only(G, x, tol, maxiter):
+        calls.append(maxiter)
+        return anderson(G, x, tol, maxiter) if len(calls) == 1 else (None, maxiter, 1.0)
+
+    monkeypatch.setattr(grouped, "_anderson", forward_only)
+    n, d = 16, 3
+    fn = _equilibrium(n, d).compile()
+    assert fn._grouped is not None
+    inp = _equilibrium_inputs(n, d, 5, seed=8)
+    _, grad = fn.value_and_grad(inp)
+    assert len(calls) == 2
+    _, _, grads = _ift(inp)
+    for name, g in grads.items():
+        np.testing.assert_allclose(grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
