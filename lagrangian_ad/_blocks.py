@@ -35,6 +35,7 @@ __all__ = ["BlockReport", "BlockSolver", "SolveOptions"]
 DENSE_MAX = 100  # blocks up to this many unknowns use stacked dense linear algebra
 SINGULAR = 1e13  # condition (or ‖J⁻¹‖) beyond which the gradient is not trusted
 ANDERSON_MEMORY = 5  # iterates combined by Anderson acceleration
+POLISH = 3  # extra Anderson iterations past the tolerance, while they still gain
 METHODS = ("auto", "newton", "fixed-point", "anderson")
 
 
@@ -44,8 +45,9 @@ class SolveOptions:
 
     method : "auto", "newton", "fixed-point" or "anderson"
         "auto" is Newton, except that the grouped engine (`_grouped`) solves a block of
-        explicit constraints z = f(z) by Anderson-accelerated fixed-point iteration and
-        falls back to Newton when that does not converge.
+        more than DENSE_MAX explicit constraints z = f(z) by Anderson-accelerated
+        fixed-point iteration (no n × n matrix per sample), falling back to Newton when
+        that does not converge.
     tol : float
         Converged when max |r| ≤ tol·max(1, max |z|) and the last step is as small.
     maxiter : int
@@ -343,18 +345,44 @@ def _anderson(G: Callable, x: np.ndarray, tol: float, maxiter: int, m: int = AND
     x = x.reshape(n, -1)
     g = G(x.reshape(shape)).reshape(n, -1)
     f = g - x
-    # The last m differences of iterates and of residuals, and their Gram products.
-    dX: list[np.ndarray] = []
+    # The last m differences of residuals dF_i, the sums dX_i + dF_i of the differences
+    # of iterates and residuals (all the update needs), and the Gram products of the dF.
     dF: list[np.ndarray] = []
+    dS: list[np.ndarray] = []
     gram: list[list[np.ndarray]] = []  # gram[i][j] = ⟨dF_i, dF_j⟩ per sample
+    # Once within tolerance, up to POLISH more iterations while the residual still falls
+    # by half or more (to at most 1/1000 of where it was): near rounding level for
+    # little cost, as Newton's last step gives. The best iterate is returned.
+    best = None
+    first = best_start = last = np.inf
+    polished = 0
     for it in itertools.count(1):
-        scale = np.maximum(1.0, np.abs(x).max(axis=0, initial=0.0))
         r = np.abs(f).max(axis=0, initial=0.0)
         res = float(np.max(r, initial=0.0))
-        if not np.isfinite(res) or it > maxiter:
+        if best is None and (not np.isfinite(res) or it > maxiter):
             return None, it - 1, res
-        if np.all(r <= tol * scale):
-            return g.reshape(shape), it, res
+        if it == 1:
+            first = res
+        elif best is None and it >= 12 and 0 < first < np.inf and res > 0:
+            # Give up early when the rate so far says maxiter will not be enough (a
+            # spectrum that acceleration cannot help, e.g. spread around a circle).
+            rate = (res / first) ** (1 / (it - 1))
+            if rate >= 1 or np.log(tol / first) / np.log(rate) > 1.5 * maxiter:
+                return None, it - 1, res
+        if best is not None and (not np.isfinite(res) or it > maxiter + POLISH):
+            return best[0].reshape(shape), best[1], best[2]
+        if best is not None:  # polishing: keep going while the residual still drops fast
+            if res < best[2]:
+                best = (g, it, res)
+            if res > best_start / 1000 and polished < POLISH and res < 0.5 * last:
+                polished += 1
+                last = res
+            else:
+                return best[0].reshape(shape), best[1], best[2]
+        elif res <= tol or np.all(r <= tol * np.maximum(1.0, np.abs(x).max(axis=0, initial=0.0))):
+            if not POLISH:
+                return g.reshape(shape), it, res
+            best, best_start, last, polished = (g, it, res), res, res, 0
         x_new = g
         if dF:
             k = len(dF)
@@ -365,13 +393,13 @@ def _anderson(G: Callable, x: np.ndarray, tol: float, maxiter: int, m: int = AND
             A += (1e-13 * np.trace(A, axis1=1, axis2=2) + 1e-300)[:, None, None] * np.eye(k)
             rhs = np.stack([np.einsum("nb,nb->b", d, f) for d in dF], axis=-1)
             gamma = np.linalg.solve(A, rhs[..., None])[..., 0]  # (nb, k)
-            x_new = g.copy()
-            for i in range(k):
-                x_new -= gamma[:, i] * (dX[i] + dF[i])
+            x_new = g - gamma[:, 0] * dS[0]
+            for i in range(1, k):
+                x_new -= gamma[:, i] * dS[i]
         g_new = G(x_new.reshape(shape)).reshape(n, -1)
         f_new = g_new - x_new
         if len(dF) == m:  # forget the oldest
-            del dX[0], dF[0], gram[0]
+            del dF[0], dS[0], gram[0]
             for row in gram:
                 del row[0]
         d = f_new - f
@@ -379,7 +407,7 @@ def _anderson(G: Callable, x: np.ndarray, tol: float, maxiter: int, m: int = AND
         for row, v in zip(gram, dots, strict=True):
             row.append(v)
         gram.append([*dots, np.einsum("nb,nb->b", d, d)])
-        dX.append(x_new - x)
         dF.append(d)
+        dS.append((x_new - x) + d)
         x, g, f = x_new, g_new, f_new
     raise AssertionError("unreachable")

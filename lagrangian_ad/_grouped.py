@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from ._blocks import BlockReport, BlockSolver, SolveOptions, _anderson, _Factorized
+from ._blocks import DENSE_MAX, BlockReport, BlockSolver, SolveOptions, _anderson, _Factorized
 from ._errors import ConvergenceError
 from ._forms import Form, _differentiate, _print, _print_shared, _SparseDiff
 
@@ -609,8 +609,8 @@ class GroupedEngine:
         for j, v in enumerate(inits):
             Z0[j] = v
         method = opts.method
-        if method == "auto":
-            method = "anderson" if plan.has_map else "newton"
+        if method == "auto":  # small blocks: Newton's stacked dense LU is cheap and sure
+            method = "anderson" if plan.has_map and solver.n > DENSE_MAX else "newton"
         info: dict = {"method": method, "constraints": plan.constraints}
         Z = None
         if method == "anderson" and plan.has_map:
@@ -691,7 +691,10 @@ class GroupedEngine:
                     )
                 return out
 
-            lam, _, _ = _anderson(K, seeds.copy(), ctx.options.tol, ctx.options.maxiter)
+            # The multipliers to 1/100 of the forward tolerance: they come from a linear
+            # iteration, and the gradient should match a factorization's to rounding.
+            tol = ctx.options.tol / 100
+            lam, _, _ = _anderson(K, seeds.copy(), tol, 2 * ctx.options.maxiter)
             if lam is None:  # not contractive at the solution: factorize I − J there
                 solver = plan.solver
                 init = {v: Z[j] for j, v in enumerate(solver.variables)}

@@ -209,7 +209,7 @@ def test_equilibrium_by_anderson_against_the_implicit_function_theorem():
     assert fn._grouped is not None
     inp = _equilibrium_inputs(n, d, 40)
     H, lam, grads = _ift(inp)
-    sol = fn.solve(inp)
+    sol = fn.solve(inp, method="anderson")
     np.testing.assert_allclose(sol.values["h"], H, rtol=0, atol=1e-13)
     np.testing.assert_allclose(sol.multipliers["h"], lam, rtol=1e-11)
     for name, g in grads.items():
@@ -219,12 +219,12 @@ def test_equilibrium_by_anderson_against_the_implicit_function_theorem():
     assert 0 < report.iterations < 40 and report.residual < 1e-12
     assert 1 < report.condition < 10  # ‖W‖₂ = 0.5: cond(I − DW) ≤ 3 in the 2-norm
     assert sol.kkt["max_dL_dlambda"] < 1e-12 and sol.kkt["max_dL_dz"] < 1e-12
-    value, g2 = fn.value_and_grad(inp)
+    value, g2 = fn.value_and_grad(inp, method="anderson")
     np.testing.assert_allclose(value, H.sum(1), rtol=1e-13)
     np.testing.assert_allclose(g2["W"], grads["W"], rtol=1e-11, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["newton", "fixed-point"])
+@pytest.mark.parametrize("method", ["auto", "newton", "fixed-point"])
 def test_equilibrium_other_methods_agree(method):
     n, d = 16, 3
     fn = _equilibrium(n, d).compile()
@@ -236,9 +236,13 @@ def test_equilibrium_other_methods_agree(method):
         np.testing.assert_allclose(grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
 
 
-def test_non_contractive_block_falls_back_to_newton():
+def test_non_contractive_block_falls_back_to_newton(monkeypatch):
     """h = tanh(W h + …) with ‖W‖₂ = 3 at a point where the fixed-point map diverges:
-    "auto" falls back to Newton; "anderson" alone says it did not converge."""
+    "auto" (told the block is large) tries Anderson, then falls back to Newton;
+    "anderson" alone says it did not converge."""
+    import lagrangian_ad._grouped as grouped
+
+    monkeypatch.setattr(grouped, "DENSE_MAX", 8)
     n, d = 16, 2
     rng = np.random.default_rng(11)
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
@@ -249,7 +253,7 @@ def test_non_contractive_block_falls_back_to_newton():
     del inp["W"]
     inp["b"] = inp["b"] * 0
     inp["x"] = inp["x"] * 0.01
-    sol = fn.solve(inp, maxiter=60)
+    sol = fn.solve(inp, method="auto", maxiter=60)
     assert sol.blocks[0].method == "newton"
     H = sol.values["h"]
     np.testing.assert_allclose(H, np.tanh(H @ W.T + inp["x"] @ inp["U"].T), atol=1e-12)
@@ -297,8 +301,19 @@ def test_adjoint_falls_back_to_the_factorization(monkeypatch):
     fn = _equilibrium(n, d).compile()
     assert fn._grouped is not None
     inp = _equilibrium_inputs(n, d, 5, seed=8)
-    _, grad = fn.value_and_grad(inp)
+    _, grad = fn.value_and_grad(inp, method="anderson")
     assert len(calls) == 2
     _, _, grads = _ift(inp)
     for name, g in grads.items():
         np.testing.assert_allclose(grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
+
+
+def test_auto_uses_anderson_for_blocks_over_100_unknowns():
+    n, d = 110, 2
+    fn = _equilibrium(n, d).compile()
+    inp = _equilibrium_inputs(n, d, 4, seed=9)
+    sol = fn.solve(inp)
+    assert sol.blocks[0].method == "anderson"
+    _, _, grads = _ift(inp)
+    for name, g in grads.items():
+        np.testing.assert_allclose(sol.grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
