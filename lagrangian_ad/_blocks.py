@@ -36,6 +36,7 @@ DENSE_MAX = 100  # blocks up to this many unknowns use stacked dense linear alge
 SINGULAR = 1e13  # condition (or ‖J⁻¹‖) beyond which the gradient is not trusted
 ANDERSON_MEMORY = 5  # iterates combined by Anderson acceleration
 POLISH = 3  # extra Anderson iterations past the tolerance, while they still gain
+PLAIN_RATE = 0.3  # plain fixed-point steps while each cuts the residual at least this much
 METHODS = ("auto", "newton", "fixed-point", "anderson")
 
 
@@ -337,6 +338,9 @@ def _anderson(G: Callable, x: np.ndarray, tol: float, maxiter: int, m: int = AND
     Anderson acceleration (type II, memory ``m``): each sample's next iterate combines
     its last ``m`` map values with the weights that best cancel their residuals (a small
     regularized least-squares problem per sample, solved for the whole batch together).
+    While plain steps x ← G(x) cut the residual by PLAIN_RATE or better they are taken
+    as they are: mixing costs several passes over the iterates and gains nothing on a
+    strongly contractive map.
     Returns (x, iterations, max residual), or (None, iterations, residual) when it did
     not converge. Converged when max |G(x) − x| ≤ tol·max(1, max |x|) in every sample.
     """
@@ -356,6 +360,7 @@ def _anderson(G: Callable, x: np.ndarray, tol: float, maxiter: int, m: int = AND
     best = None
     first = best_start = last = np.inf
     polished = 0
+    mixing = False
     for it in itertools.count(1):
         r = np.abs(f).max(axis=0, initial=0.0)
         res = float(np.max(r, initial=0.0))
@@ -398,6 +403,12 @@ def _anderson(G: Callable, x: np.ndarray, tol: float, maxiter: int, m: int = AND
                 x_new -= gamma[:, i] * dS[i]
         g_new = G(x_new.reshape(shape)).reshape(n, -1)
         f_new = g_new - x_new
+        if not mixing:  # plain steps while they contract fast; mix once they slow down
+            # (the first steps from a cold start are judged leniently)
+            if it <= 2 or np.abs(f_new).max(initial=0.0) <= PLAIN_RATE * res:
+                x, g, f = x_new, g_new, f_new
+                continue
+            mixing = True
         if len(dF) == m:  # forget the oldest
             del dF[0], dS[0], gram[0]
             for row in gram:

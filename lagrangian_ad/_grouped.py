@@ -691,9 +691,9 @@ class GroupedEngine:
                     )
                 return out
 
-            # The multipliers to 1/100 of the forward tolerance: they come from a linear
+            # The multipliers to 1/10 of the forward tolerance: they come from a linear
             # iteration, and the gradient should match a factorization's to rounding.
-            tol = ctx.options.tol / 100
+            tol = ctx.options.tol / 10
             lam, _, _ = _anderson(K, seeds.copy(), tol, 2 * ctx.options.maxiter)
             if lam is None:  # not contractive at the solution: factorize I − J there
                 solver = plan.solver
