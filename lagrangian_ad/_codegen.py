@@ -140,14 +140,17 @@ class Generated:
 class _Emitter:
     """Writes the code of one program: names, forms, and the scatter of λ·∂r/∂z."""
 
-    def __init__(self, ir: ProgramIR, graph: Graph):
+    def __init__(self, ir: ProgramIR, graph: Graph, report: Callable = lambda *a: None):
         self.ir, self.graph = ir, graph
         self.namer = _Namer()
         self.names = [self.namer.fresh(s.name) for s in graph.symbols]
         self.n_in = graph.n_inputs
         self.table = table = FormTable(_Printer)
         self.forms, self.consts, self.floats = [], [], []
-        for c, parents in zip(ir.constraints, graph.parents, strict=True):
+        n_c = len(ir.constraints)
+        for e, (c, parents) in enumerate(zip(ir.constraints, graph.parents, strict=True)):
+            if not e & 255:
+                report(f"deriving forms ({len(self.table)} so far)", e, n_c)
             parent_symbols = tuple(graph.symbols[p] for p in parents)
             key, floats = form_key(c.expr, {s: k for k, s in enumerate(parent_symbols)})
             key = ("z = " if c.target is not None else "0 = ") + key  # «t» only if explicit
@@ -231,16 +234,19 @@ def _accumulate(name: str, sign: str, code: str, exists: bool) -> str:
     return f"    {name} = {code}" if sign == "+" else f"    {name} = -({code})"
 
 
-def generate(ir: ProgramIR, graph: Graph) -> Generated:
+def generate(ir: ProgramIR, graph: Graph, report: Callable = lambda *a: None) -> Generated:
     """Source and functions of the forward pass, the adjoint pass and the cyclic blocks."""
-    em = _Emitter(ir, graph)
+    em = _Emitter(ir, graph, report)
+    n_b = len(graph.blocks)
     names, n_in = em.names, em.n_in
 
     # Forward: explicit blocks one line each, cyclic blocks one call each.
     fwd = [f"def forward(_ctx, {', '.join(names[:n_in])}):"]
     block_src, solvers = [], []
     cyclic_index = {b: k for k, b in enumerate(graph.cyclic_blocks)}
-    for b in graph.blocks:
+    for i, b in enumerate(graph.blocks):
+        if not i & 255:
+            report("writing the forward pass", i, n_b)
         if b.explicit:
             (e,) = b.constraints
             fwd.append(f"    {names[graph.targets[e]]} = {em.forward_text(e)}")
@@ -259,7 +265,9 @@ def generate(ir: ProgramIR, graph: Graph) -> Generated:
     # Adjoint: blocks in reverse, each scattering λ_e ∂r_e/∂z to the variables it reads.
     adj = [f"def adjoint(_ctx, {', '.join(names)}):", f"    {em.acc[graph.output]} = 1.0"]
     assigned = {graph.output}
-    for b in reversed(graph.blocks):
+    for i, b in enumerate(reversed(graph.blocks)):
+        if not i & 255:
+            report("writing the adjoint pass", i, n_b)
         if not graph.needed.intersection(b.constraints):
             continue
         if b.explicit:
@@ -286,6 +294,7 @@ def generate(ir: ProgramIR, graph: Graph) -> Generated:
 
     blocks_source = "\n".join(block_src)
     # Compiled once; run in two namespaces (NumPy for arrays, math for one sample).
+    report("compiling the generated source", 0, 0)
     code = _compile("\n".join([forward_source, adjoint_source, blocks_source]), "program")
     namespace = _exec(code)
     block_solvers = tuple(

@@ -24,6 +24,7 @@ from ._errors import LagrangianADError, ProgramError
 from ._graph import analyse
 from ._grouped import GroupedEngine, plan, worth_grouping
 from ._program import ProgramIR
+from ._progress import Progress
 
 __all__ = ["CompiledProgram", "Solution"]
 
@@ -92,10 +93,12 @@ class CompiledProgram:
     max(1, |z|)) and ``maxiter`` (default 100).
     """
 
-    def __init__(self, ir: ProgramIR):
+    def __init__(self, ir: ProgramIR, progress: Any = None):
+        report = Progress(progress)
         self.ir = ir
+        report("analysing the graph", 0, 0)
         self.graph = analyse(ir)
-        self._code = generate(ir, self.graph)
+        self._code = generate(ir, self.graph, report)
         self._inputs = {v.name: v for v in ir.inputs}
         self._intermediates = {v.name: v for v in ir.intermediates}
         n_in = self.graph.n_inputs
@@ -115,6 +118,7 @@ class CompiledProgram:
         self._has_cycles = bool(self.graph.cyclic_blocks)
         # Programs with repeated structure (array defines, dense layers, equilibrium
         # models) also get the grouped engine, used for NumPy calls (see `_grouped`).
+        report("grouping", 0, 0)
         steps = plan(self.graph, self._code.emitter)
         self._grouped = (
             GroupedEngine(ir, self.graph, self._code.emitter, self._code.block_solvers, steps)
@@ -130,6 +134,7 @@ class CompiledProgram:
             for v in ir.intermediates
             if position[v.symbols[0]] + n_in in in_cycles
         }
+        report.done(f"{len(ir.constraints):,} constraints")
 
     # ----------------------------------------------------------------- inspection
 

@@ -307,12 +307,17 @@ class Program:
 
         return conditions(self.ir)
 
-    def compile(self) -> CompiledProgram:
-        """Derive the partials once and generate numeric code; cached until a change."""
+    def compile(self, progress: Any = None) -> CompiledProgram:
+        """Derive the partials once and generate numeric code; cached until a change.
+
+        ``progress``: None shows a status line on stderr for compiles longer than two
+        seconds when stderr is a terminal; True always (after two seconds), False
+        never; or a callable ``report(stage, done, total, elapsed)``.
+        """
         from ._compiled import CompiledProgram
 
         if self._compiled is None:
-            self._compiled = CompiledProgram(self.ir)
+            self._compiled = CompiledProgram(self.ir, progress=progress)
         return self._compiled
 
     def solve(self, inputs: Mapping[Any, Any], **options: Any) -> Solution:
