@@ -80,6 +80,7 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     impl.name: impl
     for impl in (
         Implementation("lad", "benchmarks.impl_lad", "lagrangian_ad"),
+        Implementation("numba", "benchmarks.impl_numba", "lagrangian_ad (numba)"),
         Implementation("numpy", "benchmarks.impl_numpy", "NumPy by hand"),
         Implementation("torch", "benchmarks.impl_torch", "PyTorch eager"),
         Implementation("jax", "benchmarks.impl_jax", "JAX jit"),
