@@ -87,13 +87,20 @@ class CompiledProgram:
     The partials are derived with SymPy and printed to NumPy code at construction; no
     call after that touches SymPy. ``print(fn.source)`` shows the generated code.
 
+    With ``backend="numba"`` (acyclic programs only), `value` and `value_and_grad` run
+    as one Numba loop over the batch (`_fused`); `solve`, `jvp` and the second-order
+    methods stay on NumPy. The NumPy engine is the default everywhere.
+
     Solving options (keywords of `solve`, `value` and `value_and_grad`), used by cyclic
     blocks only: ``init`` (dict name -> starting value, default zeros), ``method``
     (``"newton"`` or ``"fixed-point"``), ``tol`` (default 1e-12, relative to
     max(1, |z|)) and ``maxiter`` (default 100).
     """
 
-    def __init__(self, ir: ProgramIR, progress: Any = None):
+    def __init__(self, ir: ProgramIR, progress: Any = None, backend: str = "numpy"):
+        if backend not in ("numpy", "numba"):
+            raise ProgramError(f"unknown backend {backend!r}: use 'numpy' or 'numba'")
+        self.backend = backend
         report = Progress(progress)
         self.ir = ir
         report("analysing the graph", 0, 0)
@@ -134,6 +141,14 @@ class CompiledProgram:
             for v in ir.intermediates
             if position[v.symbols[0]] + n_in in in_cycles
         }
+        self._fused = None
+        if backend == "numba":
+            from ._fused import FusedEngine, numba_available
+
+            if not numba_available():
+                raise ProgramError("backend='numba' needs Numba: pip install 'lagrangian_ad[fast]'")
+            report("preparing the fused kernels", 0, 0)
+            self._fused = FusedEngine(self)  # ProgramError for cyclic programs
         report.done(f"{len(ir.constraints):,} constraints")
 
     # ----------------------------------------------------------------- inspection
@@ -166,6 +181,9 @@ class CompiledProgram:
     def value(self, inputs: Mapping[Any, Any], **options: Any) -> Array:
         """The output z_N only (forward pass)."""
         arrays, leads, batch = self._check(inputs)
+        if self._fused is not None:
+            self._context(options)  # checks the options, though nothing here is cyclic
+            return self._fused.value(self._entries(arrays, leads, batch), batch)
         if self._use_grouped(batch):
             stores, _, _, _ = self._run_grouped(arrays, leads, batch, options, adjoint=False)
             return self._grouped_output(stores, batch)
@@ -178,6 +196,11 @@ class CompiledProgram:
     ) -> tuple[Array, dict[str, Array]]:
         """The output and ∂(Σ z_N)/∂x for every input."""
         arrays, leads, batch = self._check(inputs)
+        if self._fused is not None:
+            self._context(options)
+            entries = self._entries(arrays, leads, batch)
+            value, g = self._fused.value_and_grad(entries, batch, reduce=True)
+            return value, self._fused.grads(g, arrays, leads, batch)
         if self._use_grouped(batch):
             stores, accs, _, _ = self._run_grouped(arrays, leads, batch, options, adjoint=True)
             return self._grouped_output(stores, batch), self._grouped_grads(accs, arrays)

@@ -307,17 +307,21 @@ class Program:
 
         return conditions(self.ir)
 
-    def compile(self, progress: Any = None) -> CompiledProgram:
+    def compile(self, progress: Any = None, backend: str = "numpy") -> CompiledProgram:
         """Derive the partials once and generate numeric code; cached until a change.
 
         ``progress``: None shows a status line on stderr for compiles longer than two
         seconds when stderr is a terminal; True always (after two seconds), False
         never; or a callable ``report(stage, done, total, elapsed)``.
+        ``backend``: "numpy" (the default) or "numba": `value` and `value_and_grad` of
+        an acyclic program run as one Numba loop over the batch (needs ``numba``; each
+        kernel compiles on first use, seconds for long programs). Same results to
+        rounding; see `CompiledProgram`.
         """
         from ._compiled import CompiledProgram
 
-        if self._compiled is None:
-            self._compiled = CompiledProgram(self.ir, progress=progress)
+        if self._compiled is None or self._compiled.backend != backend:
+            self._compiled = CompiledProgram(self.ir, progress=progress, backend=backend)
         return self._compiled
 
     def solve(self, inputs: Mapping[Any, Any], **options: Any) -> Solution:

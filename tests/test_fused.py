@@ -254,3 +254,21 @@ def test_code_numba_cannot_compile_names_the_constraint():
     prog.define("bent", sp.Piecewise((x, x > 0), (x**2, True)))  # printed as numpy.select
     with pytest.raises(lad.ProgramError, match=r"constraint 'bent'.*cannot compile numpy\."):
         FusedEngine(prog.compile())
+
+
+def test_compile_backend_numba_matches_numpy():
+    """The public switch: prog.compile(backend="numba") gives the NumPy engine's numbers."""
+    from lagrangian_ad._demo import blog_program
+
+    prog = blog_program()
+    fast = prog.compile(backend="numba")
+    assert fast.backend == "numba" and fast._fused is not None
+    plain = lad.Program.compile(blog_program())
+    x = np.linspace(0.1, 0.9, 7)
+    v1, g1 = fast.value_and_grad({"x": x})
+    v2, g2 = plain.value_and_grad({"x": x})
+    np.testing.assert_allclose(v1, v2, rtol=1e-14)
+    np.testing.assert_allclose(g1["x"], g2["x"], rtol=1e-14)
+    assert fast.value({"x": 0.5}) == pytest.approx(plain.value({"x": 0.5}), rel=1e-15)
+    with pytest.raises(lad.ProgramError, match="unknown backend 'cuda'"):
+        blog_program().compile(backend="cuda")
