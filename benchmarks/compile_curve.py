@@ -2,8 +2,8 @@
 
     python -m benchmarks.compile_curve [--max 100000] [--out benchmarks/COMPILE.md]
 
-Two families, each compiled once per size from a freshly built program (a second compile
-of the same expressions would hit SymPy's cache):
+Two families (the programs of `benchmarks.problems`), each compiled once per size from a
+freshly built program (a second compile of the same expressions would hit SymPy's cache):
 
 * chains z_0 = x, z_k = sin(z_{k−1} + x): many small constraints, 2 couplings each;
 * dense equilibrium layers h = tanh(W h + U x + b), n units, d = 20 inputs: n constraints
@@ -22,41 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import sympy as sp
 
 import lagrangian_ad as lad
 
+from . import problems
+
 HERE = Path(__file__).resolve().parent
-
-
-def chain(steps: int) -> lad.Program:
-    prog = lad.Program()
-    x = prog.input("x")
-    z = x
-    for k in range(steps):
-        z = prog.define(f"z{k}", sp.sin(z + x))
-    return prog
-
-
-def equilibrium(n: int, d: int = 20) -> lad.Program:
-    prog = lad.Program()
-    W = prog.input("W", shape=(n, n))
-    U = prog.input("U", shape=(n, d))
-    b = prog.input("b", shape=(n,))
-    x = prog.input("x", shape=(d,))
-    h = prog.var("h", shape=(n,))
-    rows = [
-        sp.tanh(
-            sp.Add(*[W[i, j] * h[j] for j in range(n)])
-            + sp.Add(*[U[i, k] * x[k] for k in range(d)])
-            + b[i],
-            evaluate=False,
-        )
-        for i in range(n)
-    ]
-    prog.define(h, sp.Matrix(rows))
-    prog.define("loss", sp.Add(*h))
-    return prog
 
 
 def couplings(prog: lad.Program) -> int:
@@ -65,7 +36,8 @@ def couplings(prog: lad.Program) -> int:
 
 def measure(family: str, size: int) -> dict:
     t0 = time.perf_counter()
-    prog = chain(size) if family == "chain" else equilibrium(size)
+    problem = problems.chain(size) if family == "chain" else problems.equilibrium(size)
+    prog = problem.program()
     ir = prog.ir  # freezing and validating belongs to the build
     t1 = time.perf_counter()
     prog.compile()
