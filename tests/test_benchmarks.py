@@ -221,3 +221,18 @@ def test_results_json_round_trips_a_tiny_run(tmp_path, capsys):
     assert numpy_rec["value_s"] == row.cells["numpy"].value.median
     assert (torch_rec["status"], torch_rec["value_s"]) == ("wrong", None)
     assert (casadi_rec["status"], casadi_rec["text"]) == ("missing", "not installed")
+
+
+def test_compile_curve_counts_couplings(tmp_path):
+    """The compile-time curve: couplings are the graph's edges (2 per chain step but the
+    first; 2n + 2d + 1 per equilibrium row plus n for the output), and a table is written."""
+    from benchmarks import compile_curve
+
+    r = compile_curve.measure("chain", 500)
+    assert r["constraints"] == 500 and r["couplings"] == 2 * 500 - 1
+    r = compile_curve.measure("equilibrium", 25)
+    assert r["couplings"] == 25 * (2 * 25 + 2 * 20 + 1) + 25
+    out = tmp_path / "COMPILE.md"
+    compile_curve.main(["--max", "5000", "--out", str(out)])
+    text = out.read_text()
+    assert "| chain | 500 |" in text and "compile time ∝ couplings^" in text
