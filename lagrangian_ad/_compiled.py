@@ -361,7 +361,6 @@ class CompiledProgram:
         return self._solution(
             entries,
             arrays,
-            leads,
             batch,
             z,
             lam,
@@ -386,7 +385,6 @@ class CompiledProgram:
         return self._solution(
             entries,
             arrays,
-            leads,
             batch,
             z,
             lam,
@@ -394,7 +392,7 @@ class CompiledProgram:
             tuple(blocks[k]["report"] for k in sorted(blocks)),
         )
 
-    def _solution(self, entries, arrays, leads, batch, z, lam, grad, reports) -> Solution:
+    def _solution(self, entries, arrays, batch, z, lam, grad, reports) -> Solution:
         values: dict[str, Array] = {name: _user_array(a) for name, a in arrays.items()}
         for var in self.ir.intermediates:
             values[var.name] = _assemble(

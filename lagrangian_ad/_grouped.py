@@ -178,11 +178,12 @@ class _Contraction:
     coef: np.ndarray | None
     both: bool
 
-    def gather(self, stores: list, Z: Any, nd: int) -> tuple[Any, Any]:
-        A, V = self.vary.get(stores, Z, nd), self.inv.get(stores, Z, nd)
+    def matrix(self, stores: list, Z: Any, nd: int) -> Any:
+        """The varying side, coefficients applied."""
+        A = self.vary.get(stores, Z, nd)
         if self.coef is not None:
             A = A * self.coef.reshape((1, -1) + (1,) * (np.ndim(A) - 2))
-        return A, V
+        return A
 
     def apply(self, A: Any, V: Any) -> Any:
         if self.both:
@@ -217,19 +218,44 @@ class _Group:
     whole: bool = False  # the members are every entry of the target, in order
     needed: bool = True  # some member is upstream of the output
 
-    def evaluate(self, stores: list, nd: int, Z: Any = None, cache: dict | None = None) -> Any:
-        """f for every member, shape (M, batch…); ``cache`` keeps what the adjoint reuses."""
-        vals = {name: op.get(stores, Z, nd) for name, op in self.operands.items()}
-        if self.contractions:
-            gathered = [c.gather(stores, Z, nd) for c in self.contractions]
-            vals["s"] = _sum(
-                c.apply(A, V) for c, (A, V) in zip(self.contractions, gathered, strict=True)
-            )
-            if cache is not None:
-                cache["gathered"] = gathered
+    def evaluate(
+        self,
+        stores: list,
+        nd: int,
+        Z: Any = None,
+        cache: dict | None = None,
+        fixed: dict | None = None,
+    ) -> Any:
+        """f for every member, shape (M, batch…); ``cache`` keeps what the adjoint reuses.
+
+        ``fixed``: during one block solve, the parts that do not read the block's
+        unknowns Z (gathers, contractions, the whole value) are computed once, kept there.
+        """
+        memo = {} if fixed is None else fixed.setdefault(id(self), {})
+
+        def once(key: Any, reads_z: bool, compute: Callable) -> Any:
+            if reads_z:
+                return compute()
+            if key not in memo:
+                memo[key] = compute()
+            return memo[key]
+
+        vals = {
+            name: once(name, op.store == -1, lambda op=op: op.get(stores, Z, nd))
+            for name, op in self.operands.items()
+        }
+        gathered, terms = [], []
+        for k, c in enumerate(self.contractions):
+            A = once(("A", k), c.vary.store == -1, lambda c=c: c.matrix(stores, Z, nd))
+            V = once(("V", k), c.inv.store == -1, lambda c=c: c.inv.get(stores, Z, nd))
+            reads_z = c.vary.store == -1 or c.inv.store == -1
+            terms.append(once(("s", k), reads_z, lambda c=c, A=A, V=V: c.apply(A, V)))
+            gathered.append((A, V))
+        if terms:
+            vals["s"] = _sum(terms)
         if cache is not None:
-            cache["vals"] = vals
-        return self.code.fwd(*(vals[a] for a in self.code.args))
+            cache["vals"], cache["gathered"] = vals, gathered
+        return once("f", self.reads_z, lambda: self.code.fwd(*(vals[a] for a in self.code.args)))
 
     def backward(
         self,
@@ -343,7 +369,6 @@ class _BlockPlan:
     solver: BlockSolver
     groups: list[_Group]
     ext: list[int]  # graph variables the block reads but does not solve, in solver order
-    cols: dict[int, int]  # graph variable -> column of Z
     unknown_locs: list[tuple[int, int]]  # (store, entry) of each column
     has_map: bool
     constraints: tuple[int, ...]
@@ -533,7 +558,7 @@ class GroupedEngine:
         ext = sorted({v for e in b.constraints for v in graph.reads(e)} - unknowns)
         has_map = all(graph.targets[e] == graph.match[e] for e in b.constraints)
         return _BlockPlan(
-            solver, groups, ext, cols, [self.loc[v] for v in b.unknowns], has_map, b.constraints
+            solver, groups, ext, [self.loc[v] for v in b.unknowns], has_map, b.constraints
         )
 
     # ----------------------------------------------------------------- running
@@ -619,7 +644,7 @@ class GroupedEngine:
             def F(Z: np.ndarray) -> np.ndarray:
                 out = np.empty_like(Z)
                 for g in plan.groups:
-                    _put(out, g.out, _evaluate_cached(g, stores, nd, Z, fixed))
+                    _put(out, g.out, g.evaluate(stores, nd, Z, fixed=fixed))
                 return out
 
             Z, it, res = _anderson(F, Z0, opts.tol, opts.maxiter)
@@ -670,7 +695,7 @@ class GroupedEngine:
         caches = {}
         for g in plan.groups:
             cache: dict = {}
-            _evaluate_cached(g, stores, nd, Z, fixed, cache)
+            g.evaluate(stores, nd, Z, cache, fixed)
             caches[id(g)] = cache
 
         def t_of(g: _Group) -> Any:
@@ -718,48 +743,3 @@ def _put(arr: np.ndarray, op: _Operand, value: Any) -> None:
         arr[op.span[0] : op.span[1]] = value
     else:
         arr[op.idx] = value
-
-
-def _evaluate_cached(g: _Group, stores, nd: int, Z, fixed: dict, cache: dict | None = None):
-    """Evaluate a block's group at Z, computing what does not read Z once per solve."""
-    key = id(g)
-    if not g.reads_z:
-        if key not in fixed:
-            c: dict = {}
-            fixed[key] = (g.evaluate(stores, nd, Z, c), c)
-        value, c = fixed[key]
-        if cache is not None:
-            cache.update(c)
-        return value
-    if key not in fixed:
-        vals = {n: op.get(stores, None, nd) for n, op in g.operands.items() if op.store != -1}
-        parts = []
-        for c in g.contractions:
-            if c.vary.store == -1 or c.inv.store == -1:
-                A = None if c.vary.store == -1 else c.gather(stores, Z, nd)[0]
-                parts.append((A, None))
-            else:
-                A, V = c.gather(stores, None, nd)
-                parts.append((A, V, c.apply(A, V)))
-        fixed[key] = (vals, parts)
-    vals_fixed, parts = fixed[key]
-    vals = dict(vals_fixed)
-    for n, op in g.operands.items():
-        if op.store == -1:
-            vals[n] = op.get(stores, Z, nd)
-    gathered = []
-    if g.contractions:
-        terms = []
-        for c, part in zip(g.contractions, parts, strict=True):
-            if len(part) == 3:
-                gathered.append(part[:2])
-                terms.append(part[2])
-                continue
-            A = part[0] if part[0] is not None else c.gather(stores, Z, nd)[0]
-            V = c.inv.get(stores, Z, nd)
-            gathered.append((A, V))
-            terms.append(c.apply(A, V))
-        vals["s"] = _sum(terms)
-    if cache is not None:
-        cache["vals"], cache["gathered"] = vals, gathered
-    return g.code.fwd(*(vals[a] for a in g.code.args))
