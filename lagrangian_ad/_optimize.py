@@ -745,6 +745,24 @@ class _Space:
         return float(np.sum(Z[..., self.out]))
 
 
+def _finish_lifted(problem, space, x, z_flat, multipliers, *, message: str, **fields):
+    """The result of a method over (x, z): the model's own z and λ, and ``fun``/``jac``
+    from one exact forward and adjoint pass at x (see `_final_pass`)."""
+    Z = z_flat.reshape((*space.batch, space.nz))
+    F_model = space.model_value(Z)
+    F, G, note = _final_pass(problem, x, F_model)
+    return problem.finish(
+        x,
+        F,
+        G,
+        message=message + note,
+        fun_model=F_model,
+        multipliers=space.multipliers(multipliers),
+        z={name: _user(a) for name, a in space.split(Z).items()},
+        **fields,
+    )
+
+
 def _final_pass(problem: _Problem, v: np.ndarray, F_model: float) -> tuple[float, np.ndarray, str]:
     """The exact F and ∇F at the final x (one forward and one adjoint pass)."""
     try:
@@ -974,23 +992,19 @@ def _augmented_lagrangian(problem: _Problem, opts: dict, monitor: _Monitor) -> O
             rho = min(rho * opts["rho_factor"], opts["rho_max"])
         prev_cv = cv
         omega = max(omega / opts["inner_factor"], opts["gtol"])
-    Z = v[n:].reshape((*space.batch, space.nz))
-    F_model = space.model_value(Z)
-    F, G, note = _final_pass(problem, v[:n], F_model)
-    return problem.finish(
+    return _finish_lifted(
+        problem,
+        space,
         v[:n],
-        F,
-        G,
+        v[n:],
+        -s * mu,
         status=status,
-        message=message + note,
+        message=message,
         nit=nit,
         inner_nit=inner_total,
         history=monitor.history,
-        fun_model=F_model,
         maxcv=float(np.max(np.abs(last["c"]), initial=0.0)),
         penalty=rho,
-        multipliers=space.multipliers(-s * mu),
-        z={name: _user(a) for name, a in space.split(Z).items()},
     )
 
 
@@ -1375,22 +1389,18 @@ def _newton_kkt(problem: _Problem, opts: dict, monitor: _Monitor) -> OptimizeRes
         if monitor.record(entry, problem.user_x(y[:n_x])):
             status, message = STOPPED, "Stopped by the callback"
             break
-    Zf = y[n_x:].reshape((*space.batch, space.nz))
-    F_model = space.model_value(Zf)
-    F, G, note = _final_pass(problem, y[:n_x], F_model)
-    return problem.finish(
+    return _finish_lifted(
+        problem,
+        space,
         y[:n_x],
-        F,
-        G,
+        y[n_x:],
+        -s * mu.reshape((*space.batch, space.m)),
         status=status,
-        message=message + note,
+        message=message,
         nit=nit,
         history=monitor.history,
-        fun_model=F_model,
         maxcv=cv,
         kkt_residual=max(stat, cv),
-        multipliers=space.multipliers(-s * mu.reshape((*space.batch, space.m))),
-        z={name: _user(a) for name, a in space.split(Zf).items()},
     )
 
 
