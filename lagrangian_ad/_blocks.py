@@ -37,18 +37,19 @@ SINGULAR = 1e13  # condition (or ‖J⁻¹‖) beyond which the gradient is not 
 ANDERSON_MEMORY = 5  # iterates combined by Anderson acceleration
 POLISH = 3  # extra Anderson iterations past the tolerance, while they still gain
 PLAIN_RATE = 0.3  # plain fixed-point steps while each cuts the residual at least this much
-METHODS = ("auto", "newton", "fixed-point", "anderson")
+METHODS = ("auto", "newton", "inexact-newton", "fixed-point", "anderson")
 
 
 @dataclass(frozen=True)
 class SolveOptions:
     """Options of the forward solve of cyclic blocks.
 
-    method : "auto", "newton", "fixed-point" or "anderson"
+    method : "auto", "newton", "inexact-newton", "fixed-point" or "anderson"
         "auto" is Newton, except that the grouped engine (`_grouped`) solves a block of
-        more than DENSE_MAX explicit constraints z = f(z) by Anderson-accelerated
-        fixed-point iteration (no n × n matrix per sample), falling back to Newton when
-        that does not converge.
+        more than DENSE_MAX explicit constraints z = f(z) by inexact Newton (Newton
+        steps found by iterating on Jacobian-vector products: no n × n matrix per
+        sample), falling back to Newton when that does not converge. "inexact-newton"
+        and "anderson" need the grouped engine; elsewhere "inexact-newton" is Newton.
     tol : float
         Converged when max |r| ≤ tol·max(1, max |z|) and the last step is as small.
     maxiter : int
@@ -66,8 +67,10 @@ class SolveOptions:
 class BlockReport:
     """Diagnostics of one cyclic block at the solution (worst sample of the batch).
 
-    ``method`` is the one that solved it ("newton", "fixed-point" or "anderson"); with
-    "auto", a block the Anderson iteration could not solve reports "newton".
+    ``method`` is the one that solved it ("newton", "inexact-newton", "fixed-point" or
+    "anderson"); with "auto", a block inexact Newton could not solve reports "newton".
+    ``iterations`` counts evaluations of the map (Newton steps for the Newton methods);
+    ``inner_iterations`` the Jacobian-vector products of inexact Newton's linear solves.
     """
 
     variables: tuple[str, ...]
@@ -75,6 +78,7 @@ class BlockReport:
     residual: float
     condition: float
     method: str = "newton"
+    inner_iterations: int = 0
 
 
 class _Factorized:
@@ -190,7 +194,9 @@ class BlockSolver:
         Z = np.empty((*batch, self.n))
         for j, v in enumerate(inits):
             Z[..., j] = v
-        method = "newton" if opts.method == "auto" else opts.method
+        # Inexact Newton needs the grouped engine's Jacobian-vector products; here it is
+        # Newton with the factorization, which it approximates.
+        method = "newton" if opts.method in ("auto", "inexact-newton") else opts.method
         if method in ("fixed-point", "anderson"):
             if self.fixed_map is None:
                 raise ConvergenceError(

@@ -93,7 +93,8 @@ class CompiledProgram:
 
     Solving options (keywords of `solve`, `value` and `value_and_grad`), used by cyclic
     blocks only: ``init`` (dict name -> starting value, default zeros), ``method``
-    (``"newton"`` or ``"fixed-point"``), ``tol`` (default 1e-12, relative to
+    (``"auto"``, ``"newton"``, ``"inexact-newton"``, ``"fixed-point"`` or
+    ``"anderson"``; see `SolveOptions`), ``tol`` (default 1e-12, relative to
     max(1, |z|)) and ``maxiter`` (default 100).
     """
 

@@ -13,9 +13,12 @@ varies (W_ij), so a dense layer runs at matrix-multiply speed in both passes (fo
 ``H @ Wᵀ``; multipliers ``μ @ W`` and, for a weight given without batch axes, ``μᵀ H``
 summed over the batch in the same product).
 
-Cyclic blocks made of explicit constraints iterate their fixed-point map z ← f(z) with
-Anderson acceleration, and their multipliers solve λ = g + J_fᵀ λ by the same iteration
-on the group's vector-Jacobian product: no batch × n² Jacobian is formed. A block the
+Cyclic blocks made of explicit constraints z = f(z) are solved by inexact Newton: each
+step δ = (I − J)⁻¹ (f(z) − z) comes from the iteration δ ← r + J δ on the groups'
+Jacobian-vector products, which cost a matrix product and no transcendental function
+(or, on request, by Anderson-accelerated fixed-point iteration). Their multipliers solve
+λ = g + J_fᵀ λ by the same kind of iteration on the vector-Jacobian products. No
+batch × n² Jacobian is formed. A block the
 iteration does not solve (no map, not contractive) falls back to Newton's method in
 `_blocks.BlockSolver`. Values are stored per variable as arrays of shape
 (batch…, entries); the generated code is per form, compiled once.
@@ -265,14 +268,18 @@ class _Group:
         cache: dict,
         acc_z: Any = None,
         only_z: bool | None = None,
+        partials: tuple | None = None,
     ) -> None:
         """Add sign·λ·∂f/∂p of every member to the accumulator of each variable p reads.
 
         ``only_z``: True for the unknowns of the block only, False for everything else,
-        None for all.
+        None for all. ``partials``: the ∂f/∂p of `partials`, when already computed.
         """
         vals = cache["vals"]
-        terms = self.code.vjp(lam, t, *(vals[a] for a in self.code.args))
+        if partials is None:
+            terms = self.code.vjp(lam, t, *(vals[a] for a in self.code.args))
+        else:
+            terms = tuple(p * lam for p in partials)
         for name, term in zip(self.code.wrt, terms, strict=True):
             if self.sign != 1.0:
                 term = -term
@@ -288,10 +295,44 @@ class _Group:
             _scatter(_acc(op, accs, acc_z), op, term)
 
 
+    def partials(self, t: Any, cache: dict) -> tuple:
+        """∂f/∂a of every member for each placeholder a of ``code.wrt`` (the vjp at λ = 1),
+        at the point ``cache`` was filled at; ``t`` is f there."""
+        vals = cache["vals"]
+        return self.code.vjp(1.0, t, *(vals[a] for a in self.code.args))
+
+    def tangent(self, Zdot: Any, cache: dict, partials: tuple, nd: int) -> Any:
+        """The directional derivative of f along ż, the unknowns of the block (J ż for
+        the group's members), or None when no placeholder reads them."""
+        total = None
+        for name, p in zip(self.code.wrt, partials, strict=True):
+            if name == "s":
+                sdot = None
+                for c, (A, V) in zip(self.contractions, cache["gathered"], strict=True):
+                    if c.inv.store == -1:
+                        sdot = _plus(sdot, c.apply(A, c.inv.get(None, Zdot, nd)))
+                    if c.vary.store == -1:
+                        sdot = _plus(sdot, c.apply(c.matrix(None, Zdot, nd), V))
+                if sdot is None:
+                    continue
+                term = p * sdot
+            else:
+                op = self.operands[name]
+                if op.store != -1:
+                    continue
+                term = p * op.get(None, Zdot, nd)
+            total = _plus(total, term)
+        return total
+
+
+def _plus(total: Any, term: Any) -> Any:
+    return term if total is None else total + term
+
+
 def _sum(parts) -> Any:
     total = None
     for p in parts:
-        total = p if total is None else total + p
+        total = _plus(total, p)
     return total
 
 
@@ -635,19 +676,25 @@ class GroupedEngine:
             Z0[j] = v
         method = opts.method
         if method == "auto":  # small blocks: Newton's stacked dense LU is cheap and sure
-            method = "anderson" if plan.has_map and solver.n > DENSE_MAX else "newton"
+            method = "inexact-newton" if plan.has_map and solver.n > DENSE_MAX else "newton"
         info: dict = {"method": method, "constraints": plan.constraints}
         Z = None
-        if method == "anderson" and plan.has_map:
+        if method in ("anderson", "inexact-newton") and plan.has_map:
             fixed: dict = {}
+            if method == "anderson":
 
-            def F(Z: np.ndarray) -> np.ndarray:
-                out = np.empty_like(Z)
-                for g in plan.groups:
-                    _put(out, g.out, g.evaluate(stores, nd, Z, fixed=fixed))
-                return out
+                def F(Z: np.ndarray) -> np.ndarray:
+                    out = np.empty_like(Z)
+                    for g in plan.groups:
+                        _put(out, g.out, g.evaluate(stores, nd, Z, fixed=fixed))
+                    return out
 
-            Z, it, res = _anderson(F, Z0, opts.tol, opts.maxiter)
+                Z, it, res = _anderson(F, Z0, opts.tol, opts.maxiter)
+                inner = 0
+                what = "Anderson-accelerated fixed-point iteration"
+            else:
+                Z, it, res, inner = self._inexact_newton(plan, stores, Z0, nd, opts, fixed)
+                what = "Newton's method with iterative linear solves"
             if Z is not None:
                 info["fixed"] = fixed
                 cond = float("nan")
@@ -656,18 +703,17 @@ class GroupedEngine:
                         np.moveaxis(Z, 0, -1), self._externals(plan, stores)
                     )
                     cond = _Factorized(J, solver.dense, solver.label).condition
-                info["report"] = BlockReport(solver.names, it, res, cond, "anderson")
-            elif opts.method == "anderson":
+                info["report"] = BlockReport(solver.names, it, res, cond, method, inner)
+            elif opts.method == method:
                 raise ConvergenceError(
-                    f"Anderson-accelerated fixed-point iteration did not converge in the "
-                    f"block {solver.label}: max |f(z) − z| = {res:.3e} after {opts.maxiter} "
-                    f"iterations (tol {opts.tol}); the map may not be contractive: try "
-                    "method='newton'"
+                    f"{what} did not converge in the block {solver.label}: max |f(z) − z| = "
+                    f"{res:.3e} after {it} iterations (tol {opts.tol}); the map may not be "
+                    "contractive: try method='newton'"
                 )
         if Z is None:  # Newton (or plain fixed point) with the block's Jacobian
             inner = ctx.__class__(
                 SolveOptions(
-                    "newton" if method in ("auto", "anderson") else method,
+                    "fixed-point" if method == "fixed-point" else "newton",
                     opts.tol,
                     opts.maxiter,
                     opts.init,
@@ -684,6 +730,71 @@ class GroupedEngine:
         info["Z"] = Z
         return info
 
+    def _linearize(self, plan: _BlockPlan, stores: list, Z: np.ndarray, nd: int, fixed: dict):
+        """f(Z) of the block's map and its linearization there: (group, cache, partials)
+        for each group, what `_jvp` and `_vjp` apply J and Jᵀ with."""
+        G = np.empty_like(Z)
+        lin = []
+        for g in plan.groups:
+            cache: dict = {}
+            t = g.evaluate(stores, nd, Z, cache, fixed)
+            _put(G, g.out, t)
+            lin.append((g, cache, g.partials(t, cache)))
+        return G, lin
+
+    @staticmethod
+    def _jvp(lin: list, D: np.ndarray, nd: int) -> np.ndarray:
+        """J_f ż for the directions D (unknowns on axis 0)."""
+        out = np.zeros_like(D)
+        for g, cache, partials in lin:
+            v = g.tangent(D, cache, partials, nd)
+            if v is not None:
+                _put(out, g.out, v)
+        return out
+
+    @staticmethod
+    def _vjp(lin: list, lam: np.ndarray, nd: int, accs: list) -> np.ndarray:
+        """J_fᵀ λ for the block's multipliers λ (rows on axis 0)."""
+        out = np.zeros_like(lam)
+        for g, cache, partials in lin:
+            lam_g = g.rows.get(None, lam, nd)
+            g.backward(lam_g, None, accs, cache, out, only_z=True, partials=partials)
+        return out
+
+    def _inexact_newton(self, plan, stores, Z, nd, opts, fixed):
+        """z = f(z) by Newton's method, each step δ = (I − J)⁻¹ (f(z) − z) found by the
+        iteration δ ← r + J δ on the groups' Jacobian-vector products (no n × n matrix).
+
+        A Jacobian-vector product costs a fraction of an evaluation of f (no
+        transcendental functions, one matrix product per contraction), so this reaches
+        the tolerance in a few evaluations where the plain iteration needs one per
+        digit-and-a-half. Each inner solve stops at an accuracy that keeps Newton's
+        quadratic rate without oversolving: min(res/10, res²), down to tol/100.
+        Returns (Z, outer iterations, residual, inner iterations), or Z = None when the
+        residual stops falling or the inner iteration does not converge (not contractive).
+        """
+        tol, maxiter = opts.tol, opts.maxiter
+        prev, inner = np.inf, 0
+        n = Z.shape[0]
+        for it in range(1, maxiter + 1):
+            G, lin = self._linearize(plan, stores, Z, nd, fixed)
+            R = G - Z
+            per_sample = np.abs(R).reshape(n, -1).max(axis=0, initial=0.0)
+            res = float(per_sample.max(initial=0.0))
+            if not np.isfinite(res) or res >= prev:
+                return None, it, res, inner
+            scale = np.maximum(1.0, np.abs(Z).reshape(n, -1).max(axis=0, initial=0.0))
+            if np.all(per_sample <= tol * scale):
+                return G, it, res, inner  # f(Z): one more contraction step, for free
+            target = max(tol / 100, min(0.1 * res, res * res))
+            step, k = _richardson(lambda D: self._jvp(lin, D, nd), R, target, 2 * maxiter)
+            inner += k
+            if step is None:
+                return None, it, res, inner
+            Z = Z + step
+            prev = res
+        return None, maxiter, res, inner
+
     def _block_adjoint(self, plan, stores, accs, batch, ctx, blocks) -> None:
         info = blocks[plan.solver.index]
         Z = info["Z"]
@@ -692,50 +803,61 @@ class GroupedEngine:
         for j, (s, e) in enumerate(plan.unknown_locs):
             seeds[j] = accs[s][e]
         fixed = info.get("fixed", {})
-        caches = {}
-        for g in plan.groups:
-            cache: dict = {}
-            g.evaluate(stores, nd, Z, cache, fixed)
-            caches[id(g)] = cache
-
-        def t_of(g: _Group) -> Any:
-            if g.out is None:
-                return None
-            return g.out.get(stores, Z, nd)
-
+        _, lin = self._linearize(plan, stores, Z, nd, fixed)
+        lam = None
+        if info["method"] != "newton":
+            # λ = g + J_fᵀ λ by iteration, to 1/100 of the forward tolerance (relative to
+            # λ's size): the gradient then matches a factorization's to rounding.
+            scale = max(1.0, float(np.abs(seeds).max(initial=0.0)))
+            lam, _ = _richardson(
+                lambda L: self._vjp(lin, L, nd, accs),
+                seeds,
+                ctx.options.tol / 100 * scale,
+                2 * ctx.options.maxiter,
+            )
         if info["method"] == "newton":
             lam = plan.solver.adjoint(ctx, [seeds[j] for j in range(plan.solver.n)])
             lam = np.moveaxis(lam, -1, 0)
-        else:
-
-            def K(lam: np.ndarray) -> np.ndarray:  # g + J_fᵀ λ
-                out = seeds.copy()
-                for g in plan.groups:
-                    g.backward(
-                        g.rows.get(None, lam, nd), t_of(g), accs, caches[id(g)], out, only_z=True
-                    )
-                return out
-
-            # The multipliers to 1/10 of the forward tolerance: they come from a linear
-            # iteration, and the gradient should match a factorization's to rounding.
-            tol = ctx.options.tol / 10
-            lam, _, _ = _anderson(K, seeds.copy(), tol, 2 * ctx.options.maxiter)
-            if lam is None:  # not contractive at the solution: factorize I − J there
-                solver = plan.solver
-                init = {v: Z[j] for j, v in enumerate(solver.variables)}
-                inner = ctx.__class__(
-                    SolveOptions("newton", ctx.options.tol, ctx.options.maxiter, init)
-                )
-                solver.solve(inner, self._externals(plan, stores))
-                lam = solver.adjoint(inner, [seeds[j] for j in range(solver.n)])
-                lam = np.moveaxis(lam, -1, 0)
+        elif lam is None:  # not contractive at the solution: factorize I − J there
+            solver = plan.solver
+            init = {v: Z[j] for j, v in enumerate(solver.variables)}
+            inner = ctx.__class__(SolveOptions("newton", ctx.options.tol, ctx.options.maxiter, init))
+            solver.solve(inner, self._externals(plan, stores))
+            lam = solver.adjoint(inner, [seeds[j] for j in range(solver.n)])
+            lam = np.moveaxis(lam, -1, 0)
         info["lam"] = lam
         # Contributions of the block's constraints to the variables outside it.
-        for g in plan.groups:
+        for g, cache, partials in lin:
             lam_g = g.rows.get(None, lam, nd)
-            g.backward(lam_g, t_of(g), accs, caches[id(g)], None, only_z=False)
+            g.backward(lam_g, None, accs, cache, None, only_z=False, partials=partials)
             if g.out_store is not None and g.out_store >= 0:  # a target outside the block
                 _scatter(accs[g.out_store], g.out, -lam_g)
+
+
+def _richardson(apply: Callable, rhs: np.ndarray, tol: float, maxiter: int):
+    """x = rhs + apply(x) for a linear ``apply`` of spectral radius below 1, by the plain
+    iteration from x = rhs, until a step changes no entry by more than ``tol``.
+
+    Returns (x, iterations), or (None, iterations) when it cannot get there: a
+    non-finite step, or a rate that will not reach ``tol`` within ``maxiter``.
+    """
+    x = rhs
+    first = None
+    for k in range(1, maxiter + 1):
+        new = rhs + apply(x)
+        step = float(np.max(np.abs(new - x), initial=0.0))
+        x = new
+        if step <= tol:
+            return x, k
+        if not np.isfinite(step):
+            return None, k
+        if first is None:
+            first = step
+        elif k >= 8:  # judge the rate once the start is behind
+            rate = (step / first) ** (1 / (k - 1)) if first > 0 else 0.0
+            if rate >= 1 or k + np.log(tol / step) / np.log(rate) > maxiter:
+                return None, k
+    return None, maxiter
 
 
 def _put(arr: np.ndarray, op: _Operand, value: Any) -> None:

@@ -26,7 +26,7 @@ def _tanh_fixed_point():
     return prog
 
 
-@pytest.mark.parametrize("method", ["newton", "fixed-point", "anderson", "auto"])
+@pytest.mark.parametrize("method", ["newton", "fixed-point", "anderson", "inexact-newton", "auto"])
 def test_scalar_fixed_point_closed_form(method):
     """h = tanh(h/2 + x): by the implicit function theorem dh/dx = s / (1 − s/2), s = 1 − h²."""
     xs = np.array([-1.0, 0.0, 0.3, 2.0])
@@ -282,7 +282,7 @@ def contractive_programs(draw):
     return prog, {"x": rng.uniform(-1, 1, (*batch, m))}
 
 
-@given(contractive_programs(), st.sampled_from(["newton", "fixed-point", "anderson"]))
+@given(contractive_programs(), st.sampled_from(["newton", "fixed-point", "anderson", "inexact-newton"]))
 def test_random_contractive_cyclic_programs(case, method):
     prog, inputs = case
     sol = prog.solve(inputs, method=method)

@@ -203,28 +203,31 @@ def _ift(inp):
     return H, lam, grads
 
 
-def test_equilibrium_by_anderson_against_the_implicit_function_theorem():
+@pytest.mark.parametrize("method", ["anderson", "inexact-newton"])
+def test_equilibrium_by_iteration_against_the_implicit_function_theorem(method):
     n, d = 30, 4
     fn = _equilibrium(n, d).compile()
     assert fn._grouped is not None
     inp = _equilibrium_inputs(n, d, 40)
     H, lam, grads = _ift(inp)
-    sol = fn.solve(inp, method="anderson")
+    sol = fn.solve(inp, method=method)
     np.testing.assert_allclose(sol.values["h"], H, rtol=0, atol=1e-13)
     np.testing.assert_allclose(sol.multipliers["h"], lam, rtol=1e-11)
     for name, g in grads.items():
         np.testing.assert_allclose(sol.grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
     (report,) = sol.blocks
-    assert report.method == "anderson"
+    assert report.method == method
     assert 0 < report.iterations < 40 and report.residual < 1e-12
+    if method == "inexact-newton":  # Newton's few steps, the work in J-vector products
+        assert report.iterations <= 8 and report.inner_iterations > report.iterations
     assert 1 < report.condition < 10  # ‖W‖₂ = 0.5: cond(I − DW) ≤ 3 in the 2-norm
     assert sol.kkt["max_dL_dlambda"] < 1e-12 and sol.kkt["max_dL_dz"] < 1e-12
-    value, g2 = fn.value_and_grad(inp, method="anderson")
+    value, g2 = fn.value_and_grad(inp, method=method)
     np.testing.assert_allclose(value, H.sum(1), rtol=1e-13)
     np.testing.assert_allclose(g2["W"], grads["W"], rtol=1e-11, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["auto", "newton", "fixed-point"])
+@pytest.mark.parametrize("method", ["auto", "newton", "fixed-point", "inexact-newton"])
 def test_equilibrium_other_methods_agree(method):
     n, d = 16, 3
     fn = _equilibrium(n, d).compile()
@@ -238,8 +241,9 @@ def test_equilibrium_other_methods_agree(method):
 
 def test_non_contractive_block_falls_back_to_newton(monkeypatch):
     """h = tanh(W h + …) with ‖W‖₂ = 3 at a point where the fixed-point map diverges:
-    "auto" (told the block is large) tries Anderson, then falls back to Newton;
-    "anderson" alone says it did not converge."""
+    "auto" (told the block is large) tries inexact Newton, whose inner iteration
+    δ ← r + J δ diverges with it, then falls back to Newton's factorization;
+    "inexact-newton" and "anderson" alone say they did not converge."""
     import lagrangian_ad._grouped as grouped
 
     monkeypatch.setattr(grouped, "DENSE_MAX", 8)
@@ -260,6 +264,8 @@ def test_non_contractive_block_falls_back_to_newton(monkeypatch):
     check_grads(fn, inp, rtol=1e-6)
     with pytest.raises(ConvergenceError, match=r"Anderson.*block h\[0\]"):
         fn.value(inp, method="anderson", maxiter=60)
+    with pytest.raises(ConvergenceError, match=r"iterative linear solves.*block h\[0\]"):
+        fn.value(inp, method="inexact-newton", maxiter=60)
 
 
 def test_equilibrium_with_numeric_weights_is_one_matrix_product():
@@ -290,30 +296,30 @@ def test_adjoint_falls_back_to_the_factorization(monkeypatch):
     import lagrangian_ad._grouped as grouped
 
     calls = []
-    anderson = grouped._anderson
 
-    def forward_only(G, x, tol, maxiter):
+    def failing(apply, rhs, tol, maxiter):
         calls.append(maxiter)
-        return anderson(G, x, tol, maxiter) if len(calls) == 1 else (None, maxiter, 1.0)
+        return None, maxiter
 
-    monkeypatch.setattr(grouped, "_anderson", forward_only)
+    monkeypatch.setattr(grouped, "_richardson", failing)
     n, d = 16, 3
     fn = _equilibrium(n, d).compile()
     assert fn._grouped is not None
     inp = _equilibrium_inputs(n, d, 5, seed=8)
-    _, grad = fn.value_and_grad(inp, method="anderson")
-    assert len(calls) == 2
+    _, grad = fn.value_and_grad(inp, method="anderson")  # the forward pass by Anderson
+    assert len(calls) == 1
     _, _, grads = _ift(inp)
     for name, g in grads.items():
         np.testing.assert_allclose(grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
 
 
-def test_auto_uses_anderson_for_blocks_over_100_unknowns():
+def test_auto_uses_inexact_newton_for_blocks_over_100_unknowns():
     n, d = 110, 2
     fn = _equilibrium(n, d).compile()
     inp = _equilibrium_inputs(n, d, 4, seed=9)
-    sol = fn.solve(inp)
-    assert sol.blocks[0].method == "anderson"
     _, _, grads = _ift(inp)
-    for name, g in grads.items():
-        np.testing.assert_allclose(sol.grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
+    for method, expected in (("auto", "inexact-newton"), ("anderson", "anderson")):
+        sol = fn.solve(inp, method=method)
+        assert sol.blocks[0].method == expected
+        for name, g in grads.items():
+            np.testing.assert_allclose(sol.grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
