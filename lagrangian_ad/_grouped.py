@@ -294,7 +294,6 @@ class _Group:
                 term = np.sum(term, axis=0, keepdims=True)
             _scatter(_acc(op, accs, acc_z), op, term)
 
-
     def partials(self, t: Any, cache: dict) -> tuple:
         """∂f/∂a of every member for each placeholder a of ``code.wrt`` (the vjp at λ = 1),
         at the point ``cache`` was filled at; ``t`` is f there."""
@@ -787,7 +786,7 @@ class GroupedEngine:
             if np.all(per_sample <= tol * scale):
                 return G, it, res, inner  # f(Z): one more contraction step, for free
             target = max(tol / 100, min(0.1 * res, res * res))
-            step, k = _richardson(lambda D: self._jvp(lin, D, nd), R, target, 2 * maxiter)
+            step, k = _richardson(lambda D, lin=lin: self._jvp(lin, D, nd), R, target, 2 * maxiter)
             inner += k
             if step is None:
                 return None, it, res, inner
@@ -821,7 +820,9 @@ class GroupedEngine:
         elif lam is None:  # not contractive at the solution: factorize I − J there
             solver = plan.solver
             init = {v: Z[j] for j, v in enumerate(solver.variables)}
-            inner = ctx.__class__(SolveOptions("newton", ctx.options.tol, ctx.options.maxiter, init))
+            inner = ctx.__class__(
+                SolveOptions("newton", ctx.options.tol, ctx.options.maxiter, init)
+            )
             solver.solve(inner, self._externals(plan, stores))
             lam = solver.adjoint(inner, [seeds[j] for j in range(solver.n)])
             lam = np.moveaxis(lam, -1, 0)

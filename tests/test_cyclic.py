@@ -282,7 +282,9 @@ def contractive_programs(draw):
     return prog, {"x": rng.uniform(-1, 1, (*batch, m))}
 
 
-@given(contractive_programs(), st.sampled_from(["newton", "fixed-point", "anderson", "inexact-newton"]))
+@given(
+    contractive_programs(), st.sampled_from(["newton", "fixed-point", "anderson", "inexact-newton"])
+)
 def test_random_contractive_cyclic_programs(case, method):
     prog, inputs = case
     sol = prog.solve(inputs, method=method)
