@@ -307,7 +307,7 @@ def test_adjoint_falls_back_to_the_factorization(monkeypatch):
     assert fn._grouped is not None
     inp = _equilibrium_inputs(n, d, 5, seed=8)
     _, grad = fn.value_and_grad(inp, method="anderson")  # the forward pass by Anderson
-    assert len(calls) == 1
+    assert calls  # the single-precision iteration, then the float64 one
     _, _, grads = _ift(inp)
     for name, g in grads.items():
         np.testing.assert_allclose(grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
@@ -323,3 +323,30 @@ def test_auto_uses_inexact_newton_for_blocks_over_100_unknowns():
         assert sol.blocks[0].method == expected
         for name, g in grads.items():
             np.testing.assert_allclose(sol.grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    ("rate", "size"),
+    [(0.5, 1.0), (0.9, 1.0), (0.5, 1e35), (0.999, 1.0)],
+    ids=["contractive", "slow", "beyond-float32", "rate-near-1"],
+)
+def test_mixed_precision_refinement_against_a_dense_solve(rate, size):
+    """x = b + A x by float32 iterations refined in float64 meets the float64 tolerance,
+    also at a rate of 0.999 (five refinement rounds), and falls back to float64 for
+    values beyond float32's range."""
+    from lagrangian_ad._grouped import _mixed_richardson
+
+    rng = np.random.default_rng(5)
+    n, batch = 40, 7
+    A = rng.standard_normal((n, n))
+    if rate > 0.99:  # symmetric: steady convergence, no oscillation to judge the rate by
+        A = A + A.T
+    A *= rate / np.max(np.abs(np.linalg.eigvals(A)))
+    b = size * rng.standard_normal((n, batch))
+    tol = 1e-12 * size
+    x, k = _mixed_richardson(lambda v: A @ v, lambda v: A.astype(np.float32) @ v, b, tol, 100_000)
+    assert x.dtype == np.float64 and k > 0
+    exact = np.linalg.solve(np.eye(n) - A, b)
+    residual = np.abs(b + A @ x - x).max()
+    assert residual <= tol
+    np.testing.assert_allclose(x, exact, rtol=0, atol=tol / (1 - rate) * 10)
