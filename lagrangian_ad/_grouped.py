@@ -770,22 +770,33 @@ class GroupedEngine:
         digit-and-a-half. Each inner solve stops at an accuracy that keeps Newton's
         quadratic rate without oversolving: min(res/10, res²), and tol/100 for the last.
         The inner iterations run in single precision (`_mixed_richardson`).
-        Returns (Z, outer iterations, residual, inner iterations), or Z = None when the
-        residual stops falling or the inner iteration does not converge (not contractive).
+        A step that does not lower a sample's residual is halved for that sample (up to
+        ten times). Returns (Z, evaluations of f, residual, inner iterations), or Z = None
+        when that fails or the inner iteration does not converge (not contractive).
         """
         tol, maxiter = opts.tol, opts.maxiter
-        prev, inner = np.inf, 0
-        n = Z.shape[0]
+        n, inner = Z.shape[0], 0
+        base = step = best = alpha = None  # last accepted point, its step and residuals
         for it in range(1, maxiter + 1):
             G, lin = self._linearize(plan, stores, Z, nd, fixed)
             R = G - Z
             per_sample = np.abs(R).reshape(n, -1).max(axis=0, initial=0.0)
             res = float(per_sample.max(initial=0.0))
-            if not np.isfinite(res) or res >= prev:
-                return None, it, res, inner
             scale = np.maximum(1.0, np.abs(Z).reshape(n, -1).max(axis=0, initial=0.0))
-            if np.all(per_sample <= tol * scale):
+            if np.all(per_sample <= tol * scale):  # (False for NaN)
                 return G, it, res, inner  # f(Z): one more contraction step, for free
+            if best is not None:
+                # Backtracking, sample by sample: far from the solution a full Newton step
+                # (or one solved loosely) can overshoot; halve it where the residual rose.
+                bad = ~(per_sample < best)  # NaN counts as bad
+                if np.any(bad):
+                    if np.min(alpha[bad]) < 1 / 1024:
+                        return None, it, res, inner
+                    alpha = np.where(bad, alpha / 2, alpha)
+                    Z = base + alpha.reshape(Z.shape[1:]) * step
+                    continue
+            if not np.isfinite(res):
+                return None, it, res, inner
             # Inexact Newton's forcing: enough for the quadratic rate, no more; the step
             # expected to be the last (res² below tol) goes to tol/100, so the solution
             # comes out near rounding level rather than just inside the tolerance.
@@ -802,8 +813,9 @@ class GroupedEngine:
             inner += k
             if step is None:
                 return None, it, res, inner
+            base, best, alpha = Z, per_sample, np.ones_like(per_sample)
             Z = Z + step
-            prev = res
+            del G, R, lin, low  # not kept alive through the next linearization
         return None, maxiter, res, inner
 
     def _block_adjoint(self, plan, stores, accs, batch, ctx, blocks) -> None:
