@@ -228,19 +228,21 @@ class _Group:
         Z: Any = None,
         cache: dict | None = None,
         fixed: dict | None = None,
+        low: bool = False,
     ) -> Any:
         """f for every member, shape (M, batch…); ``cache`` keeps what the adjoint reuses.
 
         ``fixed``: during one block solve, the parts that do not read the block's
         unknowns Z (gathers, contractions, the whole value) are computed once, kept there.
+        ``low``: in single precision (Z float32; the kept parts rounded to float32).
         """
-        memo = {} if fixed is None else fixed.setdefault(id(self), {})
+        memo = {} if fixed is None else fixed.setdefault((id(self), low), {})
 
         def once(key: Any, reads_z: bool, compute: Callable) -> Any:
             if reads_z:
                 return compute()
             if key not in memo:
-                memo[key] = compute()
+                memo[key] = _single(compute()) if low else compute()
             return memo[key]
 
         vals = {
@@ -692,7 +694,9 @@ class GroupedEngine:
                 inner = 0
                 what = "Anderson-accelerated fixed-point iteration"
             else:
-                Z, it, res, inner = self._inexact_newton(plan, stores, Z0, nd, opts, fixed)
+                Z, it, res, inner, info["lin"] = self._inexact_newton(
+                    plan, stores, Z0, nd, opts, fixed
+                )
                 what = "Newton's method with iterative linear solves"
             if Z is not None:
                 info["fixed"] = fixed
@@ -729,14 +733,17 @@ class GroupedEngine:
         info["Z"] = Z
         return info
 
-    def _linearize(self, plan: _BlockPlan, stores: list, Z: np.ndarray, nd: int, fixed: dict):
+    def _linearize(
+        self, plan: _BlockPlan, stores: list, Z: np.ndarray, nd: int, fixed: dict, low=False
+    ):
         """f(Z) of the block's map and its linearization there: (group, cache, partials)
-        for each group, what `_jvp` and `_vjp` apply J and Jᵀ with."""
+        for each group, what `_jvp` and `_vjp` apply J and Jᵀ with (in float32 if
+        ``low``, Z then float32)."""
         G = np.empty_like(Z)
         lin = []
         for g in plan.groups:
             cache: dict = {}
-            t = g.evaluate(stores, nd, Z, cache, fixed)
+            t = g.evaluate(stores, nd, Z, cache, fixed, low)
             _put(G, g.out, t)
             lin.append((g, cache, g.partials(t, cache)))
         return G, lin
@@ -771,32 +778,47 @@ class GroupedEngine:
         quadratic rate without oversolving: min(res/10, res²), and tol/100 for the last.
         The inner iterations run in single precision (`_mixed_richardson`).
         A step that does not lower a sample's residual is halved for that sample (up to
-        ten times). Returns (Z, evaluations of f, residual, inner iterations), or Z = None
-        when that fails or the inner iteration does not converge (not contractive).
+        ten times). Returns (Z, evaluations of f, residual, inner iterations, the
+        linearization at Z for the multipliers), or Z = None when that fails or the inner
+        iteration does not converge (not contractive).
         """
         tol, maxiter = opts.tol, opts.maxiter
         n, inner = Z.shape[0], 0
         base = step = best = alpha = None  # last accepted point, its step and residuals
+        target, single = np.inf, True
         for it in range(1, maxiter + 1):
-            G, lin = self._linearize(plan, stores, Z, nd, fixed)
+            # While the residual expected here is above LOW_EVAL, f is evaluated in single
+            # precision: its rounding (~1e-7) is far below what the step needs, and tanh
+            # and the matrix products cost a fraction. The solution is always checked in
+            # double.
+            low = single and target > LOW_EVAL
+            if low:
+                G, lin = self._linearize(plan, stores, Z.astype(np.float32), nd, fixed, True)
+            else:
+                G, lin = self._linearize(plan, stores, Z, nd, fixed)
             R = G - Z
             per_sample = np.abs(R).reshape(n, -1).max(axis=0, initial=0.0)
             res = float(per_sample.max(initial=0.0))
+            if low and not np.isfinite(res):  # beyond float32's range: in double, then
+                single = False
+                continue
             scale = np.maximum(1.0, np.abs(Z).reshape(n, -1).max(axis=0, initial=0.0))
-            if np.all(per_sample <= tol * scale):  # (False for NaN)
-                return G, it, res, inner  # f(Z): one more contraction step, for free
+            if not low and np.all(per_sample <= tol * scale):  # (False for NaN)
+                # Z, whose residual was just checked, rather than f(Z) (one more
+                # contraction step): the multipliers reuse its linearization
+                return Z, it, res, inner, lin
             if best is not None:
                 # Backtracking, sample by sample: far from the solution a full Newton step
                 # (or one solved loosely) can overshoot; halve it where the residual rose.
                 bad = ~(per_sample < best)  # NaN counts as bad
                 if np.any(bad):
                     if np.min(alpha[bad]) < 1 / 1024:
-                        return None, it, res, inner
+                        return None, it, res, inner, None
                     alpha = np.where(bad, alpha / 2, alpha)
                     Z = base + alpha.reshape(Z.shape[1:]) * step
                     continue
             if not np.isfinite(res):
-                return None, it, res, inner
+                return None, it, res, inner, None
             # Inexact Newton's forcing: enough for the quadratic rate, no more; the step
             # expected to be the last (res² below tol) goes to tol/100, so the solution
             # comes out near rounding level rather than just inside the tolerance.
@@ -812,11 +834,11 @@ class GroupedEngine:
             )
             inner += k
             if step is None:
-                return None, it, res, inner
+                return None, it, res, inner, None
             base, best, alpha = Z, per_sample, np.ones_like(per_sample)
             Z = Z + step
             del G, R, lin, low  # not kept alive through the next linearization
-        return None, maxiter, res, inner
+        return None, maxiter, res, inner, None
 
     def _block_adjoint(self, plan, stores, accs, batch, ctx, blocks) -> None:
         info = blocks[plan.solver.index]
@@ -826,7 +848,9 @@ class GroupedEngine:
         for j, (s, e) in enumerate(plan.unknown_locs):
             seeds[j] = accs[s][e]
         fixed = info.get("fixed", {})
-        _, lin = self._linearize(plan, stores, Z, nd, fixed)
+        lin = info.pop("lin", None)  # inexact Newton's, at the solution
+        if lin is None:
+            _, lin = self._linearize(plan, stores, Z, nd, fixed)
         lam = None
         if info["method"] != "newton":
             # λ = g + J_fᵀ λ by iteration, to 1/100 of the forward tolerance (relative to
@@ -861,16 +885,20 @@ class GroupedEngine:
                 _scatter(accs[g.out_store], g.out, -lam_g)
 
 
+def _single(x: Any) -> Any:
+    """x rounded to float32 (a number becomes a Python float: a NumPy float64 scalar
+    would turn float32 arrays back into float64)."""
+    if np.ndim(x) == 0:
+        return float(x)
+    return np.asarray(x, dtype=np.float32)
+
+
 def _lowered(lin: list) -> list:
     """The linearization in single precision: partials and the matrix sides that J ż and
     Jᵀ λ multiply by, rounded to float32 (the sides read from the unknowns come from
     the directions themselves)."""
 
-    def low(x: Any) -> Any:
-        if np.ndim(x) == 0:
-            return float(x)  # a NumPy float64 scalar would make float32 arrays float64
-        return np.asarray(x, dtype=np.float32)
-
+    low = _single
     out = []
     for g, cache, partials in lin:
         gathered = [
@@ -885,6 +913,7 @@ def _lowered(lin: list) -> list:
 
 
 LOW_GAIN = 1e-5  # a single-precision inner solve is asked for this much of its residual
+LOW_EVAL = 1e-5  # inexact Newton evaluates f in single precision above this residual
 
 
 def _mixed_richardson(
