@@ -344,9 +344,9 @@ def _contraction_backward(c: _Contraction, A, V, mu, accs, acc_z, only_z) -> Non
         if not _skip(c.inv, only_z):
             _scatter(_acc(c.inv, accs, acc_z), c.inv, mu[:, None] * A)
         return
-    A2 = _matrix(A)
     if not _skip(c.inv, only_z):  # ∂/∂b_k = Σ_m μ_m r_k a_mk
         acc = _acc(c.inv, accs, acc_z)
+        A2 = _matrix(A)
         if A2 is not None:
             d = (A2.T @ mu.reshape(mu.shape[0], -1)).reshape(A2.shape[1:2] + mu.shape[1:])
         elif all(n == 1 for n in acc.shape[1:]):  # b without batch axes: Σ_batch Σ_m μ a
@@ -823,10 +823,10 @@ class GroupedEngine:
             # expected to be the last (res² below tol) goes to tol/100, so the solution
             # comes out near rounding level rather than just inside the tolerance.
             target = tol / 100 if res * res <= tol else min(0.1 * res, res * res)
-            low = _lowered(lin)
+            lin32 = _lowered(lin)
             step, k = _mixed_richardson(
                 lambda D, lin=lin: self._jvp(lin, D, nd),
-                lambda D, low=low: self._jvp(low, D, nd),
+                lambda D, lin32=lin32: self._jvp(lin32, D, nd),
                 R,
                 target,
                 2 * maxiter,
@@ -837,7 +837,7 @@ class GroupedEngine:
                 return None, it, res, inner, None
             base, best, alpha = Z, per_sample, np.ones_like(per_sample)
             Z = Z + step
-            del G, R, lin, low  # not kept alive through the next linearization
+            del G, R, lin, lin32  # not kept alive through the next linearization
         return None, maxiter, res, inner, None
 
     def _block_adjoint(self, plan, stores, accs, batch, ctx, blocks) -> None:
@@ -856,10 +856,10 @@ class GroupedEngine:
             # λ = g + J_fᵀ λ by iteration, to 1/100 of the forward tolerance (relative to
             # λ's size): the gradient then matches a factorization's to rounding.
             scale = max(1.0, float(np.abs(seeds).max(initial=0.0)))
-            low = _lowered(lin)
+            lin32 = _lowered(lin)
             lam, _ = _mixed_richardson(
                 lambda L: self._vjp(lin, L, nd, accs),
-                lambda L: self._vjp(low, L, nd, accs),
+                lambda L: self._vjp(lin32, L, nd, accs),
                 seeds,
                 ctx.options.tol / 100 * scale,
                 2 * ctx.options.maxiter,
@@ -897,18 +897,16 @@ def _lowered(lin: list) -> list:
     """The linearization in single precision: partials and the matrix sides that J ż and
     Jᵀ λ multiply by, rounded to float32 (the sides read from the unknowns come from
     the directions themselves)."""
-
-    low = _single
     out = []
     for g, cache, partials in lin:
         gathered = [
             (
-                low(A) if c.inv.store == -1 else None,  # J ż = A ż, Jᵀ λ = Aᵀ λ
-                low(V) if c.vary.store == -1 else None,
+                _single(A) if c.inv.store == -1 else None,  # J ż = A ż, Jᵀ λ = Aᵀ λ
+                _single(V) if c.vary.store == -1 else None,
             )
             for c, (A, V) in zip(g.contractions, cache["gathered"], strict=True)
         ]
-        out.append((g, {"vals": {}, "gathered": gathered}, tuple(low(p) for p in partials)))
+        out.append((g, {"vals": {}, "gathered": gathered}, tuple(map(_single, partials))))
     return out
 
 
