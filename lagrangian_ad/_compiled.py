@@ -464,21 +464,27 @@ class CompiledProgram:
         arrays, leads, batch = self._check(inputs)
         return self._entries(arrays, leads, batch), arrays, leads, batch
 
+    def _named(self, d: Any, what: str = "inputs", noun: str = "input") -> dict[str, Any]:
+        """``d`` keyed by input name (its keys may be names, symbols or variables);
+        ``what`` and ``noun`` name the argument and its entries in the errors."""
+        if not isinstance(d, Mapping):
+            raise ProgramError(
+                f"{what} must be a dict of input name -> value, not {type(d).__name__}"
+            )
+        out: dict[str, Any] = {}
+        for key, val in d.items():
+            name = self._input_name(key)
+            if name in out:
+                raise ProgramError(f"{noun} {name!r} is given twice in {what}")
+            out[name] = val
+        return out
+
     def _check(self, inputs: Mapping[Any, Any]):
         """Check the inputs; return the arrays, their batch axes, and the batch shape."""
-        if not isinstance(inputs, dict) and not isinstance(inputs, Mapping):
-            raise ProgramError(
-                f"inputs must be a dict of name -> value, not {type(inputs).__name__}"
-            )
-        if inputs.keys() == self._inputs.keys():  # plain names, all present: nothing to map
-            given = inputs
+        if type(inputs) is dict and inputs.keys() == self._inputs.keys():
+            given = inputs  # plain names, all present: nothing to map
         else:
-            given = {}
-            for key, val in inputs.items():
-                name = self._input_name(key)
-                if name in given:
-                    raise ProgramError(f"input {name!r} is given twice")
-                given[name] = val
+            given = self._named(inputs)
         missing = [n for n in self._inputs if n not in given]
         if missing:
             raise ProgramError(f"missing input {', '.join(map(repr, missing))}")

@@ -714,7 +714,7 @@ class GroupedEngine:
                     "contractive: try method='newton'"
                 )
         if Z is None:  # Newton (or plain fixed point) with the block's Jacobian
-            inner = ctx.__class__(
+            sub = ctx.__class__(
                 SolveOptions(
                     "fixed-point" if method == "fixed-point" else "newton",
                     opts.tol,
@@ -722,12 +722,12 @@ class GroupedEngine:
                     opts.init,
                 )
             )
-            Zb = solver.solve(inner, self._externals(plan, stores))
-            ctx.blocks[solver.index] = inner.blocks[solver.index]
-            ctx.batches[solver.index] = inner.batches[solver.index]
+            Zb = solver.solve(sub, self._externals(plan, stores))
+            ctx.blocks[solver.index] = sub.blocks[solver.index]
+            ctx.batches[solver.index] = sub.batches[solver.index]
             Z = np.moveaxis(Zb, -1, 0)
             info["method"] = "newton"
-            info["report"] = inner.blocks[solver.index][1]
+            info["report"] = sub.blocks[solver.index][1]
         for j, (s, e) in enumerate(plan.unknown_locs):
             stores[s][e] = Z[j]
         info["Z"] = Z

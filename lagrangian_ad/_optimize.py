@@ -290,8 +290,8 @@ class _Problem:
         fn = _compiled(prog)
         self.fn, self.ir = fn, fn.ir
         self.sign = 1.0 if sense == "min" else -1.0
-        given = _named(fn, x0, "x0")
-        data = _named(fn, {} if fixed is None else fixed, "fixed")
+        given = fn._named(x0, "x0")
+        data = fn._named({} if fixed is None else fixed, "fixed")
         if not given:
             raise ProgramError("x0 is empty: give a starting value for each input to optimize")
         both = [n for n in given if n in data]
@@ -354,18 +354,6 @@ class _Problem:
             njev=self.njev,
             **fields,
         )
-
-
-def _named(fn: CompiledProgram, d: Any, what: str) -> dict[str, Any]:
-    if not isinstance(d, Mapping):
-        raise ProgramError(f"{what} must be a dict of input name -> value, not {type(d).__name__}")
-    out: dict[str, Any] = {}
-    for key, val in d.items():
-        name = fn._input_name(key)
-        if name in out:
-            raise ProgramError(f"input {name!r} is given twice in {what}")
-        out[name] = val
-    return out
 
 
 def _user(a: Any) -> Any:

@@ -138,16 +138,7 @@ def hvp(
 
 def _direction(fn: CompiledProgram, vectors: Mapping[Any, Any], arrays, leads, batch) -> list:
     """The direction, one entry per scalar input (like the entries of `_prepare`)."""
-    if not isinstance(vectors, Mapping):
-        raise ProgramError(
-            f"vectors must be a dict of input name -> array, not {type(vectors).__name__}"
-        )
-    given: dict[str, Any] = {}
-    for key, value in vectors.items():
-        name = fn._input_name(key)
-        if name in given:
-            raise ProgramError(f"vector {name!r} is given twice")
-        given[name] = value
+    given = fn._named(vectors, "vectors", "vector")
     out: list = []
     for name, var in fn._inputs.items():
         if name not in given:
