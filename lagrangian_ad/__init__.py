@@ -10,6 +10,8 @@ from ._decompose import decompose
 from ._errors import (
     ConvergenceError,
     LagrangianADError,
+    LagrangianADWarning,
+    NonFiniteWarning,
     ParseError,
     ProgramError,
     SingularSystemError,
@@ -24,6 +26,8 @@ __all__ = [
     "Conditions",
     "ConvergenceError",
     "LagrangianADError",
+    "LagrangianADWarning",
+    "NonFiniteWarning",
     "OptimizeResult",
     "ParseError",
     "Program",

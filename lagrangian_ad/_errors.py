@@ -40,3 +40,16 @@ class ConvergenceError(LagrangianADError, RuntimeError):
 
 class SingularSystemError(LagrangianADError, ArithmeticError):
     """The forward point was found but I − J is singular there: no gradient exists."""
+
+
+class LagrangianADWarning(UserWarning):
+    """Base class of every warning issued by lagrangian_ad."""
+
+
+class NonFiniteWarning(LagrangianADWarning, RuntimeWarning):
+    """A value or multiplier became non-finite (inf or NaN) from finite inputs.
+
+    The message names the first constraint, in evaluation order, whose value (forward
+    pass) or multiplier (adjoint pass) is not finite: the place where the overflow or
+    the domain error happened (``log(-1)``, ``exp(1000)``).
+    """
