@@ -11,6 +11,9 @@
 values z, the multipliers λ_i = ∂z_N/∂z_i and the gradient ∂z_N/∂x. An ``--at`` value is a
 number or a JSON list; leading axes beyond an input's declared shape are a batch.
 
+An expression (or file name) that starts with '-' goes after ``--``, which marks the one
+argument that follows it, so options may come after it: ``grad -- "-x**2" --at x=1``.
+
 Exit status: 0 on success; 2 when the command line, a file or its text cannot be used
 (a usage error, a file that cannot be read, a `ParseError`); 1 when the program is
 ill-formed or cannot be solved (any other `LagrangianADError`) or on an internal error.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -38,6 +42,7 @@ from ._program import Program
 __all__ = ["main"]
 
 PROG = "lagrangian-ad"
+COMMANDS = ("solve", "grad", "lagrangian", "demo")
 
 
 class _UsageError(Exception):
@@ -48,10 +53,31 @@ class _ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors that are raised, not printed and exited."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _operand_last(argv: list[str]) -> list[str]:
+    """``COMMAND … -- OPERAND …`` with ``-- OPERAND`` moved to the end.
+
+    argparse reads every argument after ``--`` as an operand; each command takes one, so
+    here ``--`` marks the one that follows it (an expression such as ``-x**2``) and the
+    options may still come after it: ``grad -- "-x**2" --at x=1``.
+    """
+    if "--" not in argv:
+        return argv
+    i = argv.index("--")
+    if i + 1 == len(argv) or not any(a in COMMANDS for a in argv[:i]):
+        return argv
+    return [*argv[:i], *argv[i + 2 :], "--", argv[i + 1]]
 
 
 # --------------------------------------------------------------------------- --at values
+
+
+# A number as written in Python or C (ASCII digits, no '_'); JSON reads the lists.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NON_FINITE = re.compile(r"[+-]?(?:inf|infinity|nan)", re.IGNORECASE)  # refused below
+_MAX_NESTING = 32  # axes of an --at value: far more than any input's shape and batch
 
 
 def _at_value(text: str) -> tuple[str, Any]:
@@ -60,31 +86,50 @@ def _at_value(text: str) -> tuple[str, Any]:
     name, raw = name.strip(), raw.strip()
     if not sep or not name or not raw:
         raise argparse.ArgumentTypeError(
-            f"expected NAME=VALUE, got {text!r} (e.g. x=0.5 or W=[[1,2,3],[4,5,6]])"
+            f"expected NAME=VALUE, got {_shorten(text)!r} (e.g. x=0.5 or W=[[1,2,3],[4,5,6]])"
         )
-
-    try:
-        value = json.loads(raw)  # NaN and Infinity parse, then fail the finite check
-    except ValueError:
-        try:
-            value = float(raw)  # also ".5", "1." and "1e-3", which JSON does not accept
+    given = f"{name}={_shorten(raw)}"
+    depth = _nesting(raw)
+    if depth > _MAX_NESTING:
+        raise argparse.ArgumentTypeError(
+            f"{given}: the value is nested {depth} deep (at most {_MAX_NESTING} axes)"
+        )
+    if _NUMBER.fullmatch(raw) or _NON_FINITE.fullmatch(raw):
+        value: Any = float(raw)
+    else:
+        try:  # integers as floats: no exact int of 400 digits to overflow the array
+            value = json.loads(raw, parse_int=float)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{name}={raw}: the value is not a number or a JSON list of numbers"
+                f"{given}: the value is not a number or a JSON list of numbers"
             ) from None
     if not _all_numbers(value):
         raise argparse.ArgumentTypeError(
-            f"{name}={raw}: the value must be a number or a (nested) list of numbers"
+            f"{given}: the value must be a number or a (nested) list of numbers"
         )
     try:
         array = np.asarray(value, dtype=np.float64)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{name}={raw}: the nested lists are not rectangular"
-        ) from None
-    if not np.all(np.isfinite(array)):
-        raise argparse.ArgumentTypeError(f"{name}={raw}: the values must be finite")
+        raise argparse.ArgumentTypeError(f"{given}: the nested lists are not rectangular") from None
+    if not np.all(np.isfinite(array)):  # also NaN and Infinity, which JSON reads
+        raise argparse.ArgumentTypeError(f"{given}: the values must be finite")
     return name, (float(array) if array.ndim == 0 else array)
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of brackets and braces in ``text`` (before JSON recurses)."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _shorten(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _all_numbers(value: Any) -> bool:
@@ -295,8 +340,10 @@ def _parser() -> _ArgumentParser:
         help="decompose a flat expression into a program and solve it",
         description="Decompose a flat expression into one constraint per elementary "
         "operation\nand solve it. The inputs are the names of the expression.",
-        epilog='example: lagrangian-ad grad "exp(x)*sin(x)" --at x=0.5\n'
-        "(an expression that starts with '-' goes after --: grad -- \"-x**2\" --at x=1)",
+        epilog="examples:\n"
+        '  lagrangian-ad grad "exp(x)*sin(x)" --at x=0.5\n'
+        '  lagrangian-ad grad -- "-x**2" --at x=1\n'
+        "(-- marks the expression when it starts with '-'; options may follow it)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("expr", metavar="EXPR", help='the expression, e.g. "exp(x)*sin(y)"')
@@ -340,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, 1 or 2)."""
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_operand_last(list(sys.argv[1:] if argv is None else argv)))
     except _UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2

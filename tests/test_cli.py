@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import sympy as sp
 
 import lagrangian_ad as lad
 from lagrangian_ad._cli import main
+from lagrangian_ad._parse import parse_expression
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -46,11 +49,31 @@ def run_json(*args: str) -> dict:
     return doc
 
 
+def run_all(*argvs: Sequence[str]) -> list[subprocess.CompletedProcess]:
+    """``run`` of several command lines at once (each spends a second importing)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "lagrangian_ad", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for argv in argvs
+    ]
+    done = []
+    for argv, proc in zip(argvs, procs, strict=True):
+        out, err = proc.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(argv, proc.returncode, out, err))
+    return done
+
+
 def assert_one_line_error(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert "Traceback" not in stderr
     assert lines[0].startswith("lagrangian-ad: error: ")
+    assert lines[0].count("lagrangian-ad:") == 1, lines[0]  # the prefix once
     return lines[0]
 
 
@@ -354,3 +377,96 @@ def test_json_turns_non_finite_numbers_into_null(capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["value"] == [0.0, None]
     assert doc["grad"]["x"] == [1.0, None]  # d log(x)/dx = 1/x
+
+
+# --------------------------------------------------------------------- issue 11, item 8
+# Each through a subprocess, as a user meets it (the hang cases under a timeout); the
+# neighbouring cases that need no real process are in-process calls of main().
+
+
+def test_every_example_in_grad_help_runs(capsys):
+    """The examples of ``grad --help`` run as printed, ``grad -- "-x**2" --at x=1`` too."""
+    assert main(["grad", "--help"]) == 0
+    examples = [
+        shlex.split(line.strip())[1:]
+        for line in capsys.readouterr().out.splitlines()
+        if line.strip().startswith("lagrangian-ad grad ")
+    ]
+    assert ["grad", "--", "-x**2", "--at", "x=1"] in examples
+    for argv, proc in zip(examples, run_all(*[[*a, "--json"] for a in examples]), strict=True):
+        assert proc.returncode == 0, (argv, proc.stderr)
+        doc = json.loads(proc.stdout)
+        expr, symbols = parse_expression(argv[2] if argv[1] == "--" else argv[1])
+        at = {s: doc["values"][s.name] for s in symbols}
+        assert doc["value"] == pytest.approx(float(expr.subs(at)), rel=1e-13)
+        for s in symbols:
+            want = float(sp.diff(expr, s).subs(at))
+            assert doc["grad"][s.name] == pytest.approx(want, rel=1e-13), argv
+
+
+def test_double_dash_marks_only_the_expression_options_may_follow(capsys):
+    doc = run_json("grad", "--", "-x**3 + y", "--at", "x=2", "--at", "y=0.5")
+    assert doc["value"] == -7.5 and doc["grad"] == {"x": -12.0, "y": 1.0}
+    assert main(["grad", "--at", "x=2", "--json", "--", "-x**2"]) == 0  # at the end, as before
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["value"] == -4.0 and doc["grad"] == {"x": -4.0}
+    assert main(["grad", "--json", "--at", "x=2", "--"]) == 2  # nothing after --: no EXPR
+    assert "required: EXPR" in assert_one_line_error(capsys.readouterr().err)
+
+
+DEEP = "[" * 5000 + "1" + "]" * 5000
+
+
+def test_bad_command_lines_get_one_line_with_the_prefix_once():
+    """What used to be a traceback, a value taken wrongly and a prefix printed twice: one
+    line each, exit status 2."""
+    cases = {
+        # was "lagrangian-ad: error: lagrangian-ad solve: the following arguments …"
+        ("solve", "--at", "x=1"): "error: the following arguments are required: FILE",
+        # a RecursionError traceback from the JSON decoder
+        ("solve", "examples/blog.lad", "--at", f"x={DEEP}"): "nested 5000 deep",
+        # Python's float() reads it as 10; neither JSON nor a number literal does
+        ("solve", "examples/blog.lad", "--at", "x=1_0"): "x=1_0: the value is not a number",
+    }
+    for proc in run_all(*cases):
+        argv = tuple(proc.args)
+        assert proc.returncode == 2, (argv, proc.stderr)
+        line = assert_one_line_error(proc.stderr)  # also: the prefix once
+        assert cases[argv] in line, (argv, line)
+        assert len(line) < 300, line  # the 10,000 characters of a value are not echoed
+        assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["solve", "--at", "x=" + "{" * 5000], "nested 5000 deep"),
+        (["solve", "--at", "x=[" * 33 + "1" + "]" * 33], "nested 33 deep (at most 32 axes)"),
+        (["solve", "--at", "x=\u0661"], "is not a number"),  # float() reads it as 1
+        (["solve", "--at", "x=1e5_0"], "is not a number"),
+        (["solve", "--at", "x=[1" + "0" * 400 + "]"], "must be finite"),  # was OverflowError
+        (["solve", "--at", "x=1" + "0" * 5000], "must be finite"),
+        (["solve", "--at", "x=-Infinity"], "must be finite"),
+        (["solve", "--at", "x=[1, NaN]"], "must be finite"),
+        (["solve", "--at", "x=1", "--bogus"], "error: unrecognized arguments: --bogus (see"),
+    ],
+)
+def test_more_bad_command_lines_exit_2(argv, words, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    if argv[0] == "solve":
+        argv = [argv[0], "examples/blog.lad", *argv[1:]]
+    assert main(argv) == 2
+    line = assert_one_line_error(capsys.readouterr().err)
+    assert words in line
+    assert len(line) < 300, line
+
+
+def test_a_value_nested_as_deep_as_allowed_is_read(capsys):
+    at = "x=" + "[" * 32 + "0.5" + "]" * 32  # 32 axes of one entry: a batch of one
+    assert main(["solve", str(EXAMPLES / "blog.lad"), "--at", at, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    grad = np.asarray(doc["grad"]["x"])
+    assert grad.shape == (1,) * 32
+    a = math.exp(0.5)
+    c = a + a * a
+    assert float(grad.ravel()[0]) == pytest.approx((math.exp(c) + math.cos(c)) * (1 + 2 * a) * a)
