@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
+import stat
 import sys
 import traceback
 from collections.abc import Sequence
@@ -36,7 +38,7 @@ import sympy as sp
 
 from ._decompose import decompose
 from ._errors import LagrangianADError, ParseError
-from ._parse import load, parse_expression
+from ._parse import MAX_FILE_BYTES, parse, parse_expression
 from ._program import Program
 
 __all__ = ["main"]
@@ -170,6 +172,42 @@ def _declared(name: str, shapes: dict) -> str:
     return name + ("" if shape == () else "[" + ",".join(map(str, shape)) + "]")
 
 
+# --------------------------------------------------------------------------- files
+
+
+def _load(path: str) -> Program:
+    """The program in the file at ``path``, which may be a pipe (``solve <(cat p.lad)``).
+
+    A FIFO with no writer is an error, not a wait for ever: the file is opened without
+    blocking, and a FIFO read once without blocking, which tells "no writer" (the end of
+    the file at once) from "a writer that has not written yet" (then read as usual).
+    """
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # Windows has no FIFOs to wait on
+    fd = os.open(path, os.O_RDONLY | nonblocking)
+    chunks: list[bytes] = []
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            try:
+                chunks.append(os.read(fd, MAX_FILE_BYTES + 1))
+            except BlockingIOError:
+                pass  # a writer is there and has not written yet
+            else:
+                if not chunks[0]:
+                    raise _UsageError(f"cannot read {path}: a FIFO with no writer (no text)")
+        if nonblocking:
+            os.set_blocking(fd, True)
+        size = sum(map(len, chunks))
+        while size <= MAX_FILE_BYTES:  # one byte more than parse() accepts, as load() reads
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return parse(b"".join(chunks), filename=path)
+
+
 # --------------------------------------------------------------------------- printing
 
 
@@ -234,7 +272,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_solve(args: argparse.Namespace) -> int:
-    prog = load(args.file)
+    prog = _load(args.file)
     shapes = {n: v.shape for n, v in prog.inputs.items()}
     inputs = _inputs(args.at, list(prog.inputs), shapes)
     _print_solution(prog, prog.solve(inputs), args.json)
@@ -255,7 +293,7 @@ def _cmd_grad(args: argparse.Namespace) -> int:
 
 
 def _cmd_lagrangian(args: argparse.Namespace) -> int:
-    prog = load(args.file)
+    prog = _load(args.file)
     lagrangian, conditions = prog.lagrangian(), prog.conditions()
     if args.latex:
         print(f"L = {sp.latex(lagrangian)}")
@@ -399,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         error, status, message = err, 2, _one_line(err)
         if isinstance(err, OSError):
             what = err.strerror or type(err).__name__
-            message = f"cannot read {err.filename or 'the file'}: {what}"
+            message = f"cannot read {err.filename or getattr(args, 'file', 'the file')}: {what}"
     except LagrangianADError as err:
         error, status, message = err, 1, _one_line(err)
     except Exception as err:  # the last line of defence of a command line tool

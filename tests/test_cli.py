@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -418,8 +420,8 @@ DEEP = "[" * 5000 + "1" + "]" * 5000
 
 
 def test_bad_command_lines_get_one_line_with_the_prefix_once():
-    """What used to be a traceback, a value taken wrongly and a prefix printed twice: one
-    line each, exit status 2."""
+    """What used to be a traceback, a value taken wrongly, a prefix printed twice and a
+    message without the file's name: one line each, exit status 2."""
     cases = {
         # was "lagrangian-ad: error: lagrangian-ad solve: the following arguments …"
         ("solve", "--at", "x=1"): "error: the following arguments are required: FILE",
@@ -427,6 +429,8 @@ def test_bad_command_lines_get_one_line_with_the_prefix_once():
         ("solve", "examples/blog.lad", "--at", f"x={DEEP}"): "nested 5000 deep",
         # Python's float() reads it as 10; neither JSON nor a number literal does
         ("solve", "examples/blog.lad", "--at", "x=1_0"): "x=1_0: the value is not a number",
+        # was "cannot read the file: Input/output error"
+        ("solve", "/proc/self/mem", "--at", "x=1"): "cannot read /proc/self/mem: ",
     }
     for proc in run_all(*cases):
         argv = tuple(proc.args)
@@ -448,6 +452,7 @@ def test_bad_command_lines_get_one_line_with_the_prefix_once():
         (["solve", "--at", "x=1" + "0" * 5000], "must be finite"),
         (["solve", "--at", "x=-Infinity"], "must be finite"),
         (["solve", "--at", "x=[1, NaN]"], "must be finite"),
+        (["lagrangian", "."], "cannot read .: Is a directory"),
         (["solve", "--at", "x=1", "--bogus"], "error: unrecognized arguments: --bogus (see"),
     ],
 )
@@ -470,3 +475,37 @@ def test_a_value_nested_as_deep_as_allowed_is_read(capsys):
     a = math.exp(0.5)
     c = a + a * a
     assert float(grad.ravel()[0]) == pytest.approx((math.exp(c) + math.cos(c)) * (1 + 2 * a) * a)
+
+
+def test_a_fifo_with_no_writer_is_an_error_not_a_hang(tmp_path):
+    fifo = tmp_path / "prog.lad"
+    os.mkfifo(fifo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lagrangian_ad", "solve", str(fifo), "--at", "x=0.5"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,  # it used to wait for a writer for ever
+    )
+    assert proc.returncode == 2
+    line = assert_one_line_error(proc.stderr)
+    assert f"cannot read {fifo}: a FIFO with no writer" in line
+
+
+def test_a_fifo_with_a_writer_is_read(tmp_path):
+    """``solve <(cat prog.lad)``: a pipe whose writer is there is read to its end."""
+    fifo = tmp_path / "prog.lad"
+    os.mkfifo(fifo)
+    text = (EXAMPLES / "blog.lad").read_text()
+
+    def write() -> None:
+        with open(fifo, "w") as fh:  # blocks until the command opens the FIFO to read
+            fh.write(text)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    doc = run_json("solve", str(fifo), "--at", "x=0.5")
+    writer.join(timeout=60)
+    xs = sp.Symbol("x")
+    flat = sp.exp(sp.exp(xs) + sp.exp(xs) ** 2) + sp.sin(sp.exp(xs) + sp.exp(xs) ** 2)
+    assert doc["grad"]["x"] == pytest.approx(float(sp.diff(flat, xs).subs(xs, 0.5)), rel=1e-13)
