@@ -16,8 +16,10 @@ argument that follows it, so options may come after it: ``grad -- "-x**2" --at x
 
 Exit status: 0 on success; 2 when the command line, a file or its text cannot be used
 (a usage error, a file that cannot be read, a `ParseError`); 1 when the program is
-ill-formed or cannot be solved (any other `LagrangianADError`) or on an internal error.
-Errors are one line on stderr; ``--debug`` adds the traceback.
+ill-formed or cannot be solved (any other `LagrangianADError`) or on an internal error;
+141 = 128 + SIGPIPE, quietly, when stdout's reader has gone (``lagrangian-ad | head -1``):
+what the shell reports for any tool stopped by SIGPIPE there, so a script sees that the
+output was cut short. Errors are one line on stderr; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ __all__ = ["main"]
 
 PROG = "lagrangian-ad"
 COMMANDS = ("solve", "grad", "lagrangian", "demo")
+# The shell's status of a process stopped by SIGPIPE (13 on every Unix; Windows has none).
+STDOUT_CLOSED = 128 + 13
 
 
 class _UsageError(Exception):
@@ -240,7 +244,32 @@ def _table(rows: dict[str, Any], indent: str = "  ") -> list[str]:
     return lines
 
 
-def _print_solution(prog: Program, sol: Any, as_json: bool) -> None:
+def _gradient_heading(out: str, inputs: dict[str, Any], shapes: dict, batch: tuple) -> str:
+    """What the gradient rows are: with a batch, per sample or summed, input by input."""
+    if batch == ():
+        return f"gradient     d{out}/d(input)"
+    kinds: dict[str, list[str]] = {}
+    for name, value in inputs.items():
+        shape = np.shape(value)
+        own = shape[: len(shape) - len(shapes.get(name, ()))]  # the input's batch axes
+        kind = (
+            "per sample"
+            if own == batch
+            else "summed over the batch"
+            if own == ()
+            else "summed over the batch axes it is broadcast along"
+        )
+        kinds.setdefault(kind, []).append(name)
+    parts = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in kinds.items())
+    return (
+        f"gradient     d(sum of {out} over the batch)/d(input), in the shape of each input:\n"
+        f"             {parts}"
+    )
+
+
+def _print_solution(
+    prog: Program, sol: Any, as_json: bool, inputs: dict[str, Any], shapes: dict
+) -> None:
     if as_json:
         doc = {
             "value": _jsonable(sol.value),
@@ -252,7 +281,7 @@ def _print_solution(prog: Program, sol: Any, as_json: bool) -> None:
         return
     out = str(prog.ir.output)
     lines = [*_table({out: sol.value}, indent="value        ")]
-    lines.append(f"gradient     d{out}/d(input), summed over any batch")
+    lines.append(_gradient_heading(out, inputs, shapes, np.shape(sol.value)))
     lines += _table(sol.grad)
     lines.append("values")
     lines += _table(sol.values)
@@ -275,7 +304,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     prog = _load(args.file)
     shapes = {n: v.shape for n, v in prog.inputs.items()}
     inputs = _inputs(args.at, list(prog.inputs), shapes)
-    _print_solution(prog, prog.solve(inputs), args.json)
+    _print_solution(prog, prog.solve(inputs), args.json, inputs, shapes)
     return 0
 
 
@@ -288,7 +317,7 @@ def _cmd_grad(args: argparse.Namespace) -> int:
         print(f"expression   {expr}")
         print("program      (one constraint per elementary operation)")
         print("\n".join("  " + line for line in str(prog).splitlines()))
-    _print_solution(prog, sol, args.json)
+    _print_solution(prog, sol, args.json, inputs, {})
     return 0
 
 
@@ -318,7 +347,7 @@ examples:
   lagrangian-ad lagrangian examples/blog.lad --latex
 
 exit status: 0 success; 2 usage error, unreadable file or parse error;
-             1 program or solve error
+             1 program or solve error; 141 (as for SIGPIPE) when stdout is closed
 """
 
 
@@ -422,7 +451,7 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0, 1 or 2)."""
+    """Run the command line; returns the exit status (0, 1, 2, or 141 if stdout closed)."""
     parser = _parser()
     try:
         args = parser.parse_args(_operand_last(list(sys.argv[1:] if argv is None else argv)))
@@ -432,7 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, so that a closed stdout is seen here, not at exit
+        return status
+    except BrokenPipeError:
+        return _stdout_closed()
     except (_UsageError, ParseError, OSError) as err:
         error, status, message = err, 2, _one_line(err)
         if isinstance(err, OSError):
@@ -449,3 +482,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exception(error)
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return status
+
+
+def _stdout_closed() -> int:
+    """Stop quietly when stdout's reader has gone (``lagrangian-ad | head -1``).
+
+    A C tool is stopped by SIGPIPE there, which the shell reports as 141 = 128 + 13;
+    Python ignores SIGPIPE and raises `BrokenPipeError` instead. The status is the same
+    141, with nothing on stderr; stdout is pointed at the null device so that the
+    interpreter's last flush of what is left in its buffer does not fail again.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture, a notebook)
+        return STDOUT_CLOSED
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return STDOUT_CLOSED

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -120,7 +121,7 @@ def _network_by_hand(x, W, b, v, t):
         "W": lam_z.reshape(-1, 2).T @ x.reshape(-1, 3),
         "b": lam_z.sum(axis=batch),
         "v": (lam_y[..., None] * h).sum(axis=batch),
-        "t": -r.sum(),
+        "t": -r.sum() if np.ndim(t) == 0 else -r,  # t shared, or one per sample
     }
     return loss, grad, {"z": z, "h": h, "y": y}, {"z": lam_z, "h": lam_h, "y": lam_y}
 
@@ -509,3 +510,90 @@ def test_a_fifo_with_a_writer_is_read(tmp_path):
     xs = sp.Symbol("x")
     flat = sp.exp(sp.exp(xs) + sp.exp(xs) ** 2) + sp.sin(sp.exp(xs) + sp.exp(xs) ** 2)
     assert doc["grad"]["x"] == pytest.approx(float(sp.diff(flat, xs).subs(xs, 0.5)), rel=1e-13)
+
+
+def test_a_closed_stdout_ends_quietly_with_the_status_of_sigpipe():
+    """``lagrangian-ad | head -1``: stdout's reader is gone before the first write."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lagrangian_ad"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    proc.stdout.close()  # the reader exits first, as head does after one line
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 128 + 13, stderr  # what the shell reports for SIGPIPE
+    assert stderr == ""
+
+
+class _ClosedPipe:
+    """A stdout whose reader has gone: every write fails as a closed pipe's does."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_closed_stdout_mid_output_is_not_a_file_error(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert main(["solve", str(EXAMPLES / "blog.lad"), "--at", "x=0.5"]) == 128 + 13
+    assert capsys.readouterr().err == ""
+
+
+def test_the_gradient_heading_says_which_gradients_are_per_sample(capsys):
+    rng = np.random.default_rng(11)
+    x, t = rng.normal(size=(3, 3)), rng.normal(size=3)  # per sample
+    W, b, v = rng.normal(size=(2, 3)), rng.normal(size=2), rng.normal(size=2)  # shared
+    at = {"x": x, "W": W, "b": b, "v": v, "t": t}
+    argv = [arg for k, a in at.items() for arg in ("--at", f"{k}={json.dumps(a.tolist())}")]
+    proc = run("solve", "examples/network.lad", *argv)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "summed over any batch" not in out
+    heading = out[out.index("gradient") : out.index("\n  x = ")]
+    assert "sum of loss over the batch" in heading
+    assert "per sample: x, t" in heading
+    assert "summed over the batch: W, b, v" in heading
+    # The rows say the same: x's and t's gradients per sample, W's summed (by hand).
+    _, grad, _, _ = _network_by_hand(x, W, b, v, t)
+    rows = _printed_rows(out[out.index("gradient") : out.index("\nvalues")])
+    for name in at:
+        np.testing.assert_allclose(rows[name], grad[name], rtol=1e-9, atol=1e-12)
+    # x broadcast along the second batch axis, y along the first: summed over those.
+    assert main(["grad", "x*y", "--at", "x=[[1],[2]]", "--at", "y=[1,2,3]"]) == 0
+    out = capsys.readouterr().out
+    assert "summed over the batch axes it is broadcast along: x, y" in out
+    rows = _printed_rows(out[out.index("gradient") : out.index("\nvalues")])
+    np.testing.assert_array_equal(rows["x"], [[6.0], [6.0]])  # d/dx Σ_ij x_i y_j = Σ_j y_j
+    np.testing.assert_array_equal(rows["y"], [3.0, 3.0, 3.0])
+    assert main(["solve", str(EXAMPLES / "blog.lad"), "--at", "x=0.5"]) == 0
+    assert "gradient     df/d(input)\n" in capsys.readouterr().out  # no batch to speak of
+
+
+def _printed_rows(text: str) -> dict[str, np.ndarray]:
+    """``name = [[…], …]`` rows of the text table (continuation lines indented)."""
+    rows: dict[str, str] = {}
+    name = None
+    for line in text.splitlines()[1:]:
+        if line.startswith("  ") and not line.startswith("   "):
+            name, _, body = line.strip().partition(" = ")
+            rows[name] = body
+        elif name is not None:
+            rows[name] += line.strip()
+    # NumPy prints 6. for 6.0, which JSON does not read
+    return {k: np.array(json.loads(re.sub(r"\.(?![0-9])", ".0", v))) for k, v in rows.items()}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs issue 11 item 3 (NonFiniteWarning from the library, exit 1 in main): "
+    "another change; drop this mark when it lands",
+)
+def test_an_overflow_is_one_line_and_exit_1():
+    proc = run("solve", "examples/blog.lad", "--at", "x=1e308")  # exp(1e308) = inf
+    assert proc.returncode == 1, proc.stderr
+    line = assert_one_line_error(proc.stderr)
+    assert re.search(r"\ba\b", line), line  # a = exp(x), the first non-finite value
