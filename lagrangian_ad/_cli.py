@@ -11,10 +11,15 @@
 values z, the multipliers λ_i = ∂z_N/∂z_i and the gradient ∂z_N/∂x. An ``--at`` value is a
 number or a JSON list; leading axes beyond an input's declared shape are a batch.
 
+An expression (or file name) that starts with '-' goes after ``--``, which marks the one
+argument that follows it, so options may come after it: ``grad -- "-x**2" --at x=1``.
+
 Exit status: 0 on success; 2 when the command line, a file or its text cannot be used
 (a usage error, a file that cannot be read, a `ParseError`); 1 when the program is
-ill-formed or cannot be solved (any other `LagrangianADError`) or on an internal error.
-Errors are one line on stderr; ``--debug`` adds the traceback.
+ill-formed or cannot be solved (any other `LagrangianADError`) or on an internal error;
+141 = 128 + SIGPIPE, quietly, when stdout's reader has gone (``lagrangian-ad | head -1``):
+what the shell reports for any tool stopped by SIGPIPE there, so a script sees that the
+output was cut short. Errors are one line on stderr; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
+import stat
 import sys
 import traceback
 from collections.abc import Sequence
@@ -32,12 +40,15 @@ import sympy as sp
 
 from ._decompose import decompose
 from ._errors import LagrangianADError, ParseError
-from ._parse import load, parse_expression
+from ._parse import MAX_FILE_BYTES, parse, parse_expression
 from ._program import Program
 
 __all__ = ["main"]
 
 PROG = "lagrangian-ad"
+COMMANDS = ("solve", "grad", "lagrangian", "demo")
+# The shell's status of a process stopped by SIGPIPE (13 on every Unix; Windows has none).
+STDOUT_CLOSED = 128 + 13
 
 
 class _UsageError(Exception):
@@ -48,10 +59,31 @@ class _ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors that are raised, not printed and exited."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _operand_last(argv: list[str]) -> list[str]:
+    """``COMMAND … -- OPERAND …`` with ``-- OPERAND`` moved to the end.
+
+    argparse reads every argument after ``--`` as an operand; each command takes one, so
+    here ``--`` marks the one that follows it (an expression such as ``-x**2``) and the
+    options may still come after it: ``grad -- "-x**2" --at x=1``.
+    """
+    if "--" not in argv:
+        return argv
+    i = argv.index("--")
+    if i + 1 == len(argv) or not any(a in COMMANDS for a in argv[:i]):
+        return argv
+    return [*argv[:i], *argv[i + 2 :], "--", argv[i + 1]]
 
 
 # --------------------------------------------------------------------------- --at values
+
+
+# A number as written in Python or C (ASCII digits, no '_'); JSON reads the lists.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NON_FINITE = re.compile(r"[+-]?(?:inf|infinity|nan)", re.IGNORECASE)  # refused below
+_MAX_NESTING = 32  # axes of an --at value: far more than any input's shape and batch
 
 
 def _at_value(text: str) -> tuple[str, Any]:
@@ -60,34 +92,50 @@ def _at_value(text: str) -> tuple[str, Any]:
     name, raw = name.strip(), raw.strip()
     if not sep or not name or not raw:
         raise argparse.ArgumentTypeError(
-            f"expected NAME=VALUE, got {text!r} (e.g. x=0.5 or W=[[1,2,3],[4,5,6]])"
+            f"expected NAME=VALUE, got {_shorten(text)!r} (e.g. x=0.5 or W=[[1,2,3],[4,5,6]])"
         )
-
-    def no_constants(word: str) -> Any:
-        raise ValueError(word)
-
-    try:
-        value = json.loads(raw, parse_constant=no_constants)
-    except ValueError:
-        try:
-            value = float(raw)  # also ".5", "1." and "1e-3", which JSON does not accept
+    given = f"{name}={_shorten(raw)}"
+    depth = _nesting(raw)
+    if depth > _MAX_NESTING:
+        raise argparse.ArgumentTypeError(
+            f"{given}: the value is nested {depth} deep (at most {_MAX_NESTING} axes)"
+        )
+    if _NUMBER.fullmatch(raw) or _NON_FINITE.fullmatch(raw):
+        value: Any = float(raw)
+    else:
+        try:  # integers as floats: no exact int of 400 digits to overflow the array
+            value = json.loads(raw, parse_int=float)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{name}={raw}: the value is not a number or a JSON list of numbers"
+                f"{given}: the value is not a number or a JSON list of numbers"
             ) from None
     if not _all_numbers(value):
         raise argparse.ArgumentTypeError(
-            f"{name}={raw}: the value must be a number or a (nested) list of numbers"
+            f"{given}: the value must be a number or a (nested) list of numbers"
         )
     try:
         array = np.asarray(value, dtype=np.float64)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{name}={raw}: the nested lists are not rectangular"
-        ) from None
-    if not np.all(np.isfinite(array)):
-        raise argparse.ArgumentTypeError(f"{name}={raw}: the values must be finite")
+        raise argparse.ArgumentTypeError(f"{given}: the nested lists are not rectangular") from None
+    if not np.all(np.isfinite(array)):  # also NaN and Infinity, which JSON reads
+        raise argparse.ArgumentTypeError(f"{given}: the values must be finite")
     return name, (float(array) if array.ndim == 0 else array)
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of brackets and braces in ``text`` (before JSON recurses)."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _shorten(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _all_numbers(value: Any) -> bool:
@@ -128,6 +176,42 @@ def _declared(name: str, shapes: dict) -> str:
     return name + ("" if shape == () else "[" + ",".join(map(str, shape)) + "]")
 
 
+# --------------------------------------------------------------------------- files
+
+
+def _load(path: str) -> Program:
+    """The program in the file at ``path``, which may be a pipe (``solve <(cat p.lad)``).
+
+    A FIFO with no writer is an error, not a wait for ever: the file is opened without
+    blocking, and a FIFO read once without blocking, which tells "no writer" (the end of
+    the file at once) from "a writer that has not written yet" (then read as usual).
+    """
+    nonblocking = getattr(os, "O_NONBLOCK", 0)  # Windows has no FIFOs to wait on
+    fd = os.open(path, os.O_RDONLY | nonblocking)
+    chunks: list[bytes] = []
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            try:
+                chunks.append(os.read(fd, MAX_FILE_BYTES + 1))
+            except BlockingIOError:
+                pass  # a writer is there and has not written yet
+            else:
+                if not chunks[0]:
+                    raise _UsageError(f"cannot read {path}: a FIFO with no writer (no text)")
+        if nonblocking:
+            os.set_blocking(fd, True)
+        size = sum(map(len, chunks))
+        while size <= MAX_FILE_BYTES:  # one byte more than parse() accepts, as load() reads
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return parse(b"".join(chunks), filename=path)
+
+
 # --------------------------------------------------------------------------- printing
 
 
@@ -160,7 +244,32 @@ def _table(rows: dict[str, Any], indent: str = "  ") -> list[str]:
     return lines
 
 
-def _print_solution(prog: Program, sol: Any, as_json: bool) -> None:
+def _gradient_heading(out: str, inputs: dict[str, Any], shapes: dict, batch: tuple) -> str:
+    """What the gradient rows are: with a batch, per sample or summed, input by input."""
+    if batch == ():
+        return f"gradient     d{out}/d(input)"
+    kinds: dict[str, list[str]] = {}
+    for name, value in inputs.items():
+        shape = np.shape(value)
+        own = shape[: len(shape) - len(shapes.get(name, ()))]  # the input's batch axes
+        kind = (
+            "per sample"
+            if own == batch
+            else "summed over the batch"
+            if own == ()
+            else "summed over the batch axes it is broadcast along"
+        )
+        kinds.setdefault(kind, []).append(name)
+    parts = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in kinds.items())
+    return (
+        f"gradient     d(sum of {out} over the batch)/d(input), in the shape of each input:\n"
+        f"             {parts}"
+    )
+
+
+def _print_solution(
+    prog: Program, sol: Any, as_json: bool, inputs: dict[str, Any], shapes: dict
+) -> None:
     if as_json:
         doc = {
             "value": _jsonable(sol.value),
@@ -172,7 +281,7 @@ def _print_solution(prog: Program, sol: Any, as_json: bool) -> None:
         return
     out = str(prog.ir.output)
     lines = [*_table({out: sol.value}, indent="value        ")]
-    lines.append(f"gradient     d{out}/d(input), summed over any batch")
+    lines.append(_gradient_heading(out, inputs, shapes, np.shape(sol.value)))
     lines += _table(sol.grad)
     lines.append("values")
     lines += _table(sol.values)
@@ -192,10 +301,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_solve(args: argparse.Namespace) -> int:
-    prog = load(args.file)
+    prog = _load(args.file)
     shapes = {n: v.shape for n, v in prog.inputs.items()}
     inputs = _inputs(args.at, list(prog.inputs), shapes)
-    _print_solution(prog, prog.solve(inputs), args.json)
+    _print_solution(prog, prog.solve(inputs), args.json, inputs, shapes)
     return 0
 
 
@@ -208,12 +317,12 @@ def _cmd_grad(args: argparse.Namespace) -> int:
         print(f"expression   {expr}")
         print("program      (one constraint per elementary operation)")
         print("\n".join("  " + line for line in str(prog).splitlines()))
-    _print_solution(prog, sol, args.json)
+    _print_solution(prog, sol, args.json, inputs, {})
     return 0
 
 
 def _cmd_lagrangian(args: argparse.Namespace) -> int:
-    prog = load(args.file)
+    prog = _load(args.file)
     lagrangian, conditions = prog.lagrangian(), prog.conditions()
     if args.latex:
         print(f"L = {sp.latex(lagrangian)}")
@@ -238,7 +347,7 @@ examples:
   lagrangian-ad lagrangian examples/blog.lad --latex
 
 exit status: 0 success; 2 usage error, unreadable file or parse error;
-             1 program or solve error
+             1 program or solve error; 141 (as for SIGPIPE) when stdout is closed
 """
 
 
@@ -298,8 +407,10 @@ def _parser() -> _ArgumentParser:
         help="decompose a flat expression into a program and solve it",
         description="Decompose a flat expression into one constraint per elementary "
         "operation\nand solve it. The inputs are the names of the expression.",
-        epilog='example: lagrangian-ad grad "exp(x)*sin(x)" --at x=0.5\n'
-        "(an expression that starts with '-' goes after --: grad -- \"-x**2\" --at x=1)",
+        epilog="examples:\n"
+        '  lagrangian-ad grad "exp(x)*sin(x)" --at x=0.5\n'
+        '  lagrangian-ad grad -- "-x**2" --at x=1\n'
+        "(-- marks the expression when it starts with '-'; options may follow it)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("expr", metavar="EXPR", help='the expression, e.g. "exp(x)*sin(y)"')
@@ -340,22 +451,26 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0, 1 or 2)."""
+    """Run the command line; returns the exit status (0, 1, 2, or 141 if stdout closed)."""
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_operand_last(list(sys.argv[1:] if argv is None else argv)))
     except _UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, so that a closed stdout is seen here, not at exit
+        return status
+    except BrokenPipeError:
+        return _stdout_closed()
     except (_UsageError, ParseError, OSError) as err:
         error, status, message = err, 2, _one_line(err)
         if isinstance(err, OSError):
             what = err.strerror or type(err).__name__
-            message = f"cannot read {err.filename or 'the file'}: {what}"
+            message = f"cannot read {err.filename or getattr(args, 'file', 'the file')}: {what}"
     except LagrangianADError as err:
         error, status, message = err, 1, _one_line(err)
     except Exception as err:  # the last line of defence of a command line tool
@@ -367,3 +482,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exception(error)
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return status
+
+
+def _stdout_closed() -> int:
+    """Stop quietly when stdout's reader has gone (``lagrangian-ad | head -1``).
+
+    A C tool is stopped by SIGPIPE there, which the shell reports as 141 = 128 + 13;
+    Python ignores SIGPIPE and raises `BrokenPipeError` instead. The status is the same
+    141, with nothing on stderr; stdout is pointed at the null device so that the
+    interpreter's last flush of what is left in its buffer does not fail again.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture, a notebook)
+        return STDOUT_CLOSED
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return STDOUT_CLOSED

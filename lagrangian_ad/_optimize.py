@@ -246,7 +246,7 @@ def maximize(
 
 def _optimize(sense, prog, x0, fixed, method, tol, callback, options) -> OptimizeResult:
     if method not in _METHODS:
-        raise ValueError(f"Unknown method {method!r}; methods: {', '.join(METHODS)}")
+        raise ProgramError(f"Unknown method {method!r}; methods: {', '.join(METHODS)}")
     defaults, run = _METHODS[method]
     opts = _options(method, defaults, options)
     if tol is not None:
@@ -261,10 +261,10 @@ def _options(method: str, defaults: dict, options: Mapping[str, Any] | None) -> 
     if options is None:
         return opts
     if not isinstance(options, Mapping):
-        raise ValueError(f"options must be a dict, not {type(options).__name__}")
+        raise ProgramError(f"options must be a dict, not {type(options).__name__}")
     unknown = sorted(set(options) - set(defaults))
     if unknown:
-        raise ValueError(
+        raise ProgramError(
             f"Unknown option {unknown[0]!r} for method {method!r}; "
             f"options: {', '.join(sorted(defaults))}"
         )
@@ -307,7 +307,7 @@ class _Problem:
                 "starting value in x0 or its data in fixed"
             )
         if not isinstance(solve, Mapping):
-            raise ValueError("option 'solve' must be a dict of forward-solve options")
+            raise ProgramError("option 'solve' must be a dict of forward-solve options")
         self.solve_options = dict(solve)
         _, arrays, _, batch = fn._prepare({**given, **data})
         self.names = [v.name for v in self.ir.inputs if v.name in given]
@@ -366,7 +366,7 @@ class _Monitor:
 
     def __init__(self, callback: Callable[[OptimizeResult], Any] | None):
         if callback is not None and not callable(callback):
-            raise ValueError("callback must be callable")
+            raise ProgramError("callback must be callable")
         self.callback = callback
         self.start = time.perf_counter()
         self.history: list[dict[str, Any]] = []
@@ -390,7 +390,7 @@ def _bounds(problem: _Problem, bounds: Any) -> tuple[np.ndarray, np.ndarray] | N
     if bounds is None:
         return None
     if not isinstance(bounds, Mapping):
-        raise ValueError("option 'bounds' must be a dict name -> (lo, hi)")
+        raise ProgramError("option 'bounds' must be a dict name -> (lo, hi)")
     lo = np.full(problem.n, -np.inf)
     hi = np.full(problem.n, np.inf)
     for key, pair in bounds.items():
@@ -400,19 +400,19 @@ def _bounds(problem: _Problem, bounds: Any) -> tuple[np.ndarray, np.ndarray] | N
         try:
             low, high = pair
         except (TypeError, ValueError):
-            raise ValueError(f"bounds[{name!r}] must be a pair (lo, hi)") from None
+            raise ProgramError(f"bounds[{name!r}] must be a pair (lo, hi)") from None
         sl = slice(problem.offsets[name], problem.offsets[name] + problem.x0[name].size)
         for target, value, fill in ((lo, low, -np.inf), (hi, high, np.inf)):
             arr = np.asarray(fill if value is None else value, dtype=np.float64)
             try:
                 target[sl] = np.broadcast_to(arr, problem.shapes[name]).ravel()
             except ValueError:
-                raise ValueError(
+                raise ProgramError(
                     f"bounds[{name!r}]: shape {arr.shape} does not broadcast to the shape "
                     f"{problem.shapes[name]} of x0[{name!r}]"
                 ) from None
     if np.any(lo > hi):
-        raise ValueError("bounds: a lower bound exceeds its upper bound")
+        raise ProgramError("bounds: a lower bound exceeds its upper bound")
     return lo, hi
 
 
@@ -453,7 +453,7 @@ def _gradient(problem: _Problem, opts: dict, monitor: _Monitor) -> OptimizeResul
     ``grow``; the direction is always the (projected) negative gradient.
     """
     if opts["initial"] not in ("bb", "grow"):
-        raise ValueError("option 'initial' must be 'bb' or 'grow'")
+        raise ProgramError("option 'initial' must be 'bb' or 'grow'")
     s = problem.sign
     box = _bounds(problem, opts["bounds"])
     proj = (lambda v: np.clip(v, *box)) if box is not None else (lambda v: v)
@@ -705,7 +705,7 @@ class _Space:
         if how == "zeros":
             return np.zeros((*self.batch, self.nz)), lam
         if how != "forward":
-            raise ValueError("the start of z must be 'forward', 'zeros' or a dict name -> array")
+            raise ProgramError("the start of z must be 'forward', 'zeros' or a dict name -> array")
         sol = problem.fn.solve(problem.inputs(v_x), **problem.solve_options)
         problem.nfev += 1
         problem.njev += 1
@@ -1249,9 +1249,9 @@ def _newton_kkt(problem: _Problem, opts: dict, monitor: _Monitor) -> OptimizeRes
     at the final x gives ``fun`` and ``jac``.
     """
     if opts["inertia"] not in ("reduced", "descent"):
-        raise ValueError("option 'inertia' must be 'reduced' or 'descent'")
+        raise ProgramError("option 'inertia' must be 'reduced' or 'descent'")
     if opts["init"] not in ("forward", "zeros"):
-        raise ValueError("option 'init' must be 'forward' or 'zeros'")
+        raise ProgramError("option 'init' must be 'forward' or 'zeros'")
     s = problem.sign
     space = _Space(problem)
     code = _kkt_code(problem.fn, frozenset(problem.names))

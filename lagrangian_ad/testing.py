@@ -28,6 +28,7 @@ import numpy as np
 import sympy as sp
 
 from ._compiled import CompiledProgram, _sum_to
+from ._errors import ProgramError
 from ._graph import analyse
 from ._program import Program, ProgramIR
 
@@ -104,7 +105,7 @@ def check_grads(
         symbolic = acyclic and len(fn.ir.constraints) <= 300
     if symbolic:
         if not acyclic:
-            raise ValueError("check_grads: the symbolic comparison needs an acyclic program")
+            raise ProgramError("check_grads: the symbolic comparison needs an acyclic program")
         _check_symbolic(fn.ir, sol, given, symbolic_rtol, atol)
 
 
@@ -116,7 +117,7 @@ def inline_output(ir: ProgramIR, keep: frozenset[sp.Symbol] = frozenset()) -> sp
     """
     graph = analyse(ir)
     if graph.cyclic_blocks or any(c.target is None for c in ir.constraints):
-        raise ValueError("inline_output: only acyclic programs of explicit constraints")
+        raise ProgramError("inline_output: only acyclic programs of explicit constraints")
     flat: dict[sp.Symbol, sp.Expr] = {}
     for block in graph.blocks:
         (i,) = block.constraints
