@@ -1,6 +1,6 @@
 """Using: optimizers built on the Lagrangian of a program.
 
-Notation of DESIGN.md. A program has inputs x, intermediates z_i = f_i(z_Pa(i)) (or
+Notation of docs/design.md. A program has inputs x, intermediates z_i = f_i(z_Pa(i)) (or
 implicit equations c_i(z) = 0) and a scalar output z_N per sample b of the batch. Its
 constraint residuals are c_i = z_i − f_i (explicit) or c_i (implicit). Some inputs are
 optimized (given in ``x0``), the others are data (given in ``fixed``, possibly batched).
@@ -26,7 +26,7 @@ of constrained optimization,
 
     ℒ(x, z, μ) = s·Σ_b z_N^(b) + Σ_{b,i} μ_i^(b) c_i^(b)(x, z),
 
-the program's multipliers of DESIGN.md (L = z_N − Σ λ_i c_i, λ_i = ∂z_N/∂z_i) are
+the program's multipliers of docs/design.md (L = z_N − Σ λ_i c_i, λ_i = ∂z_N/∂z_i) are
 λ = −s·μ; results report λ.
 
 * ``"augmented-lagrangian"``: the method of multipliers on
@@ -108,7 +108,7 @@ class OptimizeResult(scipy.optimize.OptimizeResult):
         ``penalty``, ``constraint_violation``, ``kkt_residual``, ``delta``, …).
     maxcv, fun_model, multipliers, z : optional
         Full-space methods only: the final max |c_i| over the batch, Σ z_N read from the
-        optimizer's own z, the multipliers λ = ∂z_N/∂z_i in the convention of DESIGN.md
+        optimizer's own z, the multipliers λ = ∂z_N/∂z_i in the convention of docs/design.md
         (by intermediate name, and by equation name for implicit equations; batch shape
         + own shape, like `Solution.multipliers`), and the optimizer's z by intermediate
         name (batch shape + own shape). ``"augmented-lagrangian"`` adds ``penalty`` (the

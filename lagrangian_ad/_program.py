@@ -1,6 +1,6 @@
 """Building programs: variables, constraints and the output, as SymPy expressions.
 
-A program is a list of equality constraints over scalar variables (DESIGN.md)::
+A program is a list of equality constraints over scalar variables (docs/design.md)::
 
     inputs        x_1 … x_n                 (given)
     intermediates z_i = f_i(z_Pa(i))        (one constraint per scalar intermediate)

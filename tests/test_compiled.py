@@ -17,7 +17,7 @@ from lagrangian_ad.testing import check_grads
 
 
 def _blog_by_hand(x: float) -> dict[str, float]:
-    """The blog's values and multipliers, derived by hand (DESIGN.md)."""
+    """The blog's values and multipliers, derived by hand (docs/design.md)."""
     a = math.exp(x)
     b = a * a
     c = a + b
