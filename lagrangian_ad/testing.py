@@ -7,9 +7,10 @@
    D = (4 D(h/2) − D(h)) / 3, which is accurate to O(h⁴);
 2. for an acyclic program, against SymPy's derivative of the inlined expression: every
    constraint substituted into the output, differentiated, evaluated independently of the
-   generated code. The multipliers are checked the same way: λ_j is the derivative of the
-   output with respect to z_j when z_j is left as a free symbol and everything else is
-   inlined.
+   generated code. The program is inlined once with a shift ε_j added to each
+   intermediate, z_j = f_j(…) + ε_j; then ∂z_N/∂x_k and λ_j = ∂z_N/∂ε_j are read at
+   ε = 0 (λ_j is the derivative of the output with respect to z_j when z_j's own
+   definition is held fixed).
 
 Examples
 --------
@@ -28,10 +29,13 @@ import numpy as np
 import sympy as sp
 
 from ._compiled import CompiledProgram, _sum_to
+from ._errors import ProgramError
 from ._graph import analyse
 from ._program import Program, ProgramIR
 
 __all__ = ["check_grads", "inline_output"]
+
+MAX_MULTIPLIERS = 60  # the symbolic check of the multipliers: programs up to this size
 
 
 def check_grads(
@@ -113,17 +117,48 @@ def inline_output(ir: ProgramIR, keep: frozenset[sp.Symbol] = frozenset()) -> sp
 
     Substitutes every explicit constraint into its children in topological order, except
     the definitions of the symbols in ``keep``, which stay free.
+
+    Parameters
+    ----------
+    ir : ProgramIR
+        An acyclic program of explicit constraints (``Program.ir``).
+    keep : frozenset of sympy.Symbol
+        Intermediates left as free symbols.
+
+    Returns
+    -------
+    sympy.Expr
+
+    Raises
+    ------
+    ProgramError
+        For a cyclic program or one with implicit equations.
+
+    Examples
+    --------
+    >>> import lagrangian_ad as lad
+    >>> from lagrangian_ad.testing import inline_output
+    >>> prog = lad.parse("input x\\na = exp(x)\\nb = a**2 + a\\n")
+    >>> inline_output(prog.ir)
+    exp(2*x) + exp(x)
     """
+    return _inline(ir, keep, {}).get(ir.output, ir.output)
+
+
+def _inline(
+    ir: ProgramIR, keep: frozenset[sp.Symbol], shift: Mapping[sp.Symbol, sp.Symbol]
+) -> dict[sp.Symbol, sp.Expr]:
+    """Every intermediate as a flat expression: z_j = f_j(…) + shift[z_j], substituted down."""
     graph = analyse(ir)
     if graph.cyclic_blocks or any(c.target is None for c in ir.constraints):
-        raise ValueError("inline_output: only acyclic programs of explicit constraints")
+        raise ProgramError("inline_output: only acyclic programs of explicit constraints")
     flat: dict[sp.Symbol, sp.Expr] = {}
     for block in graph.blocks:
         (i,) = block.constraints
         c = ir.constraints[i]
         if c.target not in keep:
-            flat[c.target] = c.expr.xreplace(flat)
-    return flat.get(ir.output, ir.output)
+            flat[c.target] = c.expr.xreplace(flat) + shift.get(c.target, sp.S.Zero)
+    return flat
 
 
 def _check_symbolic(ir: ProgramIR, sol: Any, given: dict, rtol: float, atol: float) -> None:
@@ -136,11 +171,22 @@ def _check_symbolic(ir: ProgramIR, sol: Any, given: dict, rtol: float, atol: flo
         flat = arr.reshape((*lead, v.size))
         entries.extend(flat[..., k] for k in range(v.size))
 
+    # One inlining, with a shift ε_j on every intermediate: λ_j = ∂z_N/∂ε_j at ε = 0.
+    # Multipliers only up to MAX_MULTIPLIERS constraints: each is one more derivative of
+    # the whole flat expression.
+    defined = {c.target for c in ir.constraints if c.target is not None}
+    targets = [s for var in ir.intermediates for s in var.symbols if s in defined]
+    if len(ir.constraints) > MAX_MULTIPLIERS:
+        targets = []
+    taken = {s.name for s in input_symbols} | {s.name for s in defined}
+    shifts = {z: sp.Symbol(_fresh(f"eps_{k}", taken), real=True) for k, z in enumerate(targets)}
+    out = _inline(ir, frozenset(), shifts).get(ir.output, ir.output)
+    unknowns = [*input_symbols, *shifts.values()]
+    derivs = [sp.diff(out, s) for s in unknowns]
+    evaluate = sp.lambdify(unknowns, derivs, modules="numpy", cse=True)
+    values = evaluate(*entries, *[0.0] * len(shifts))
+
     # The gradient: d/dx of the flat output, summed over the batch like ours.
-    flat_out = inline_output(ir)
-    derivs = [sp.diff(flat_out, s) for s in input_symbols]
-    evaluate = sp.lambdify(input_symbols, derivs, modules="numpy", cse=True)
-    values = evaluate(*entries)
     pos = 0
     for v in ir.inputs:
         arr = given[v.name]
@@ -151,35 +197,48 @@ def _check_symbolic(ir: ProgramIR, sol: Any, given: dict, rtol: float, atol: flo
             _assert_close(got, expect, rtol, atol, f"gradient of {input_symbols[pos + k]}")
         pos += v.size
 
-    # Each multiplier: derivative of the output with z_j left free, at z_j's value.
-    if len(ir.constraints) > 60:
-        return
-    targets = {c.target: c for c in ir.constraints}
+    # Each multiplier, per sample.
+    lam_of = dict(zip(targets, values[pos:], strict=True))
     for var in ir.intermediates:
         lam = np.asarray(sol.multipliers[var.name]).reshape((*batch, var.size))
-        vals = np.asarray(sol.values[var.name]).reshape((*batch, var.size))
         for k, z in enumerate(var.symbols):
-            if z not in targets:
-                continue
-            expr = sp.diff(inline_output(ir, keep=frozenset({z})), z)
-            evaluate = sp.lambdify([*input_symbols, z], expr, modules="numpy")
-            expect = np.broadcast_to(evaluate(*entries, vals[..., k]), batch)
-            _assert_close(lam[..., k], expect, rtol, atol, f"multiplier of {z}")
+            if z in lam_of:
+                expect = np.broadcast_to(lam_of[z], batch)
+                _assert_close(lam[..., k], expect, rtol, atol, f"multiplier of {z}")
 
 
-def _close(a: Any, b: Any, rtol: float, atol: float) -> bool:
+# --------------------------------------------------------------------------- helpers
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_`` … if a variable of the program already has it."""
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
+
+
+def _close(a: Any, b: Any, rtol: float, atol: float, relative_to_max: bool = False) -> bool:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if relative_to_max:
+        scale = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)))
+        return bool(np.all(np.abs(a - b) <= atol + rtol * scale))
     return bool(np.all(np.abs(a - b) <= atol + rtol * np.maximum(np.abs(a), np.abs(b))))
+
+
+def _worst(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray, tuple, np.ndarray]:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    err = np.abs(a - b)
+    worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(err)), err.shape))
+    return a, b, worst, err
 
 
 def _assert_close(got: Any, expect: Any, rtol: float, atol: float, what: str) -> None:
     if not _close(got, expect, rtol, atol):
-        got, expect = np.asarray(got, dtype=float), np.asarray(expect, dtype=float)
-        err = np.abs(got - expect)
-        worst = np.unravel_index(int(np.argmax(err)), err.shape) if err.ndim else ()
+        got, expect, worst, err = _worst(got, expect)
         raise AssertionError(
             f"{what} disagrees with SymPy's derivative of the flat expression:\n"
-            f"  multipliers (analytic): {got[worst]!r}\n"
-            f"  flat symbolic         : {expect[worst]!r}\n"
+            f"  multipliers (analytic): {float(got[worst])!r}\n"
+            f"  flat symbolic         : {float(expect[worst])!r}\n"
             f"  at batch index {worst}, difference {err[worst]:.3e}, rtol {rtol}"
         )
