@@ -107,7 +107,7 @@ class OptimizeResult(scipy.optimize.OptimizeResult):
         since the start), plus the method's own entries (``step``, ``backtracks``,
         ``penalty``, ``constraint_violation``, ``kkt_residual``, ``delta``, …).
     maxcv, fun_model, multipliers, z : optional
-        Full-space methods only: the final max |c_i| over the batch, Σ z_N read from the
+        Full-space methods only: the final max ``|c_i|`` over the batch, Σ z_N read from the
         optimizer's own z, the multipliers λ = ∂z_N/∂z_i in the convention of docs/design.md
         (by intermediate name, and by equation name for implicit equations; batch shape
         + own shape, like `Solution.multipliers`), and the optimizer's z by intermediate
@@ -176,15 +176,15 @@ def minimize(
         ``x0[name]``; None for no bound. The gradient method projects on the box.
 
         ``"augmented-lagrangian"``: ``maxiter`` (50 outer iterations), ``ctol`` (1e-8:
-        max |c_i|), ``gtol`` (1e-6: ∞-norm of ∇_{x,z} ℒ), ``rho`` (10: initial
+        max ``|c_i|``), ``gtol`` (1e-6: ∞-norm of ∇_{x,z} ℒ), ``rho`` (10: initial
         penalty), ``rho_factor`` (10), ``rho_max`` (1e10), ``shrink`` (0.25: ρ grows
-        when max |c| did not shrink by this factor), ``inner_gtol`` (1e-3: first inner
+        when max ``|c|`` did not shrink by this factor), ``inner_gtol`` (1e-3: first inner
         tolerance, divided by ``inner_factor`` = 10 each outer iteration down to
         ``gtol``), ``inner_maxiter`` (500), ``maxcor`` (20), ``z0`` (``"forward"``:
         start z from one forward pass at x0; ``"zeros"``; or a dict name -> array).
 
-        ``"newton-kkt"``: ``maxiter`` (100), ``tol`` (1e-9: max of |∇_{x,z} ℒ| and
-        |c|), ``init`` (``"forward"``: z and μ from one exact solve at x0, or
+        ``"newton-kkt"``: ``maxiter`` (100), ``tol`` (1e-9: max of ``|∇_{x,z} ℒ|`` and
+        ``|c|``), ``init`` (``"forward"``: z and μ from one exact solve at x0, or
         ``"zeros"``), ``c1`` (1e-4), ``max_backtracks`` (40), ``soc`` (True: try a
         second-order correction when the full step is rejected), ``inertia``
         (``"reduced"``: exact test on the reduced Hessian, or ``"descent"``),

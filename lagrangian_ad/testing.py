@@ -93,7 +93,7 @@ def check_grads(
     seed : int
         Seed of the random directions.
     step : float or None
-        Finite-difference step along a unit direction; default 1e-3 × max(1, max |x|).
+        Finite-difference step along a unit direction; default 1e-3 × max(1, max ``|x|``).
     options : dict, optional
         Solving options passed to every call (``init``, ``method``, ``tol`` …), for
         cyclic programs.

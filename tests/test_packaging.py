@@ -66,3 +66,21 @@ def test_references_to_the_design_point_to_a_file_in_the_repository():
     text = design.read_text(encoding="utf-8")
     assert "L(x, z, λ) = z_N − Σ_i λ_i (z_i − f_i(z_Pa(i)))" in text
     assert "(I − J)ᵀ λ = e_N" in text
+
+
+def test_every_public_name_is_in_the_api_reference():
+    import lagrangian_ad
+    import lagrangian_ad.testing
+
+    api = (ROOT / "docs" / "api.rst").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\.\. auto(?:class|function|exception):: (\w+)", api, re.M))
+    assert documented == set(lagrangian_ad.__all__)
+    testing = (ROOT / "docs" / "testing.rst").read_text(encoding="utf-8")
+    for name in lagrangian_ad.testing.__all__:
+        assert f".. autofunction:: lagrangian_ad.testing.{name}" in testing
+    extras = _pyproject()["project"]["optional-dependencies"]["docs"]
+    assert {e.split(">")[0] for e in extras} >= {"sphinx", "numpydoc", "myst-nb"}
+    conf = (ROOT / "docs" / "conf.py").read_text(encoding="utf-8")
+    assert 'nb_execution_mode = "off"' in conf and "sphinx.ext.intersphinx" not in conf
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "sphinx-build -W --keep-going" in ci
