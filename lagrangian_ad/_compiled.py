@@ -51,7 +51,7 @@ class Solution:
         max residual and condition estimate of I − J (worst sample).
     kkt : dict
         The certificate of stationarity, recomputed from the conditions:
-        ``max_dL_dlambda`` = max |∂L/∂λ| (every residual) and ``max_dL_dz`` = max |∂L/∂z|.
+        ``max_dL_dlambda`` = max ``|∂L/∂λ|`` (every residual) and ``max_dL_dz`` = max ``|∂L/∂z|``.
     """
 
     value: Array
@@ -95,7 +95,7 @@ class CompiledProgram:
     blocks only: ``init`` (dict name -> starting value, default zeros), ``method``
     (``"auto"``, ``"newton"``, ``"inexact-newton"``, ``"fixed-point"`` or
     ``"anderson"``; see `SolveOptions`), ``tol`` (default 1e-12, relative to
-    max(1, |z|)) and ``maxiter`` (default 100).
+    max(1, ``|z|``)) and ``maxiter`` (default 100).
     """
 
     def __init__(self, ir: ProgramIR, progress: Any = None, backend: str = "numpy"):

@@ -1,6 +1,6 @@
 """Using: optimizers built on the Lagrangian of a program.
 
-Notation of DESIGN.md. A program has inputs x, intermediates z_i = f_i(z_Pa(i)) (or
+Notation of docs/design.md. A program has inputs x, intermediates z_i = f_i(z_Pa(i)) (or
 implicit equations c_i(z) = 0) and a scalar output z_N per sample b of the batch. Its
 constraint residuals are c_i = z_i − f_i (explicit) or c_i (implicit). Some inputs are
 optimized (given in ``x0``), the others are data (given in ``fixed``, possibly batched).
@@ -26,7 +26,7 @@ of constrained optimization,
 
     ℒ(x, z, μ) = s·Σ_b z_N^(b) + Σ_{b,i} μ_i^(b) c_i^(b)(x, z),
 
-the program's multipliers of DESIGN.md (L = z_N − Σ λ_i c_i, λ_i = ∂z_N/∂z_i) are
+the program's multipliers of docs/design.md (L = z_N − Σ λ_i c_i, λ_i = ∂z_N/∂z_i) are
 λ = −s·μ; results report λ.
 
 * ``"augmented-lagrangian"``: the method of multipliers on
@@ -107,8 +107,8 @@ class OptimizeResult(scipy.optimize.OptimizeResult):
         since the start), plus the method's own entries (``step``, ``backtracks``,
         ``penalty``, ``constraint_violation``, ``kkt_residual``, ``delta``, …).
     maxcv, fun_model, multipliers, z : optional
-        Full-space methods only: the final max |c_i| over the batch, Σ z_N read from the
-        optimizer's own z, the multipliers λ = ∂z_N/∂z_i in the convention of DESIGN.md
+        Full-space methods only: the final max ``|c_i|`` over the batch, Σ z_N read from the
+        optimizer's own z, the multipliers λ = ∂z_N/∂z_i in the convention of docs/design.md
         (by intermediate name, and by equation name for implicit equations; batch shape
         + own shape, like `Solution.multipliers`), and the optimizer's z by intermediate
         name (batch shape + own shape). ``"augmented-lagrangian"`` adds ``penalty`` (the
@@ -176,15 +176,15 @@ def minimize(
         ``x0[name]``; None for no bound. The gradient method projects on the box.
 
         ``"augmented-lagrangian"``: ``maxiter`` (50 outer iterations), ``ctol`` (1e-8:
-        max |c_i|), ``gtol`` (1e-6: ∞-norm of ∇_{x,z} ℒ), ``rho`` (10: initial
+        max ``|c_i|``), ``gtol`` (1e-6: ∞-norm of ∇_{x,z} ℒ), ``rho`` (10: initial
         penalty), ``rho_factor`` (10), ``rho_max`` (1e10), ``shrink`` (0.25: ρ grows
-        when max |c| did not shrink by this factor), ``inner_gtol`` (1e-3: first inner
+        when max ``|c|`` did not shrink by this factor), ``inner_gtol`` (1e-3: first inner
         tolerance, divided by ``inner_factor`` = 10 each outer iteration down to
         ``gtol``), ``inner_maxiter`` (500), ``maxcor`` (20), ``z0`` (``"forward"``:
         start z from one forward pass at x0; ``"zeros"``; or a dict name -> array).
 
-        ``"newton-kkt"``: ``maxiter`` (100), ``tol`` (1e-9: max of |∇_{x,z} ℒ| and
-        |c|), ``init`` (``"forward"``: z and μ from one exact solve at x0, or
+        ``"newton-kkt"``: ``maxiter`` (100), ``tol`` (1e-9: max of ``|∇_{x,z} ℒ|`` and
+        ``|c|``), ``init`` (``"forward"``: z and μ from one exact solve at x0, or
         ``"zeros"``), ``c1`` (1e-4), ``max_backtracks`` (40), ``soc`` (True: try a
         second-order correction when the full step is rejected), ``inertia``
         (``"reduced"``: exact test on the reduced Hessian, or ``"descent"``),

@@ -42,6 +42,7 @@ from sympy.core.parameters import distribute
 
 from ._errors import ParseError, ProgramError
 from ._program import Program
+from ._progress import Progress
 
 __all__ = [
     "CONSTANTS",
@@ -881,7 +882,7 @@ class _Var:
     explicit: bool  # declared by an input/var line (not only by a definition)
 
 
-def parse(text: str | bytes, *, filename: str | None = None) -> Program:
+def parse(text: str | bytes, *, filename: str | None = None, progress: Any = None) -> Program:
     """Read a program from its text (the ``.lad`` format).
 
     Parameters
@@ -890,6 +891,10 @@ def parse(text: str | bytes, *, filename: str | None = None) -> Program:
         The program, one statement a line (bytes must be UTF-8).
     filename : str, optional
         Named in error messages.
+    progress : None, bool or callable
+        Progress of long files, as for `Program.compile`: a bar after two seconds (None:
+        only on a terminal or in Jupyter), or ``report(stage, done, total, elapsed)``.
+        The returned program keeps this setting for later `Program.define` calls.
 
     Returns
     -------
@@ -927,14 +932,14 @@ def parse(text: str | bytes, *, filename: str | None = None) -> Program:
         )
     source = _split_lines(text, filename)
     try:
-        return _build(source)
+        return _build(source, progress)
     except RecursionError:  # a safety net: MAX_DEPTH should make this unreachable
         raise ParseError(
             f"{filename + ', ' if filename else ''}the program is nested too deeply"
         ) from None
 
 
-def load(path: str | os.PathLike[str]) -> Program:
+def load(path: str | os.PathLike[str], *, progress: Any = None) -> Program:
     """Read a program file (``.lad``); see `parse`.
 
     Raises
@@ -947,12 +952,13 @@ def load(path: str | os.PathLike[str]) -> Program:
     path = os.fspath(path)
     with open(path, "rb") as fh:
         data = fh.read(MAX_FILE_BYTES + 1)
-    return parse(data, filename=str(path))
+    return parse(data, filename=str(path), progress=progress)
 
 
-def _build(source: _Source) -> Program:
+def _build(source: _Source, progress: Any = None) -> Program:
+    report = Progress(progress)
     st = _statements(source)
-    prog = Program()
+    prog = Program(progress=False)  # this function reports the build
     table: dict[str, _Var] = {}
     total = 0
 
@@ -1054,9 +1060,12 @@ def _build(source: _Source) -> Program:
         _check_numbers(expr, source, line, tokens[0].column)
         return expr
 
-    for df in st.definitions:
+    n_statements = len(st.definitions) + len(st.equations)
+    for k, df in enumerate(st.definitions):
+        report("reading expressions", k, n_statements)
         df.expr = expression(df.rhs, df.line)
-    for eq in st.equations:
+    for k, eq in enumerate(st.equations, start=len(st.definitions)):
+        report("reading expressions", k, n_statements)
         eq.exprs = (expression(eq.lhs, eq.line), expression(eq.rhs, eq.line))
 
     # Every declared intermediate must be defined (all its entries) or be an unknown.
@@ -1101,7 +1110,8 @@ def _build(source: _Source) -> Program:
     order: dict[str, list[_Definition]] = {}
     for df in st.definitions:
         order.setdefault(df.name, []).append(df)
-    for name, dfs in order.items():
+    for k, (name, dfs) in enumerate(order.items()):
+        report("defining", k, len(order))
         var = table[name]
         first = dfs[0]
         if var.shape == ():
@@ -1139,6 +1149,8 @@ def _build(source: _Source) -> Program:
         )
     last_line = max(df.line for df in st.definitions)
     program_call(last_line, 1, lambda: prog.ir)  # validate the whole program
+    report.done(f"{n_statements:,} statements", verb="read")
+    prog.progress = progress
     return prog
 
 

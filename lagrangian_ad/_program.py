@@ -1,6 +1,6 @@
 """Building programs: variables, constraints and the output, as SymPy expressions.
 
-A program is a list of equality constraints over scalar variables (DESIGN.md)::
+A program is a list of equality constraints over scalar variables (docs/design.md)::
 
     inputs        x_1 … x_n                 (given)
     intermediates z_i = f_i(z_Pa(i))        (one constraint per scalar intermediate)
@@ -24,6 +24,7 @@ import sympy as sp
 from sympy.core.function import AppliedUndef
 
 from ._errors import ProgramError
+from ._progress import BuildProgress
 
 if TYPE_CHECKING:
     from ._compiled import CompiledProgram, Solution
@@ -140,6 +141,14 @@ class ProgramIR:
 class Program:
     """A program of equality constraints, built step by step.
 
+    Parameters
+    ----------
+    progress : None, bool or callable
+        Progress of long builds (many `define` calls in quick succession): None (the
+        default) shows a bar after two seconds on a terminal or in Jupyter, True
+        always (after two seconds), False never; a callable gets
+        ``report("building", constraints, 0, elapsed)`` at every call.
+
     Examples
     --------
     >>> import sympy as sp, lagrangian_ad as lad
@@ -152,7 +161,8 @@ class Program:
     (0.0, 1.0)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Any = None) -> None:
+        self.progress = progress
         self._vars: dict[str, Variable] = {}
         self._owner: dict[sp.Symbol, str] = {}  # scalar symbol -> variable name
         self._by_entry_name: dict[str, sp.Symbol] = {}  # "W[0,1]" -> symbol
@@ -203,6 +213,7 @@ class Program:
         )
         self._definitions[name] = exprs
         self._changed()
+        self._building.step(len(exprs))
         return var.as_sympy()
 
     def equation(self, lhs: Any, rhs: Any = 0, name: str | None = None) -> sp.Symbol:
@@ -225,6 +236,7 @@ class Program:
             raise ProgramError(f"equation {name!r}: {left} = {right} involves no variable")
         self._equations[name] = residual
         self._changed()
+        self._building.step(1)
         return sp.Symbol(_MULTIPLIER_PREFIX + name, real=True)
 
     def output(self, target: str | sp.Symbol) -> sp.Symbol:
@@ -264,8 +276,22 @@ class Program:
     def ir(self) -> ProgramIR:
         """The frozen, validated program (rebuilt only after a change)."""
         if self._frozen is None:
+            self._building.end()
             self._frozen = self._freeze()
         return self._frozen
+
+    @property
+    def progress(self) -> Any:
+        """How building shows its progress: None, True, False or a callable.
+
+        A bar appears once `define` calls in quick succession have lasted two seconds
+        (None: only on a terminal or in Jupyter); see `compile` for the settings.
+        """
+        return self._building.setting
+
+    @progress.setter
+    def progress(self, setting: Any) -> None:
+        self._building = BuildProgress(setting)
 
     @property
     def inputs(self) -> dict[str, Variable]:
@@ -310,9 +336,9 @@ class Program:
     def compile(self, progress: Any = None, backend: str = "numpy") -> CompiledProgram:
         """Derive the partials once and generate numeric code; cached until a change.
 
-        ``progress``: None shows a status line on stderr for compiles longer than two
-        seconds when stderr is a terminal; True always (after two seconds), False
-        never; or a callable ``report(stage, done, total, elapsed)``.
+        ``progress``: None shows a progress bar (tqdm) for compiles longer than two
+        seconds when stderr is a terminal or in Jupyter; True always (after two
+        seconds), False never; or a callable ``report(stage, done, total, elapsed)``.
         ``backend``: "numpy" (the default) or "numba": `value` and `value_and_grad` of
         an acyclic program run as one Numba loop over the batch (needs ``numba``; each
         kernel compiles on first use, seconds for long programs). Same results to

@@ -2,9 +2,10 @@
 
 Programs with 1–5 inputs and up to 60 intermediates; each intermediate applies a unary
 or binary operation (with random constants) to earlier variables chosen at random, so
-variables fan out to several children. check_grads compares the multipliers' gradient
-with central differences and with SymPy's derivative of the inlined expression, and
-every multiplier with the derivative of the output with respect to that variable.
+variables fan out to several children. check_grads compares the multipliers' gradient,
+the jvp, the hvp and the Hessian with central differences (modes fwd and rev, order 2),
+the gradient with SymPy's derivative of the inlined expression, and every multiplier
+with the derivative of the output with respect to that variable.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def test_random_dag_programs(case):
             for node in args:
                 gap = _kink_gap(node, sol, prog)
                 assume(gap > 1e-3)
-    check_grads(prog, inputs, rtol=1e-6, symbolic_rtol=1e-9)
+    check_grads(prog, inputs, modes=("fwd", "rev"), order=2, rtol=1e-6, symbolic_rtol=1e-9)
 
 
 def _kink_gap(node, sol, prog):
