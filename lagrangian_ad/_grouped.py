@@ -912,6 +912,7 @@ def _lowered(lin: list) -> list:
 
 LOW_GAIN = 1e-5  # a single-precision inner solve is asked for this much of its residual
 LOW_EVAL = 1e-5  # inexact Newton evaluates f in single precision above this residual
+FLOOR_ULPS = 4  # an iteration whose steps are this many ulps of its iterate has stalled
 
 
 def _mixed_richardson(
@@ -919,58 +920,82 @@ def _mixed_richardson(
 ):
     """`_richardson`'s x = rhs + A x by mixed-precision iterative refinement.
 
-    The iterations run in float32 with A rounded to single precision (``apply_low``):
-    half the memory traffic, a matrix product at twice the speed. Float64 is used for
-    the residual r = rhs + A x − x only, and each round solves for the correction e =
-    r + A e in float32 to LOW_GAIN of r, so every round gains five digits whatever the
-    rounding of the float32 iterations; the answer satisfies the float64 tolerance like
-    `_richardson`'s. ``verify=False`` skips the last float64 residual when one float32
-    round already meets ``tol`` (Newton's steps: the next iteration checks them).
-    Falls back to `_richardson` in float64 when the float32 iteration does not converge
-    (values outside float32's range, a rate too close to 1 for its rounding).
+    Each round computes the residual r = rhs + A x − x in float64 and solves for the
+    correction e = r + A e in float32 with A rounded to single precision
+    (``apply_low``: half the memory traffic, a matrix product at twice the speed), to
+    LOW_GAIN of r or as far as float32 resolves e (`_richardson` stops at its rounding
+    floor), the last round to tol/10 (the rounding of x + e adds to the residual). A
+    round that does not halve the float64 residual — the rounding of A and of e limit a
+    float32 round to a gain of about ε₃₂·cond(I − A) — hands over to rounds in float64,
+    as do values outside float32's range; the refined x is kept, not recomputed.
+    Returns (x, iterations) with max |rhs + A x − x| ≤ ``tol``, or (None, iterations)
+    when that cannot be reached within ``maxiter`` iterations in all. ``verify=False``
+    skips the last float64 residual when a round already meets ``tol`` (Newton's
+    steps: the next iteration checks them).
     """
     x, r, total = None, rhs, 0
-    for _ in range(6):
-        size = float(np.max(np.abs(r), initial=0.0))
-        if not np.isfinite(size) or size > 1e30:
-            break
+    size = float(np.max(np.abs(r), initial=0.0))
+    low = True
+    while np.isfinite(size):
         if size <= tol:
             return (rhs.copy() if x is None else x), total
-        inner = max(tol, LOW_GAIN * size)
-        e, k = _richardson(apply_low, r.astype(np.float32), inner, maxiter)
+        if total >= maxiter:
+            break
+        low = low and size <= 1e30
+        # The last round aims at tol/10, leaving room for the rounding of x + e.
+        inner = max(tol / 10, LOW_GAIN * size) if low else tol / 10
+        e, k = _richardson(
+            apply_low if low else apply, r.astype(np.float32) if low else r, inner, maxiter - total
+        )
         total += k
         if e is None:
-            break
+            if not low:
+                break
+            low = False  # e.g. a rate too close to 1 for float32's rounding
+            continue
         x = e.astype(np.float64) if x is None else x + e
-        if inner == tol and not verify:
+        if inner == tol / 10 and not verify:
             return x, total
         r = rhs + apply(x) - x
         total += 1
-    x, k = _richardson(apply, rhs, tol, maxiter)
-    return x, total + k
+        new = float(np.max(np.abs(r), initial=0.0))
+        if new > tol and not new <= 0.5 * size:  # no gain from this round (NaN included)
+            if not low:
+                break
+            low = False
+        size = new
+    return None, total
 
 
 def _richardson(apply: Callable, rhs: np.ndarray, tol: float, maxiter: int):
     """x = rhs + apply(x) for a linear ``apply`` of spectral radius below 1, by the plain
-    iteration from x = rhs, until a step changes no entry by more than ``tol``.
+    iteration x ← rhs + apply(x) from x = rhs.
 
-    Returns (x, iterations), or (None, iterations) when it cannot get there: a
-    non-finite step, or a rate that will not reach ``tol`` within ``maxiter``.
+    The step from an iterate x is its residual rhs + apply(x) − x, so the iterate
+    returned is the one whose step was within ``tol`` in every entry — or within
+    FLOOR_ULPS ulps of x, where the iteration has reached its rounding floor in the
+    working precision (x's dtype) and can gain nothing more; the caller checks the
+    residual then. Returns (x, iterations), or (None, iterations) when it cannot get
+    there: a non-finite step, or a rate that will not reach ``tol`` within ``maxiter``.
     """
     x = rhs
+    floor = FLOOR_ULPS * np.finfo(rhs.dtype).eps
     steps = []
+    head = 0.0  # the largest step of the first half, max(steps[: k // 2])
     for k in range(1, maxiter + 1):
         new = rhs + apply(x)
         step = float(np.max(np.abs(new - x), initial=0.0))
-        x = new
-        if step <= tol:
+        if step <= tol or step <= floor * float(np.max(np.abs(x), initial=0.0)):
             return x, k
+        x = new
         if not np.isfinite(step):
             return None, k
         steps.append(step)
+        if k % 2 == 0:
+            head = max(head, steps[k // 2 - 1])
         if k >= 16:  # the rate against the largest step of the first half: steps may
             # grow at first (a non-normal A) or oscillate (complex eigenvalues)
-            rate = (step / max(steps[: k // 2])) ** (1 / (k - k // 2))
+            rate = (step / head) ** (1 / (k - k // 2))
             if rate >= 1 or k + np.log(tol / step) / np.log(rate) > maxiter:
                 return None, k
     return None, maxiter
