@@ -8,9 +8,9 @@ J = ∂r/∂z_B (for explicit constraints J = I − ∂f/∂z_B):
   from ``init`` or zeros; or fixed-point iteration z ← f(z) for blocks of explicit
   constraints. Converged when ‖r‖∞ and the last step are both within tolerance.
 * adjoint: the block's part of ∂L/∂z = 0 is Jᵀ λ_B = g_B, where g_B collects the output
-  seed and the contributions of the constraints downstream. J is factorized once at the
-  solution (dense: its inverse, for stacked small blocks; sparse: one SuperLU per sample),
-  and the adjoint is the transposed solve with that same factorization.
+  seed and the contributions of the constraints downstream. J at the solution is
+  factorized by LU (dense: LAPACK's, stacked over the batch; sparse: one SuperLU per
+  sample), and the adjoint is the transposed solve with it.
 
 Every sample of a batch has its own fixed point; small blocks are solved for the whole
 batch at once with stacked dense linear algebra, large ones sample by sample with sparse
@@ -82,20 +82,31 @@ class BlockReport:
 
 
 class _Factorized:
-    """J at the solution, factorized once; solves Jᵀ λ = g for the adjoint."""
+    """J at the solution, factorized once; solves J x = g and Jᵀ λ = g with it.
+
+    Dense blocks (up to DENSE_MAX unknowns, stacked over the batch): LAPACK's LU with
+    partial pivoting (gesv, through `numpy.linalg.solve`), every sample of the batch in
+    one call. J is kept and each solve factorizes it again in that call: one Python
+    call per sample to hold the factors (`scipy.linalg.lu_factor` batches by a loop)
+    costs more than the factorization itself for the small blocks of this path (a
+    batch of 10⁵ 1×1 blocks: 1.2 s for lu_factor and gecon per sample, 13 ms for
+    one stacked solve). ‖J⁻¹‖₁ comes from the same LU solved against the identity.
+    Sparse blocks: one SuperLU per sample, ‖J⁻¹‖₁ estimated by `onenormest`.
+    """
 
     def __init__(self, J: np.ndarray | list, dense: bool, names: str):
         self.dense = dense
         if dense:
+            self.J = np.asarray(J)
             try:
-                self.inv = np.linalg.inv(J)
+                inv = np.linalg.solve(self.J, np.broadcast_to(np.eye(J.shape[-1]), J.shape))
             except np.linalg.LinAlgError:
                 raise SingularSystemError(
                     f"I − J is singular at the solution of the block {names}: "
                     "the gradient is not defined there"
                 ) from None
             norm = np.abs(J).sum(axis=-2).max(axis=-1)
-            inv_norm = np.abs(self.inv).sum(axis=-2).max(axis=-1)
+            inv_norm = np.abs(inv).sum(axis=-2).max(axis=-1)
             self.condition = float(np.max(norm * inv_norm))
             self.inv_norm = float(np.max(inv_norm))
         else:
@@ -131,8 +142,14 @@ class _Factorized:
         ``g`` has shape (…, batch…, n): leading axes (several right-hand sides per sample,
         e.g. the directions of a Hessian) broadcast against the batch.
         """
+        g = np.asarray(g)
         if self.dense:
-            return np.einsum("...ji,...j->...i" if transposed else "...ij,...j->...i", self.inv, g)
+            J = np.swapaxes(self.J, -1, -2) if transposed else self.J
+            lead = g.shape[: max(g.ndim - (J.ndim - 1), 0)]
+            # the leading axes become columns: one factorization per sample for all of them
+            G = np.moveaxis(g.reshape(-1, *g.shape[len(lead) :]), 0, -1)
+            X = np.moveaxis(np.linalg.solve(J, G), -1, 0)
+            return X.reshape(*lead, *X.shape[1:])
         n, nb = g.shape[-1], len(self.lus)
         flat = np.broadcast_to(g, (*g.shape[:-1], n)).reshape(-1, nb, n)
         out = np.empty_like(flat)
