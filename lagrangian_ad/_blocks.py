@@ -5,12 +5,34 @@ r_e = z_e − f_e(…) of explicit constraints and r_e = c_e(…) of implicit on
 J = ∂r/∂z_B (for explicit constraints J = I − ∂f/∂z_B):
 
 * forward: Newton steps J Δ = −r with a backtracking line search on ½‖r‖², per sample,
-  from ``init`` or zeros; or fixed-point iteration z ← f(z) for blocks of explicit
-  constraints. Converged when ‖r‖∞ and the last step are both within tolerance.
+  from ``init`` or zeros; or fixed-point iteration z ← f(z) (plain or Anderson-
+  accelerated) for blocks of explicit constraints, followed by one Newton step. Newton
+  has converged when ‖r‖∞ and the last step are both within tolerance, tol·max(1, |z|)
+  per sample; it stops early where no step along J⁻¹ r lowers ‖r‖ (a local minimum of
+  ‖r‖ that is not a root, or a residual at rounding level with a step that is not).
 * adjoint: the block's part of ∂L/∂z = 0 is Jᵀ λ_B = g_B, where g_B collects the output
   seed and the contributions of the constraints downstream. J at the solution is
   factorized by LU (dense: LAPACK's, stacked over the batch; sparse: one SuperLU per
   sample), and the adjoint is the transposed solve with it.
+
+Accepting a solution. A small residual is not enough: near a fold, a tangency or a
+double root Newton converges only linearly to a point where J is singular, and a map
+with no fixed point can drive ‖r‖ down by running off to where r flattens out (h = h −
+g(h) with g → 0 at infinity). Every method therefore ends at z* = z + Δ, after a last
+Newton step Δ from the point z where it converged, and the factorization of J(z*) then
+decides, per sample, with s = max(1, |z*|):
+
+1. forward error: the Newton correction J(z*)⁻¹ r(z*) is within FORWARD·tol·s
+   (else ConvergenceError: the residual is small without a root nearby);
+2. conditioning: the condition estimate, ‖J⁻¹‖₁·max(1, ‖J‖₁) in the units of the
+   tolerance (so a 1×1 block's is 1/|J| when |J| < 1, not always 1), is at most
+   SINGULAR (else SingularSystemError);
+3. a regular root at the scale of the tolerance: moved by δ = DISPLACE·tol·s along a
+   fixed direction, the Newton correction J(z*)⁻¹ r(z* + δ) must return to z* within
+   LINEAR·|δ|. Near a singular root the curvature over δ outweighs J δ, and where the
+   rounding of r's terms does, rounding rather than the equations fixes the root: both
+   are SingularSystemError. (Relative to the solution's scale, this flags roots closer
+   to a fold than about the tolerance; the gradient there has no correct digit anyway.)
 
 Every sample of a batch has its own fixed point; small blocks are solved for the whole
 batch at once with stacked dense linear algebra, large ones sample by sample with sparse
@@ -33,7 +55,11 @@ from ._errors import ConvergenceError, SingularSystemError
 __all__ = ["BlockReport", "BlockSolver", "SolveOptions"]
 
 DENSE_MAX = 100  # blocks up to this many unknowns use stacked dense linear algebra
-SINGULAR = 1e13  # condition (or ‖J⁻¹‖) beyond which the gradient is not trusted
+SINGULAR = 1e13  # condition beyond which the gradient is not trusted
+FORWARD = 10  # a solution's Newton correction is within this many tolerances (rounding)
+DISPLACE = 10  # tolerances by which the solution is moved to see that J resolves r there
+LINEAR = 0.5  # J mispredicting r's change over that move by more: a singular root
+EPS = float(np.finfo(np.float64).eps)
 ANDERSON_MEMORY = 5  # iterates combined by Anderson acceleration
 POLISH = 3  # extra Anderson iterations past the tolerance, while they still gain
 PLAIN_RATE = 0.3  # plain fixed-point steps while each cuts the residual at least this much
@@ -92,48 +118,71 @@ class _Factorized:
     batch of 10⁵ 1×1 blocks: 1.2 s for lu_factor and gecon per sample, 13 ms for
     one stacked solve). ‖J⁻¹‖₁ comes from the same LU solved against the identity.
     Sparse blocks: one SuperLU per sample, ‖J⁻¹‖₁ estimated by `onenormest`.
+
+    ``conditions`` (per sample, flat for sparse blocks) is ‖J⁻¹‖₁ · max(1, ‖J‖₁): the
+    usual κ₁ where ‖J‖₁ ≥ 1, and otherwise the factor by which J turns a residual into
+    a change of the solution, in the units of the tolerance (both relative to
+    max(1, |z|)), so that it means something for a 1×1 block too. ``rhs`` (k, batch…,
+    n) are solved as the factorization is made: ``solved`` = J⁻¹ rhs.
     """
 
-    def __init__(self, J: np.ndarray | list, dense: bool, names: str):
-        self.dense = dense
+    def __init__(
+        self, J: np.ndarray | list, dense: bool, names: str, rhs: np.ndarray | None = None
+    ):
+        self.dense, self.names = dense, names
+        self.solved = None
+        singular = SingularSystemError(
+            f"I − J is singular at the solution of the block {names}: "
+            "the gradient is not defined there"
+        )
         if dense:
             self.J = np.asarray(J)
+            n = self.J.shape[-1]
+            cols = np.broadcast_to(np.eye(n), self.J.shape)
+            if rhs is not None:
+                cols = np.concatenate([cols, np.moveaxis(rhs, 0, -1)], axis=-1)
             try:
-                inv = np.linalg.solve(self.J, np.broadcast_to(np.eye(J.shape[-1]), J.shape))
+                X = np.linalg.solve(self.J, cols)
             except np.linalg.LinAlgError:
-                raise SingularSystemError(
-                    f"I − J is singular at the solution of the block {names}: "
-                    "the gradient is not defined there"
-                ) from None
-            norm = np.abs(J).sum(axis=-2).max(axis=-1)
-            inv_norm = np.abs(inv).sum(axis=-2).max(axis=-1)
-            self.condition = float(np.max(norm * inv_norm))
-            self.inv_norm = float(np.max(inv_norm))
+                raise singular from None
+            norm = np.abs(self.J).sum(axis=-2).max(axis=-1)
+            inv_norm = np.abs(X[..., :n]).sum(axis=-2).max(axis=-1)
+            if rhs is not None:
+                self.solved = np.moveaxis(X[..., n:], -1, 0)
         else:
             self.lus = []
-            cond, inv_norm = 0.0, 0.0
-            for Jb in J:
+            norm, inv_norm, solved = [], [], []
+            flat = None if rhs is None else rhs.reshape(len(rhs), -1, rhs.shape[-1])
+            for b, Jb in enumerate(J):
                 try:
                     lu = spla.splu(Jb.tocsc())
                 except RuntimeError:
-                    raise SingularSystemError(
-                        f"I − J is singular at the solution of the block {names}: "
-                        "the gradient is not defined there"
-                    ) from None
+                    raise singular from None
                 n = Jb.shape[0]
                 op = spla.LinearOperator(
                     (n, n), matvec=lu.solve, rmatvec=lambda v, lu=lu: lu.solve(v, trans="T")
                 )
-                est = spla.onenormest(op)
-                inv_norm = max(inv_norm, est)
-                cond = max(cond, est * spla.norm(Jb, 1))
+                inv_norm.append(spla.onenormest(op))
+                norm.append(spla.norm(Jb, 1))
+                if flat is not None:
+                    solved.append(lu.solve(np.ascontiguousarray(flat[:, b].T)).T)
                 self.lus.append(lu)
-            self.condition, self.inv_norm = float(cond), float(inv_norm)
-        if not np.isfinite(self.condition) or max(self.condition, self.inv_norm) > SINGULAR:
+            norm, inv_norm = np.array(norm), np.array(inv_norm)
+            if rhs is not None:
+                self.solved = np.stack(solved, axis=1).reshape(rhs.shape)
+        self.conditions = inv_norm * np.maximum(1.0, norm)
+        self.condition = float(np.max(self.conditions, initial=0.0))
+        if np.isnan(self.condition):
+            raise singular
+
+    def check(self) -> None:
+        """SingularSystemError when J is singular to working precision (condition
+        beyond SINGULAR: the gradient would carry no correct digit)."""
+        if not self.condition <= SINGULAR:
             raise SingularSystemError(
-                f"I − J is singular at the solution of the block {names} (condition "
-                f"estimate {self.condition:.2e}, ‖J⁻¹‖ ≈ {self.inv_norm:.2e}): the forward "
-                "solution is not locally unique, so the gradient is not defined there"
+                f"I − J is singular at the solution of the block {self.names} (condition "
+                f"estimate {self.condition:.2e}): the forward solution is not locally "
+                "unique, so the gradient is not defined there"
             )
 
     def solve(self, g: np.ndarray, transposed: bool) -> np.ndarray:
@@ -199,6 +248,8 @@ class BlockSolver:
         self.rows, self.cols = rows, cols
         self.dense = self.n <= DENSE_MAX
         self.label = ", ".join(names) if self.n <= 6 else f"{', '.join(names[:5])}, … ({self.n})"
+        rng = np.random.default_rng(0)  # a fixed direction: results do not vary by call
+        self.probe = rng.uniform(0.5, 1.0, self.n) * rng.choice([-1.0, 1.0], self.n)
 
     # ----------------------------------------------------------------- forward
 
@@ -221,15 +272,69 @@ class BlockSolver:
                     f"{self.label} has implicit equations: use method='newton'"
                 )
             if opts.method == "anderson":
-                Z, it, res = self._anderson(Z, ext, opts)
+                Z, it = self._anderson(Z, ext, opts)
+                what = "Anderson-accelerated fixed-point iteration"
             else:
-                Z, it, res = self._fixed_point(Z, ext, opts)
+                Z, it = self._fixed_point(Z, ext, opts)
+                what = "fixed-point iteration"
+            # One Newton step from the iteration's point: its error is about
+            # change·q/(1 − q) for a contraction rate q, the step brings it to rounding.
+            R = self._residual(Z, ext)
+            step = self._step(Z, R, ext)
         else:
-            Z, it, res = self._newton(Z, ext, opts)
-        fact = _Factorized(self._jacobian_matrix(Z, ext), self.dense, self.label)
+            Z, R, step, it = self._newton(Z, ext, opts)
+            what = "Newton's method"
+        Z, fact, res = self._certified(Z, R, step, ext, opts, what)
         ctx.blocks[self.index] = (fact, BlockReport(self.names, it, res, fact.condition, method))
         ctx.batches[self.index] = Z.shape[:-1]
         return Z
+
+    def _certified(self, Z, R, step, ext: tuple, opts: SolveOptions, what: str):
+        """Z + step, the last Newton step from the point Z where the method converged
+        (residual R), once it passes the tests of the module docstring; returns it with
+        the factorization of J there and its max residual."""
+        if not np.all(np.isfinite(step)):
+            raise SingularSystemError(
+                f"I − J is singular at the solution of the block {self.label} ({what} "
+                "converged to a point where J has no inverse): the forward solution is not "
+                "locally unique, so the gradient is not defined"
+            )
+        Zs = Z + step
+        scale = np.maximum(1.0, np.abs(Zs).max(axis=-1))
+        # the solution moved by DISPLACE tolerances, along a fixed direction of no
+        # particular structure (a structured one may miss the singular direction)
+        moved = DISPLACE * opts.tol * scale[..., None] * self.probe
+        Rs = self._residual(Zs, ext)
+        rhs = np.stack([Rs, self._residual(Zs + moved, ext)])
+        fact = _Factorized(self._jacobian_matrix(Zs, ext), self.dense, self.label, rhs=rhs)
+        correction, displaced = -fact.solved
+        # Forward error: near a solution the Newton correction J⁻¹ r is within tolerance.
+        size = np.abs(correction).max(axis=-1)
+        allowed = FORWARD * opts.tol * scale
+        if not np.all(size <= allowed):  # (NaN fails)
+            k = np.unravel_index(np.argmax(np.where(size <= allowed, 0.0, size)), size.shape)
+            raise ConvergenceError(
+                f"{what} did not find a solution in the block {self.label}: the residual "
+                f"({float(np.max(np.abs(Rs))):.3e}) is within tolerance, but the Newton "
+                f"correction J⁻¹ r there is {float(size[k]):.3e} (allowed "
+                f"{float(allowed[k]):.3e} at |z| = {scale[k]:.3g}): r is small only because "
+                "it flattens out there (as on the way to infinity), not near a root"
+            )
+        fact.check()
+        # A regular root: J predicts how r changes when z moves by the displacement, so
+        # the correction there takes it back. Near a singular root (double root, fold) J
+        # is smaller than the curvature over that distance; where the rounding of r's
+        # terms outweighs J δ, rounding rather than the equations fixes the root.
+        rho = np.abs(displaced + moved - correction).max(axis=-1) / (DISPLACE * opts.tol * scale)
+        if not np.all(rho <= LINEAR):
+            raise SingularSystemError(
+                f"I − J is singular at the solution of the block {self.label} to within the "
+                f"tolerance: moved by {DISPLACE}·tol·|z|, the Newton correction misses the "
+                f"way back by {float(np.max(rho)):.0%} of the move (J does not resolve r at "
+                "the scale of the tolerance, as at a double root or a fold), so the forward "
+                "solution is not locally unique and the gradient is not defined"
+            )
+        return Zs, fact, float(np.max(np.abs(Rs), initial=0.0))
 
     def _residual(self, Z: np.ndarray, ext: tuple) -> np.ndarray:
         R = np.empty_like(Z)
@@ -279,7 +384,7 @@ class BlockSolver:
             if np.all(rnorm <= opts.tol * scale) and np.all(
                 np.abs(step).max(axis=-1) <= opts.tol * scale
             ):
-                return Z + step, it, float(np.max(np.abs(self._residual(Z + step, ext))))
+                return Z, R, step, it
             # Backtracking line search on ½‖r‖², sample by sample (Armijo).
             t = np.ones(Z.shape[:-1])
             merit = 0.5 * np.sum(R * R, axis=-1)
@@ -291,6 +396,26 @@ class BlockSolver:
                 if not np.any(bad):
                     break
                 t = np.where(bad, 0.5 * t, t)
+            else:  # no step length along J⁻¹ r lowers ½‖r‖² where r is not yet small
+                small = rnorm <= opts.tol * scale
+                if np.any(bad & ~small):
+                    raise ConvergenceError(
+                        f"Newton's method stalled in the block {self.label} after {it} "
+                        f"iterations: no step lowers the residual (max "
+                        f"{float(np.max(rnorm[bad & ~small])):.3e}), a local minimum of |r| "
+                        "that is not a root: there may be no solution; try another init="
+                    )
+                stuck = bad & (np.abs(step).max(axis=-1) > opts.tol * scale)
+                if np.any(stuck):  # r at rounding level, but the Newton step is not small
+                    k = np.unravel_index(np.argmax(np.where(stuck, rnorm, -1.0)), rnorm.shape)
+                    raise ConvergenceError(
+                        f"Newton's method stalled in the block {self.label} after {it} "
+                        "iterations: the residual is within tolerance and no step lowers "
+                        f"it, but the Newton step there is {np.abs(step[k]).max():.3e} at "
+                        f"|z| = {scale[k]:.3g}: not within tolerance of a root (the rounding "
+                        "of r outweighs J times the step: a singular root, or r flattening "
+                        "out on the way to infinity)"
+                    )
             Z, R = Zt, Rt
         raise ConvergenceError(
             f"Newton's method did not converge in the block {self.label}: max residual "
@@ -307,13 +432,7 @@ class BlockSolver:
             if not np.all(np.isfinite(Z)):
                 break
             if np.all(change <= opts.tol * np.maximum(1.0, np.abs(Z).max(axis=-1))):
-                # The iteration's error is about change·q/(1 − q) for a contraction rate q;
-                # one Newton step from here brings it to rounding level.
-                R = self._residual(Z, ext)
-                step = self._step(Z, R, ext)
-                if np.all(np.isfinite(step)):
-                    Z = Z + step
-                return Z, it, float(np.max(np.abs(self._residual(Z, ext))))
+                return Z, it
         raise ConvergenceError(
             f"fixed-point iteration did not converge in the block {self.label}: last change "
             f"{float(np.max(change)):.3e} after {opts.maxiter} iterations (tol {opts.tol}); "
@@ -333,8 +452,7 @@ class BlockSolver:
                 f"{self.label}: max |f(z) − z| = {res:.3e} after {opts.maxiter} iterations "
                 f"(tol {opts.tol}); the map may not be contractive: try method='newton'"
             )
-        Z = np.ascontiguousarray(np.moveaxis(Zt, 0, -1))
-        return Z, it, float(np.max(np.abs(self._residual(Z, ext)), initial=0.0))
+        return np.ascontiguousarray(np.moveaxis(Zt, 0, -1)), it
 
     # ----------------------------------------------------------------- adjoint
 

@@ -18,9 +18,13 @@ step δ = (I − J)⁻¹ (f(z) − z) comes from the iteration δ ← r + J δ o
 Jacobian-vector products, which cost a matrix product and no transcendental function
 (or, on request, by Anderson-accelerated fixed-point iteration). Their multipliers solve
 λ = g + J_fᵀ λ by the same kind of iteration on the vector-Jacobian products. No
-batch × n² Jacobian is formed. A block the
-iteration does not solve (no map, not contractive) falls back to Newton's method in
-`_blocks.BlockSolver`. Values are stored per variable as arrays of shape
+batch × n² Jacobian is formed. Inexact Newton has converged where the residual is within
+tolerance and so is the Newton correction there, solved to a tenth of itself (the
+forward-error test of `_blocks`; an inner iteration that converges also shows the map
+contractive, so I − J regular, at the point); Anderson's point is certified by the same
+inexact Newton. A block the iteration does not solve or certify (no map, not
+contractive) falls back to Newton's method in `_blocks.BlockSolver`, from Anderson's
+point where it had one, with that module's tests. Values are stored per variable as arrays of shape
 (batch…, entries); the generated code is per form, compiled once.
 """
 
@@ -682,6 +686,7 @@ class GroupedEngine:
         Z = None
         if method in ("anderson", "inexact-newton") and plan.has_map:
             fixed: dict = {}
+            it, inner = 0, 0
             if method == "anderson":
 
                 def F(Z: np.ndarray) -> np.ndarray:
@@ -690,14 +695,17 @@ class GroupedEngine:
                         _put(out, g.out, g.evaluate(stores, nd, Z, fixed=fixed))
                     return out
 
-                Z, it, res = _anderson(F, Z0, opts.tol, opts.maxiter)
-                inner = 0
+                Z0, it, res = _anderson(F, Z0, opts.tol, opts.maxiter)
                 what = "Anderson-accelerated fixed-point iteration"
-            else:
-                Z, it, res, inner, info["lin"] = self._inexact_newton(
-                    plan, stores, Z0, nd, opts, fixed
+                why = "the map may not be contractive"
+            if Z0 is not None:  # (Anderson's point is certified by inexact Newton too)
+                Z, k, res, inner, lin, why = self._inexact_newton(
+                    plan, stores, Z0, nd, opts, fixed, single=method == "inexact-newton"
                 )
-                what = "Newton's method with iterative linear solves"
+                it += k
+                info["lin"] = lin
+                if method == "inexact-newton":
+                    what = "Newton's method with iterative linear solves"
             if Z is not None:
                 info["fixed"] = fixed
                 cond = float("nan")
@@ -705,24 +713,37 @@ class GroupedEngine:
                     J = solver._jacobian_matrix(
                         np.moveaxis(Z, 0, -1), self._externals(plan, stores)
                     )
-                    cond = _Factorized(J, solver.dense, solver.label).condition
+                    fact = _Factorized(J, solver.dense, solver.label)
+                    fact.check()
+                    cond = fact.condition
                 info["report"] = BlockReport(solver.names, it, res, cond, method, inner)
-            elif opts.method == method:
+            elif opts.method == method and (method == "inexact-newton" or Z0 is None):
                 raise ConvergenceError(
-                    f"{what} did not converge in the block {solver.label}: max |f(z) − z| = "
-                    f"{res:.3e} after {it} iterations (tol {opts.tol}); the map may not be "
-                    "contractive: try method='newton'"
+                    f"{what} did not converge in the block {solver.label}: {why} (max "
+                    f"|f(z) − z| = {res:.3e} after {it} evaluations of the map, tol "
+                    f"{opts.tol}): try method='newton'"
                 )
         if Z is None:  # Newton (or plain fixed point) with the block's Jacobian
+            init, found = opts.init, method == "anderson" and Z0 is not None
+            if found:  # Anderson's point, where the inner iteration did not certify it
+                init = {v: Z0[j] for j, v in enumerate(solver.variables)}
             sub = ctx.__class__(
                 SolveOptions(
                     "fixed-point" if method == "fixed-point" else "newton",
                     opts.tol,
                     opts.maxiter,
-                    opts.init,
+                    init,
                 )
             )
-            Zb = solver.solve(sub, self._externals(plan, stores))
+            try:
+                Zb = solver.solve(sub, self._externals(plan, stores))
+            except ConvergenceError as err:
+                if not found:
+                    raise
+                raise ConvergenceError(
+                    f"{what} reached max |f(z) − z| = {res:.3e} in the block {solver.label}, "
+                    f"but not a solution there: {why}, and from that point {err}"
+                ) from None
             ctx.blocks[solver.index] = sub.blocks[solver.index]
             ctx.batches[solver.index] = sub.batches[solver.index]
             Z = np.moveaxis(Zb, -1, 0)
@@ -767,7 +788,7 @@ class GroupedEngine:
             g.backward(lam_g, None, accs, cache, out, only_z=True, partials=partials)
         return out
 
-    def _inexact_newton(self, plan, stores, Z, nd, opts, fixed):
+    def _inexact_newton(self, plan, stores, Z, nd, opts, fixed, single=True):
         """z = f(z) by Newton's method, each step δ = (I − J)⁻¹ (f(z) − z) found by the
         iteration δ ← r + J δ on the groups' Jacobian-vector products (no n × n matrix).
 
@@ -778,14 +799,20 @@ class GroupedEngine:
         quadratic rate without oversolving: min(res/10, res²), and tol/100 for the last.
         The inner iterations run in single precision (`_mixed_richardson`).
         A step that does not lower a sample's residual is halved for that sample (up to
-        ten times). Returns (Z, evaluations of f, residual, inner iterations, the
-        linearization at Z for the multipliers), or Z = None when that fails or the inner
-        iteration does not converge (not contractive).
+        ten times). Converged where the residual is within tolerance and so is the
+        Newton correction there (solved to a tenth of itself: a small residual alone
+        may only mean that f − z flattens out, as on the way to infinity). Returns (Z,
+        evaluations of f, residual, inner iterations, the linearization at Z for the
+        multipliers, None), or Z = None and the reason (last item) when that fails or
+        the inner iteration does not converge (not contractive). ``single=False`` skips
+        the single-precision evaluations (a start already near the solution: Anderson's).
         """
         tol, maxiter = opts.tol, opts.maxiter
         n, inner = Z.shape[0], 0
         base = step = best = alpha = None  # last accepted point, its step and residuals
-        target, single = np.inf, True
+        target = np.inf
+        halved = "a step did not lower the residual after ten halvings"
+        not_contractive = "the map is not contractive there (δ ← r + J δ does not converge)"
         for it in range(1, maxiter + 1):
             # While the residual expected here is above LOW_EVAL, f is evaluated in single
             # precision: its rounding (~1e-7) is far below what the step needs, and tanh
@@ -803,26 +830,26 @@ class GroupedEngine:
                 single = False
                 continue
             scale = np.maximum(1.0, np.abs(Z).reshape(n, -1).max(axis=0, initial=0.0))
-            if not low and np.all(per_sample <= tol * scale):  # (False for NaN)
-                # Z, whose residual was just checked, rather than f(Z) (one more
-                # contraction step): the multipliers reuse its linearization
-                return Z, it, res, inner, lin
-            if best is not None:
+            converged = not low and bool(np.all(per_sample <= tol * scale))  # (not NaN)
+            if best is not None and not converged:
                 # Backtracking, sample by sample: far from the solution a full Newton step
                 # (or one solved loosely) can overshoot; halve it where the residual rose.
                 bad = ~(per_sample < best)  # NaN counts as bad
                 if np.any(bad):
                     if np.min(alpha[bad]) < 1 / 1024:
-                        return None, it, res, inner, None
+                        return None, it, res, inner, None, halved
                     alpha = np.where(bad, alpha / 2, alpha)
                     Z = base + alpha.reshape(Z.shape[1:]) * step
                     continue
             if not np.isfinite(res):
-                return None, it, res, inner, None
+                return None, it, res, inner, None, "the residual is not finite"
             # Inexact Newton's forcing: enough for the quadratic rate, no more; the step
             # expected to be the last (res² below tol) goes to tol/100, so the solution
             # comes out near rounding level rather than just inside the tolerance.
-            target = tol / 100 if res * res <= tol else min(0.1 * res, res * res)
+            if converged:
+                target = 0.1 * res
+            else:
+                target = tol / 100 if res * res <= tol else min(0.1 * res, res * res)
             lin32 = _lowered(lin)
             step, k = _mixed_richardson(
                 lambda D, lin=lin: self._jvp(lin, D, nd),
@@ -834,11 +861,15 @@ class GroupedEngine:
             )
             inner += k
             if step is None:
-                return None, it, res, inner, None
+                return None, it, res, inner, None, not_contractive
+            if converged and np.all(np.abs(step).reshape(n, -1).max(axis=0) <= tol * scale):
+                # Z, whose residual was just checked, rather than Z + δ: the multipliers
+                # reuse its linearization
+                return Z, it, res, inner, lin, None
             base, best, alpha = Z, per_sample, np.ones_like(per_sample)
             Z = Z + step
             del G, R, lin, lin32  # not kept alive through the next linearization
-        return None, maxiter, res, inner, None
+        return None, maxiter, res, inner, None, f"{maxiter} iterations were not enough"
 
     def _block_adjoint(self, plan, stores, accs, batch, ctx, blocks) -> None:
         info = blocks[plan.solver.index]
@@ -848,7 +879,7 @@ class GroupedEngine:
         for j, (s, e) in enumerate(plan.unknown_locs):
             seeds[j] = accs[s][e]
         fixed = info.get("fixed", {})
-        lin = info.pop("lin", None)  # inexact Newton's, at the solution
+        lin = info.pop("lin", None)  # the forward iteration's, at the solution
         if lin is None:
             _, lin = self._linearize(plan, stores, Z, nd, fixed)
         lam = None
@@ -944,7 +975,7 @@ def _mixed_richardson(
         low = low and size <= 1e30
         # The last round aims at tol/10, leaving room for the rounding of x + e.
         inner = max(tol / 10, LOW_GAIN * size) if low else tol / 10
-        e, k = _richardson(
+        e, k, last = _richardson(
             apply_low if low else apply, r.astype(np.float32) if low else r, inner, maxiter - total
         )
         total += k
@@ -954,7 +985,7 @@ def _mixed_richardson(
             low = False  # e.g. a rate too close to 1 for float32's rounding
             continue
         x = e.astype(np.float64) if x is None else x + e
-        if inner == tol / 10 and not verify:
+        if inner == tol / 10 and last <= inner and not verify:
             return x, total
         r = rhs + apply(x) - x
         total += 1
@@ -975,8 +1006,9 @@ def _richardson(apply: Callable, rhs: np.ndarray, tol: float, maxiter: int):
     returned is the one whose step was within ``tol`` in every entry — or within
     FLOOR_ULPS ulps of x, where the iteration has reached its rounding floor in the
     working precision (x's dtype) and can gain nothing more; the caller checks the
-    residual then. Returns (x, iterations), or (None, iterations) when it cannot get
-    there: a non-finite step, or a rate that will not reach ``tol`` within ``maxiter``.
+    residual then. Returns (x, iterations, the size of x's step), or (None, iterations,
+    …) when it cannot get there: a non-finite step, or a rate that will not reach
+    ``tol`` within ``maxiter``.
     """
     x = rhs
     floor = FLOOR_ULPS * np.finfo(rhs.dtype).eps
@@ -986,10 +1018,10 @@ def _richardson(apply: Callable, rhs: np.ndarray, tol: float, maxiter: int):
         new = rhs + apply(x)
         step = float(np.max(np.abs(new - x), initial=0.0))
         if step <= tol or step <= floor * float(np.max(np.abs(x), initial=0.0)):
-            return x, k
+            return x, k, step
         x = new
         if not np.isfinite(step):
-            return None, k
+            return None, k, step
         steps.append(step)
         if k % 2 == 0:
             head = max(head, steps[k // 2 - 1])
@@ -997,8 +1029,8 @@ def _richardson(apply: Callable, rhs: np.ndarray, tol: float, maxiter: int):
             # grow at first (a non-normal A) or oscillate (complex eigenvalues)
             rate = (step / head) ** (1 / (k - k // 2))
             if rate >= 1 or k + np.log(tol / step) / np.log(rate) > maxiter:
-                return None, k
-    return None, maxiter
+                return None, k, step
+    return None, maxiter, np.inf
 
 
 def _put(arr: np.ndarray, op: _Operand, value: Any) -> None:

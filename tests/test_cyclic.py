@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import scipy.sparse as sps
 import scipy.sparse.linalg as spla
 import sympy as sp
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lagrangian_ad as lad
@@ -211,8 +212,16 @@ def test_nonconvergent_programs():
     x = prog.input("x")
     h = prog.var("h")
     prog.define(h, h**2 + 1 + x)  # h² − h + 1 + x = 0 has no real root for x ≥ 0
-    with pytest.raises(ConvergenceError, match=r"block h: max residual .* after 30 iter"):
+    # Newton reaches the minimum of |r| = h² − h + 1.5 at h = 1/2, 1.25, and stops there
+    with pytest.raises(ConvergenceError, match=r"stalled in the block h .*\(max 1\.250e\+00\)"):
         prog.solve({"x": 0.5}, maxiter=30)
+    # no root either: Newton's steps double h while r = 1/(1 + (h − x)²) flattens out,
+    # until the rounding of r stops them
+    runaway = lad.parse("input x\nh = h - 1/(1 + (h - x)**2)\ny = h\n")
+    with pytest.raises(ConvergenceError, match=r"stalled in the block h .* not within tol"):
+        runaway.solve({"x": 0.5}, init={"h": -1.0})
+    with pytest.raises(ConvergenceError, match=r"block h: max residual .* after 2 iter"):
+        _tanh_fixed_point().solve({"x": 0.5}, maxiter=2)
     prog2 = lad.Program()
     x = prog2.input("x")
     g = prog2.var("g")
@@ -342,3 +351,117 @@ def test_newton_uses_the_true_jacobian_away_from_the_solution():
     np.testing.assert_allclose(H, np.tanh(H @ W.T + xs @ U.T), atol=1e-13)
     assert sol.blocks[0].iterations <= 15
     check_grads(prog, {"x": xs[:5]}, rtol=1e-7)
+
+
+# Blocks without a regular solution (fold points, tangencies, no root at all) must raise
+# for every method, never return a number; their regular neighbours must solve to the
+# closed form. The programs take their coefficients as inputs: compiled once.
+
+_FAMILIES = {
+    # u² + a u + b = x: a double root u = −a/2 at the fold x = b − a²/4
+    "fold": "input x\ninput a\ninput b\nvar u\nu**2 + a*u + b = x\ny = u\n",
+    "fold-map": "input x\ninput a\ninput b\ninput k\nu = u - k*(u**2 + a*u + b - x)\ny = u\n",
+    # h = h − k (g(h − x) − e), g > 0 tending to 0 only at infinity: no root for e = 0
+    "runaway": "input x\ninput k\ninput e\nh = h - k*(1/(1 + (h - x)**2) - e)\ny = h\n",
+    "runaway-exp": "input x\ninput k\ninput e\nh = h - k*(exp(h - x) - e)\ny = h\n",
+    # u² + s (1 + x²) = 0: no real root for s > 0
+    "no-root": "input x\ninput s\nvar u\nu**2 + s*(1 + x**2) = 0\ny = u\n",
+    "no-root-map": "input x\ninput s\ninput k\nu = u - k*(u**2 + s*(1 + x**2))\ny = u\n",
+    # the circle u² + v² = 2c² and the line u + v = 2c + x, tangent at x = 0
+    "tangency": "input x\ninput c\nvar u\nvar v\nu**2 + v**2 = 2*c**2\nu + v = 2*c + x\ny = u\n",
+}
+_IMPLICIT = ("newton", "inexact-newton", "auto")  # implicit equations: Newton only
+_ALL = ("newton", "fixed-point", "anderson", "inexact-newton", "auto")
+
+
+@functools.cache
+def _family(name: str):
+    return lad.parse(_FAMILIES[name]).compile()
+
+
+def _singular_case(name: str, rng: np.random.Generator):
+    """(inputs, init, methods, block label) of a member of the family without a root
+    that Newton's method could converge to quadratically."""
+    if name in ("fold", "fold-map"):
+        m, b = rng.uniform(-3, 3, 2)
+        inputs = {"x": b - m * m, "a": 2 * m, "b": b}
+        if name == "fold-map":
+            return {**inputs, "k": rng.uniform(0.1, 1)}, {"u": -m + rng.uniform(0.1, 2)}, _ALL, "u"
+        return inputs, {"u": -m + rng.choice([-1, 1]) * rng.uniform(0.1, 2)}, _IMPLICIT, "u"
+    if name.startswith("runaway"):
+        x = rng.uniform(-2, 2)
+        inputs = {"x": x, "k": rng.uniform(0.2, 3), "e": 0.0}
+        return inputs, {"h": x + rng.uniform(-3, 3)}, _ALL, "h"
+    if name.startswith("no-root"):
+        inputs = {"x": rng.uniform(-2, 2), "s": rng.uniform(0.1, 3)}
+        if name == "no-root-map":
+            return {**inputs, "k": rng.uniform(0.1, 1)}, {"u": rng.uniform(-3, 3)}, _ALL, "u"
+        return inputs, {"u": rng.uniform(-3, 3)}, _IMPLICIT, "u"
+    c = rng.uniform(0.5, 2)
+    u0 = c + rng.choice([-1, 1]) * rng.uniform(0.05, 0.5) * c
+    return {"x": 0.0, "c": c}, {"u": u0, "v": 2 * c - u0}, _IMPLICIT, "u, v"
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # diverging iterations
+@settings(max_examples=20)  # each example tries every method, some for maxiter steps
+@given(st.sampled_from(sorted(_FAMILIES)), st.integers(0, 2**16))
+def test_blocks_without_a_regular_root_raise_for_every_method(name, seed):
+    inputs, init, methods, label = _singular_case(name, np.random.default_rng(seed))
+    fn = _family(name)
+    for method in methods:
+        with pytest.raises((SingularSystemError, ConvergenceError), match=f"block {label}\\b"):
+            fn.solve(inputs, init=init, method=method)
+
+
+def _regular_case(name: str, rng: np.random.Generator):
+    """(inputs, init, methods, expected value of y, expected dy/dx) of a member of the
+    family near the singular one, with a regular root found in closed form."""
+    if name in ("fold", "fold-map"):  # x = fold + d: roots −m ± √d, du/dx = ±1/(2√d)
+        m, b = rng.uniform(-3, 3, 2)
+        d, sign = rng.uniform(1e-3, 1), rng.choice([-1.0, 1.0])
+        root = -m + sign * np.sqrt(d)
+        init = {"u": root + sign * rng.uniform(-0.3, 0.3) * np.sqrt(d)}
+        inputs = {"x": b - m * m + d, "a": 2 * m, "b": b}
+        if name == "fold-map":  # a step k with f′ = 1 − 2k(u + m) = 0.4 at the root
+            return (
+                {**inputs, "k": 0.3 * sign / np.sqrt(d)},
+                init,
+                _ALL,
+                root,
+                sign / (2 * np.sqrt(d)),
+            )
+        return inputs, init, _IMPLICIT, root, sign / (2 * np.sqrt(d))
+    if name.startswith("runaway"):  # g(h − x) = e at h = x + s*, dh/dx = 1
+        x, e = rng.uniform(-2, 2), rng.uniform(0.05, 0.9)
+        if name == "runaway":
+            s = -np.sqrt(1 / e - 1)
+            slope = 2 * -s / (1 + s * s) ** 2  # g′(s) > 0 on this branch
+        else:
+            s = np.log(e)
+            slope = e
+        inputs = {"x": x, "k": 1 / slope, "e": e}  # f′ = 1 − k g′ = 0 at the root
+        return inputs, {"h": x + s + rng.uniform(-0.1, 0.1) * abs(s)}, _ALL, x + s, 1.0
+    if name.startswith("no-root"):  # s < 0: u = √(|s| (1 + x²)), du/dx = |s| x / u
+        x, s = rng.uniform(-2, 2), rng.uniform(0.1, 3)
+        root = np.sqrt(s * (1 + x * x))
+        inputs, init = {"x": x, "s": -s}, {"u": root * rng.uniform(0.7, 1.3)}
+        if name == "no-root-map":
+            return {**inputs, "k": 0.3 / root}, init, _ALL, root, s * x / root
+        return inputs, init, _IMPLICIT, root, s * x / root
+    # x = −d: the line cuts the circle where u − v = ±√(4c² − p²), p = u + v = 2c − d
+    c, d, sign = rng.uniform(0.5, 2), rng.uniform(1e-3, 0.5), rng.choice([-1.0, 1.0])
+    p = 2 * c - d
+    w = np.sqrt(4 * c * c - p * p)
+    u = (p + sign * w) / 2
+    init = {"u": u + rng.uniform(-0.1, 0.1) * w, "v": p - u}
+    return {"x": -d, "c": c}, init, _IMPLICIT, u, 0.5 - sign * p / (2 * w)
+
+
+@given(st.sampled_from(sorted(_FAMILIES)), st.integers(0, 2**16))
+def test_regular_neighbours_of_those_blocks_solve_to_the_closed_form(name, seed):
+    inputs, init, methods, y, dy = _regular_case(name, np.random.default_rng(seed))
+    fn = _family(name)
+    for method in methods:
+        sol = fn.solve(inputs, init=init, method=method)
+        assert sol.value == pytest.approx(y, rel=1e-11, abs=1e-11), method
+        assert sol.grad["x"] == pytest.approx(dy, rel=1e-8, abs=1e-10), method

@@ -8,12 +8,17 @@ sample on Python floats, or central differences (`check_grads`).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import brentq
 
 import lagrangian_ad as lad
-from lagrangian_ad import ConvergenceError
+from lagrangian_ad import ConvergenceError, SingularSystemError
 from lagrangian_ad.testing import check_grads
 
 
@@ -306,18 +311,21 @@ def test_adjoint_falls_back_to_the_factorization(monkeypatch):
     import lagrangian_ad._grouped as grouped
 
     calls = []
+    mixed = grouped._mixed_richardson
 
-    def failing(apply, rhs, tol, maxiter):
-        calls.append(maxiter)
+    def failing(apply, apply_low, rhs, tol, maxiter, verify=True):
+        if not verify:  # the forward solve's inner iterations
+            return mixed(apply, apply_low, rhs, tol, maxiter, verify)
+        calls.append(maxiter)  # the multipliers'
         return None, maxiter
 
-    monkeypatch.setattr(grouped, "_richardson", failing)
+    monkeypatch.setattr(grouped, "_mixed_richardson", failing)
     n, d = 16, 3
     fn = _equilibrium(n, d).compile()
     assert fn._grouped is not None
     inp = _equilibrium_inputs(n, d, 5, seed=8)
     _, grad = fn.value_and_grad(inp, method="anderson")  # the forward pass by Anderson
-    assert calls  # the single-precision iteration (which spends the budget here)
+    assert calls
     _, _, grads = _ift(inp)
     for name, g in grads.items():
         np.testing.assert_allclose(grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
@@ -397,10 +405,114 @@ def test_inexact_newton_backtracks_on_a_slowly_contracting_rotation(monkeypatch)
     (report,) = sol.blocks
     assert report.method == "inexact-newton" and report.residual < 1e-12
     # evaluations: one per Newton step, the final check (whose linearization the
-    # multipliers reuse) and one per halving; steps: the Newton steps and the adjoint's
-    assert counts["evaluations"] > counts["steps"]  # so some step was halved
+    # multipliers reuse) and one per halving; inner solves: one per Newton step, the
+    # Newton correction at the final point and the adjoint's
+    assert counts["evaluations"] >= counts["steps"]  # so some step was halved
     H, lam, grads = _ift(inp)
     np.testing.assert_allclose(sol.values["h"], H, rtol=0, atol=1e-13)
     np.testing.assert_allclose(sol.multipliers["h"], lam, rtol=1e-10)
     for name, g in grads.items():
         np.testing.assert_allclose(sol.grad[name], g, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+# The grouped engine's own methods (Anderson, inexact Newton; "auto" reaches Newton)
+# on coupled blocks without a regular root, and on their regular neighbours: a fold of
+# the symmetric equilibrium h = tanh(W h + b), W = (w/n)·11ᵀ, and h = W h − k (g(W h − x)
+# − e) with 1ᵀ(W − I) = 0, which has no root at all for e = 0 (summing the equations:
+# 0 = Σ k g > 0).
+
+_N = 8
+
+
+@functools.cache
+def _coupled(kind: str):
+    prog = lad.Program()
+    W = prog.input("W", shape=(_N, _N))
+    h = prog.var("h", shape=(_N,))
+    v = prog.define(
+        "v", sp.Matrix([sp.Add(*[W[i, j] * h[j] for j in range(_N)]) for i in range(_N)])
+    )
+    if kind == "tanh":
+        b = prog.input("b", shape=(_N,))
+        prog.define(h, sp.Matrix([sp.tanh(v[i] + b[i]) for i in range(_N)]))
+    else:
+        x, k, e = prog.input("x"), prog.input("k"), prog.input("e")
+        prog.define(h, sp.Matrix([v[i] - k * (1 / (1 + (v[i] - x) ** 2) - e) for i in range(_N)]))
+    prog.define("y", sp.Add(*h))
+    fn = prog.compile()
+    assert fn._grouped is not None
+    return fn
+
+
+def _tanh_fold(rng) -> tuple[float, float, float, np.ndarray]:
+    """(w, η, c, W) of a fold of η = tanh(w η + c), where w (1 − η²) = 1, W = (w/n)·11ᵀ."""
+    w = rng.uniform(1.5, 4)
+    eta = np.sqrt(1 - 1 / w)
+    return w, eta, np.arctanh(eta) - w * eta, np.full((_N, _N), w / _N)
+
+
+def _ring_weights(rng) -> np.ndarray:
+    C = np.eye(_N) - 1 / _N  # W − I = 0.1 C R C: 1ᵀ(W − I) = 0 and (W − I) 1 = 0
+    return np.eye(_N) + 0.1 * C @ rng.standard_normal((_N, _N)) @ C
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+@settings(max_examples=10)
+@given(st.sampled_from(["fold", "no-root"]), st.integers(0, 2**16))
+def test_grouped_blocks_without_a_regular_root_raise(kind, seed):
+    rng = np.random.default_rng(seed)
+    batch = 3
+    if kind == "fold":
+        fn = _coupled("tanh")
+        _, eta, c, W = _tanh_fold(rng)
+        h0 = np.full((batch, _N), eta) + rng.uniform(0.05, 0.2, (batch, 1))
+        inputs = {"W": W, "b": np.full((batch, _N), c)}
+    else:
+        fn = _coupled("ring")
+        W = _ring_weights(rng)
+        h0 = rng.uniform(-1, 1, (batch, _N))
+        inputs = {"W": W, "x": rng.uniform(-1, 1, batch), "k": rng.uniform(0.3, 2), "e": 0.0}
+    init = {"h": h0, "v": h0 @ W.T}
+    for method in ("anderson", "inexact-newton", "auto"):
+        for call in (fn.value_and_grad, fn.solve):
+            with pytest.raises((SingularSystemError, ConvergenceError), match=r"block v\[0\]"):
+                call(inputs, init=init, method=method)
+
+
+@settings(max_examples=10)
+@given(st.sampled_from(["fold", "no-root"]), st.integers(0, 2**16))
+def test_grouped_regular_neighbours_solve_to_the_closed_form(kind, seed):
+    """Beside the fold, c = c_f + d: the upper root η (SciPy's brentq) with
+    ∂y/∂b_i = (1 − η²)/(1 − w(1 − η²)); beside the ring without a root, e > 0: h = x + s*
+    with g(s*) = e, and ∂y/∂x = n."""
+    rng = np.random.default_rng(seed)
+    batch = 3
+    if kind == "fold":
+        fn = _coupled("tanh")
+        w, eta_f, c_f, W = _tanh_fold(rng)
+        c = c_f + rng.uniform(0.01, 0.1, batch)
+        eta = np.array(
+            [brentq(lambda q, ci=ci: np.arctanh(q) - w * q - ci, eta_f, 1 - 1e-15) for ci in c]
+        )
+        h0 = np.repeat((eta + 0.3 * (eta - eta_f))[:, None], _N, axis=1)
+        inputs = {"W": W, "b": np.repeat(c[:, None], _N, axis=1)}
+        D = 1 - eta**2
+        expect_h, grad = (
+            np.repeat(eta[:, None], _N, axis=1),
+            ("b", np.repeat((D / (1 - w * D))[:, None], _N, axis=1)),
+        )
+    else:
+        fn = _coupled("ring")
+        W = _ring_weights(rng)
+        x, e = rng.uniform(-1, 1, batch), rng.uniform(0.05, 0.9)
+        s = -np.sqrt(1 / e - 1)  # g(s) = 1/(1 + s²) = e, on the branch where g′ > 0
+        inputs = {"W": W, "x": x, "k": (1 + s * s) ** 2 / (-2 * s), "e": e}  # k = 1/g′(s)
+        expect_h = np.repeat((x + s)[:, None], _N, axis=1)
+        h0 = expect_h + 0.05 * abs(s) * rng.standard_normal((batch, _N))
+        grad = ("x", np.full(batch, float(_N)))
+    for method in ("anderson", "inexact-newton", "auto"):
+        sol = fn.solve(inputs, init={"h": h0, "v": h0 @ W.T}, method=method)
+        np.testing.assert_allclose(
+            sol.values["h"], expect_h, rtol=1e-12, atol=1e-12, err_msg=method
+        )
+        np.testing.assert_allclose(sol.grad[grad[0]], grad[1], rtol=1e-8, err_msg=method)
