@@ -810,6 +810,7 @@ class GroupedEngine:
         tol, maxiter = opts.tol, opts.maxiter
         n, inner = Z.shape[0], 0
         base = step = best = alpha = None  # last accepted point, its step and residuals
+        best_low = False  # whether those residuals were evaluated in float32
         target = np.inf
         halved = "a step did not lower the residual after ten halvings"
         not_contractive = "the map is not contractive there (δ ← r + J δ does not converge)"
@@ -834,7 +835,9 @@ class GroupedEngine:
             if best is not None and not converged:
                 # Backtracking, sample by sample: far from the solution a full Newton step
                 # (or one solved loosely) can overshoot; halve it where the residual rose.
-                bad = ~(per_sample < best)  # NaN counts as bad
+                # (a residual evaluated in float32 is known to its rounding only)
+                slack = FLOOR_ULPS * EPS32 * scale if best_low else 0.0
+                bad = ~(per_sample < best + slack)  # NaN counts as bad
                 if np.any(bad):
                     if np.min(alpha[bad]) < 1 / 1024:
                         return None, it, res, inner, None, halved
@@ -866,7 +869,7 @@ class GroupedEngine:
                 # Z, whose residual was just checked, rather than Z + δ: the multipliers
                 # reuse its linearization
                 return Z, it, res, inner, lin, None
-            base, best, alpha = Z, per_sample, np.ones_like(per_sample)
+            base, best, alpha, best_low = Z, per_sample, np.ones_like(per_sample), low
             Z = Z + step
             del G, R, lin, lin32  # not kept alive through the next linearization
         return None, maxiter, res, inner, None, f"{maxiter} iterations were not enough"
@@ -944,6 +947,7 @@ def _lowered(lin: list) -> list:
 LOW_GAIN = 1e-5  # a single-precision inner solve is asked for this much of its residual
 LOW_EVAL = 1e-5  # inexact Newton evaluates f in single precision above this residual
 FLOOR_ULPS = 4  # an iteration whose steps are this many ulps of its iterate has stalled
+EPS32 = float(np.finfo(np.float32).eps)
 
 
 def _mixed_richardson(
@@ -955,7 +959,7 @@ def _mixed_richardson(
     correction e = r + A e in float32 with A rounded to single precision
     (``apply_low``: half the memory traffic, a matrix product at twice the speed), to
     LOW_GAIN of r or as far as float32 resolves e (`_richardson` stops at its rounding
-    floor), the last round to tol/10 (the rounding of x + e adds to the residual). A
+    floor), the last round to tol (tol/2 when the rounding of x + e adds to it). A
     round that does not halve the float64 residual — the rounding of A and of e limit a
     float32 round to a gain of about ε₃₂·cond(I − A) — hands over to rounds in float64,
     as do values outside float32's range; the refined x is kept, not recomputed.
@@ -973,8 +977,10 @@ def _mixed_richardson(
         if total >= maxiter:
             break
         low = low and size <= 1e30
-        # The last round aims at tol/10, leaving room for the rounding of x + e.
-        inner = max(tol / 10, LOW_GAIN * size) if low else tol / 10
+        # A round that is to end it aims at tol, or at tol/2 where the rounding of x + e
+        # adds to the residual.
+        last_goal = tol if x is None else tol / 2
+        inner = max(last_goal, LOW_GAIN * size) if low else last_goal
         e, k, last = _richardson(
             apply_low if low else apply, r.astype(np.float32) if low else r, inner, maxiter - total
         )
@@ -985,7 +991,7 @@ def _mixed_richardson(
             low = False  # e.g. a rate too close to 1 for float32's rounding
             continue
         x = e.astype(np.float64) if x is None else x + e
-        if inner == tol / 10 and last <= inner and not verify:
+        if inner == last_goal and last <= inner and not verify:
             return x, total
         r = rhs + apply(x) - x
         total += 1
