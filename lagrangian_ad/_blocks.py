@@ -425,18 +425,25 @@ class BlockSolver:
 
     def _fixed_point(self, Z: np.ndarray, ext: tuple, opts: SolveOptions):
         F = np.empty_like(Z)
+        changes = []  # max |f(z) − z| per sample, every iteration
         for it in range(1, opts.maxiter + 1):
             self.fixed_map(F, Z, ext)
             change = np.abs(F - Z).max(axis=-1)
+            changes.append(change)
             Z, F = F, Z
             if not np.all(np.isfinite(Z)):
-                break
-            if np.all(change <= opts.tol * np.maximum(1.0, np.abs(Z).max(axis=-1))):
+                raise ConvergenceError(
+                    f"fixed-point iteration diverged in the block {self.label}: z is not "
+                    f"finite after {it} iterations; the map is not contractive: try "
+                    "method='newton'"
+                )
+            goal = opts.tol * np.maximum(1.0, np.abs(Z).max(axis=-1))
+            if np.all(change <= goal):
                 return Z, it
         raise ConvergenceError(
             f"fixed-point iteration did not converge in the block {self.label}: last change "
             f"{float(np.max(change)):.3e} after {opts.maxiter} iterations (tol {opts.tol}); "
-            "the map may not be contractive: try method='newton'"
+            + _rate_advice(changes, goal)
         )
 
     def _anderson(self, Z: np.ndarray, ext: tuple, opts: SolveOptions):
@@ -471,6 +478,34 @@ class BlockSolver:
         for j, gj in enumerate(parts):
             G[..., j] = gj
         return fact.solve(G, transposed)
+
+
+def _rate_advice(changes: list[np.ndarray], goal: np.ndarray) -> str:
+    """What the changes |f(z) − z| of a fixed-point iteration that ran out of iterations
+    say: the contraction rate q measured over the second half of the run (per sample,
+    the worst reported) and the iterations the run would need in all, k + log(goal /
+    change) / log q, or that the changes do not shrink."""
+    k = len(changes)
+    if k < 4:
+        return "too few iterations to measure a contraction rate: raise maxiter"
+    first, last = changes[k // 2], changes[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = (last / first) ** (1.0 / (k - 1 - k // 2))
+        needed = np.where(last <= goal, k, k + np.log(goal / last) / np.log(rate))
+    open_ = last > goal
+    if not np.all(rate[open_] < 1):
+        worst = float(np.nanmax(np.where(open_, rate, -np.inf)))
+        return (
+            f"the changes do not shrink (measured rate {worst:.3g} per iteration): the map "
+            "is not contractive here; try method='newton'"
+        )
+    j = np.unravel_index(np.argmax(np.where(open_, needed, -np.inf)), needed.shape)
+    total = int(np.ceil(needed[j]))
+    return (
+        f"it contracts at a measured rate of {float(rate[j]):.3g} per iteration, which, "
+        f"if it holds, needs about {total} iterations in all: pass maxiter={total} or use "
+        "method='newton' or 'anderson'"
+    )
 
 
 def _anderson(G: Callable, x: np.ndarray, tol: float, maxiter: int, m: int = ANDERSON_MEMORY):

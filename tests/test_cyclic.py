@@ -233,6 +233,28 @@ def test_nonconvergent_programs():
     assert prog2.solve({"x": 0.5}).value == pytest.approx(-0.5)  # Newton solves it
 
 
+def test_fixed_point_out_of_iterations_reports_its_rate_and_the_iterations_needed():
+    """h = 0.8 h + x contracts at exactly 0.8: from h = 0 the change of step k is
+    0.8^(k−1) x, so the iteration first meets the tolerance at the k found below."""
+    prog = lad.parse("input x\nh = 0.8*h + x\ny = h\n")
+    h, k = 0.0, 0
+    while True:  # the iteration by hand, with the solver's test
+        k, new = k + 1, 0.8 * h + 3.0
+        change, h = abs(new - h), new
+        if change <= 1e-12 * max(1.0, abs(h)):
+            break
+    message = rf"rate of 0\.8 per iteration, .* about {k} iterations in all: pass maxiter={k}"
+    with pytest.raises(ConvergenceError, match=message):
+        prog.solve({"x": [1.0, 3.0]}, method="fixed-point", maxiter=50)
+    with pytest.raises(ConvergenceError, match=f"about {k} iterations"):
+        prog.solve({"x": [1.0, 3.0]}, method="fixed-point", maxiter=k - 1)
+    sol = prog.solve({"x": [1.0, 3.0]}, method="fixed-point", maxiter=k)
+    np.testing.assert_allclose(sol.values["h"], [5.0, 15.0], rtol=1e-14)
+    expanding = lad.parse("input x\nh = -1.1*h + x\ny = h\n")
+    with pytest.raises(ConvergenceError, match=r"do not shrink \(measured rate 1\.1 per"):
+        expanding.solve({"x": 1.0}, method="fixed-point")
+
+
 def test_fixed_point_needs_explicit_constraints():
     prog = lad.Program()
     x = prog.input("x")
