@@ -71,11 +71,12 @@ class SolveOptions:
     """Options of the forward solve of cyclic blocks.
 
     method : "auto", "newton", "inexact-newton", "fixed-point" or "anderson"
-        "auto" is Newton, except that the grouped engine (`_grouped`) solves a block of
-        more than DENSE_MAX explicit constraints z = f(z) by inexact Newton (Newton
-        steps found by iterating on Jacobian-vector products: no n × n matrix per
-        sample), falling back to Newton when that does not converge. "inexact-newton"
-        and "anderson" need the grouped engine; elsewhere "inexact-newton" is Newton.
+        "auto" is Newton, except that the grouped engine (`_grouped`) starts a block of
+        explicit constraints z = f(z) with inexact Newton (Newton steps found by
+        iterating on Jacobian-vector products: no n × n matrix per sample), each inner
+        solve allowed the products that cost one Newton step, and hands over to Newton
+        where the measured rate predicts more. "inexact-newton" and "anderson" need the
+        grouped engine; elsewhere "inexact-newton" is Newton (and reported as such).
     tol : float
         Converged when max |r| ≤ tol·max(1, max |z|) and the last step is as small.
     maxiter : int
@@ -94,7 +95,10 @@ class BlockReport:
     """Diagnostics of one cyclic block at the solution (worst sample of the batch).
 
     ``method`` is the one that solved it ("newton", "inexact-newton", "fixed-point" or
-    "anderson"); with "auto", a block inexact Newton could not solve reports "newton".
+    "anderson"): with "auto", a block inexact Newton could not solve (or not within
+    the cost of Newton's steps) reports "newton", and so does "inexact-newton" where
+    there are no Jacobian-vector products to iterate with (one sample, or a program
+    outside the grouped engine).
     ``iterations`` counts evaluations of the map (Newton steps for the Newton methods);
     ``inner_iterations`` the Jacobian-vector products of inexact Newton's linear solves.
     """

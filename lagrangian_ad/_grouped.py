@@ -22,9 +22,12 @@ batch × n² Jacobian is formed. Inexact Newton has converged where the residual
 tolerance and so is the Newton correction there, solved to a tenth of itself (the
 forward-error test of `_blocks`; an inner iteration that converges also shows the map
 contractive, so I − J regular, at the point); Anderson's point is certified by the same
-inexact Newton. A block the iteration does not solve or certify (no map, not
-contractive) falls back to Newton's method in `_blocks.BlockSolver`, from Anderson's
-point where it had one, with that module's tests. Values are stored per variable as arrays of shape
+inexact Newton. With "auto" each inner solve may take as many Jacobian-vector products
+as cost one Newton step on the block (`_inner_budget`, a model of this engine's costs),
+so a slow contraction is found out by its measured rate within the cost of a step. A
+block the iteration does not solve or certify (no map, not contractive, too slow for
+"auto") falls back to Newton's method in `_blocks.BlockSolver`, from the best point
+reached, with that module's tests. Values are stored per variable as arrays of shape
 (batch…, entries); the generated code is per form, compiled once.
 """
 
@@ -37,7 +40,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from ._blocks import DENSE_MAX, BlockReport, BlockSolver, SolveOptions, _anderson, _Factorized
+from ._blocks import BlockReport, BlockSolver, SolveOptions, _anderson, _Factorized
 from ._errors import ConvergenceError
 from ._forms import Form, _differentiate, _print, _print_shared, _SparseDiff
 
@@ -679,10 +682,16 @@ class GroupedEngine:
         Z0 = np.empty((solver.n, *shape))
         for j, v in enumerate(inits):
             Z0[j] = v
-        method = opts.method
-        if method == "auto":  # small blocks: Newton's stacked dense LU is cheap and sure
-            method = "inexact-newton" if plan.has_map and solver.n > DENSE_MAX else "newton"
+        method, budget = opts.method, 2 * opts.maxiter
+        if method == "auto" and plan.has_map:
+            # Matrix-free while it pays: each inner solve may take as many Jacobian-vector
+            # products as cost one of Newton's steps; one that needs more (a slow
+            # contraction, by its measured rate) hands over to Newton from the best point.
+            method, budget = "inexact-newton", min(budget, _inner_budget(plan, shape))
+        elif method == "auto":  # implicit equations: no map to iterate
+            method = "newton"
         info: dict = {"method": method, "constraints": plan.constraints}
+        best = None  # the point where inexact Newton left off, if it failed
         Z = None
         if method in ("anderson", "inexact-newton") and plan.has_map:
             fixed: dict = {}
@@ -699,8 +708,8 @@ class GroupedEngine:
                 what = "Anderson-accelerated fixed-point iteration"
                 why = "the map may not be contractive"
             if Z0 is not None:  # (Anderson's point is certified by inexact Newton too)
-                Z, k, res, inner, lin, why = self._inexact_newton(
-                    plan, stores, Z0, nd, opts, fixed, single=method == "inexact-newton"
+                Z, k, res, inner, lin, why, best = self._inexact_newton(
+                    plan, stores, Z0, nd, opts, fixed, budget, single=method == "inexact-newton"
                 )
                 it += k
                 info["lin"] = lin
@@ -726,7 +735,9 @@ class GroupedEngine:
         if Z is None:  # Newton (or plain fixed point) with the block's Jacobian
             init, found = opts.init, method == "anderson" and Z0 is not None
             if found:  # Anderson's point, where the inner iteration did not certify it
-                init = {v: Z0[j] for j, v in enumerate(solver.variables)}
+                best = Z0
+            if best is not None:
+                init = {v: best[j] for j, v in enumerate(solver.variables)}
             sub = ctx.__class__(
                 SolveOptions(
                     "fixed-point" if method == "fixed-point" else "newton",
@@ -788,7 +799,7 @@ class GroupedEngine:
             g.backward(lam_g, None, accs, cache, out, only_z=True, partials=partials)
         return out
 
-    def _inexact_newton(self, plan, stores, Z, nd, opts, fixed, single=True):
+    def _inexact_newton(self, plan, stores, Z, nd, opts, fixed, budget, single=True):
         """z = f(z) by Newton's method, each step δ = (I − J)⁻¹ (f(z) − z) found by the
         iteration δ ← r + J δ on the groups' Jacobian-vector products (no n × n matrix).
 
@@ -803,8 +814,10 @@ class GroupedEngine:
         Newton correction there (solved to a tenth of itself: a small residual alone
         may only mean that f − z flattens out, as on the way to infinity). Returns (Z,
         evaluations of f, residual, inner iterations, the linearization at Z for the
-        multipliers, None), or Z = None and the reason (last item) when that fails or
-        the inner iteration does not converge (not contractive). ``single=False`` skips
+        multipliers, None, None), or Z = None, the reason and the last point accepted
+        (the lowest residual so far; None before the first step) when that fails or an
+        inner iteration does not converge within ``budget`` (not contractive, or not
+        enough for the cost allowed). ``single=False`` skips
         the single-precision evaluations (a start already near the solution: Anderson's).
         """
         tol, maxiter = opts.tol, opts.maxiter
@@ -840,12 +853,12 @@ class GroupedEngine:
                 bad = ~(per_sample < best + slack)  # NaN counts as bad
                 if np.any(bad):
                     if np.min(alpha[bad]) < 1 / 1024:
-                        return None, it, res, inner, None, halved
+                        return None, it, res, inner, None, halved, base
                     alpha = np.where(bad, alpha / 2, alpha)
                     Z = base + alpha.reshape(Z.shape[1:]) * step
                     continue
             if not np.isfinite(res):
-                return None, it, res, inner, None, "the residual is not finite"
+                return None, it, res, inner, None, "the residual is not finite", base
             # Inexact Newton's forcing: enough for the quadratic rate, no more; the step
             # expected to be the last (res² below tol) goes to tol/100, so the solution
             # comes out near rounding level rather than just inside the tolerance.
@@ -859,20 +872,20 @@ class GroupedEngine:
                 lambda D, lin32=lin32: self._jvp(lin32, D, nd),
                 R,
                 target,
-                2 * maxiter,
+                budget,
                 verify=False,  # the next Newton iteration checks the step
             )
             inner += k
             if step is None:
-                return None, it, res, inner, None, not_contractive
+                return None, it, res, inner, None, not_contractive, base
             if converged and np.all(np.abs(step).reshape(n, -1).max(axis=0) <= tol * scale):
                 # Z, whose residual was just checked, rather than Z + δ: the multipliers
                 # reuse its linearization
-                return Z, it, res, inner, lin, None
+                return Z, it, res, inner, lin, None, None
             base, best, alpha, best_low = Z, per_sample, np.ones_like(per_sample), low
             Z = Z + step
             del G, R, lin, lin32  # not kept alive through the next linearization
-        return None, maxiter, res, inner, None, f"{maxiter} iterations were not enough"
+        return None, maxiter, res, inner, None, f"{maxiter} iterations were not enough", base
 
     def _block_adjoint(self, plan, stores, accs, batch, ctx, blocks) -> None:
         info = blocks[plan.solver.index]
@@ -942,6 +955,29 @@ def _lowered(lin: list) -> list:
         ]
         out.append((g, {"vals": {}, "gathered": gathered}, tuple(map(_single, partials))))
     return out
+
+
+# What a step of Newton's method on a block costs here (seconds on the development
+# machine, one thread): the generated code fills J with one NumPy operation per nonzero,
+# and LAPACK factorizes it per sample; against one Jacobian-vector product of the groups.
+JACOBIAN_ENTRY = 2e-6, 4e-8  # per nonzero: fixed, and per sample
+LU_SAMPLE = 1.5e-6, 1.5e-10  # per sample: fixed, and per n³ (dense); SuperLU: per nonzero
+SPLU_SAMPLE = 5e-5, 1e-7
+JVP_COST = 7e-6, 3e-11  # per group, and per nonzero and sample
+
+
+def _inner_budget(plan: _BlockPlan, batch: tuple[int, ...]) -> int:
+    """How many Jacobian-vector products cost as much as one Newton step on the block,
+    with the model of the constants above (the inner iterations of an inexact Newton
+    step that need more are handed to Newton)."""
+    samples, n, nnz = int(np.prod(batch)), plan.solver.n, len(plan.solver.rows)
+    jacobian = nnz * (JACOBIAN_ENTRY[0] + JACOBIAN_ENTRY[1] * samples)
+    if plan.solver.dense:
+        lu = samples * (LU_SAMPLE[0] + LU_SAMPLE[1] * n**3)
+    else:
+        lu = samples * (SPLU_SAMPLE[0] + SPLU_SAMPLE[1] * nnz)
+    jvp = JVP_COST[0] * len(plan.groups) + JVP_COST[1] * nnz * samples
+    return int(np.ceil((jacobian + lu) / jvp))
 
 
 LOW_GAIN = 1e-5  # a single-precision inner solve is asked for this much of its residual

@@ -254,14 +254,11 @@ def test_equilibrium_other_methods_agree(method):
         np.testing.assert_allclose(grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
 
 
-def test_non_contractive_block_falls_back_to_newton(monkeypatch):
+def test_non_contractive_block_falls_back_to_newton():
     """h = tanh(W h + …) with ‖W‖₂ = 3 at a point where the fixed-point map diverges:
-    "auto" (told the block is large) tries inexact Newton, whose inner iteration
-    δ ← r + J δ diverges with it, then falls back to Newton's factorization;
-    "inexact-newton" and "anderson" alone say they did not converge."""
-    import lagrangian_ad._grouped as grouped
-
-    monkeypatch.setattr(grouped, "DENSE_MAX", 8)
+    "auto" tries inexact Newton, whose inner iteration δ ← r + J δ diverges with it,
+    then falls back to Newton's factorization; "inexact-newton" and "anderson" alone
+    say they did not converge."""
     n, d = 16, 2
     rng = np.random.default_rng(11)
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
@@ -331,16 +328,50 @@ def test_adjoint_falls_back_to_the_factorization(monkeypatch):
         np.testing.assert_allclose(grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
 
 
-def test_auto_uses_inexact_newton_for_blocks_over_100_unknowns():
-    n, d = 110, 2
-    fn = _equilibrium(n, d).compile()
-    inp = _equilibrium_inputs(n, d, 4, seed=9)
+def _rotation_equilibrium(rho: float, batch: int, n: int = 16, d: int = 3) -> dict:
+    """Inputs of `_equilibrium` with W = ρ·Q for a rotation Q: J's eigenvalues lie near a
+    circle of radius about ρ, so δ ← r + J δ gains a digit every ln 10 / (−ln ρ) steps."""
+    rng = np.random.default_rng(2)
+    Q, R = np.linalg.qr(rng.standard_normal((n, n)))
+    return {
+        "W": rho * Q * np.sign(np.diag(R)),
+        "U": 0.1 * rng.standard_normal((n, d)) / np.sqrt(d),
+        "b": 0.02 * rng.standard_normal(n),
+        "x": rng.standard_normal((batch, d)),
+    }
+
+
+@pytest.mark.parametrize(("rho", "expected"), [(0.5, "inexact-newton"), (0.99, "newton")])
+def test_auto_chooses_by_the_measured_cost_of_the_inner_iterations(rho, expected):
+    """ "auto" starts matrix-free on a block of 16 unknowns (a fixed size once sent every
+    block of up to 100 to Newton), allowing each inner solve the Jacobian-vector products
+    that cost one Newton step (77 here, `_grouped._inner_budget`): at ρ = 0.5 they
+    suffice; at ρ = 0.99 the measured rate predicts more, and Newton takes over. Both
+    match the implicit function theorem."""
+    import lagrangian_ad._grouped as grouped
+
+    fn = _equilibrium(16, 3).compile()
+    inp = _rotation_equilibrium(rho, 2)
+    (plan,) = [s.block for s in fn._grouped.steps if s.block is not None]
+    assert grouped._inner_budget(plan, (2,)) < 100
+    sol = fn.solve(inp)
+    assert sol.blocks[0].method == expected
+    H, _, grads = _ift(inp)
+    np.testing.assert_allclose(sol.values["h"], H, rtol=0, atol=1e-13)
+    for name, g in grads.items():
+        np.testing.assert_allclose(sol.grad[name], g, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_inexact_newton_on_one_sample_says_it_ran_newton():
+    """One sample runs the straight-line code, which has no Jacobian-vector products:
+    "inexact-newton" is Newton there, and the report says so."""
+    fn = _equilibrium(16, 3).compile()
+    inp = _equilibrium_inputs(16, 3, 1, seed=4)
+    one = {**inp, "x": inp["x"][0]}
+    assert fn.solve(one, method="inexact-newton").blocks[0].method == "newton"
+    assert fn.solve(inp, method="inexact-newton").blocks[0].method == "inexact-newton"
     _, _, grads = _ift(inp)
-    for method, expected in (("auto", "inexact-newton"), ("anderson", "anderson")):
-        sol = fn.solve(inp, method=method)
-        assert sol.blocks[0].method == expected
-        for name, g in grads.items():
-            np.testing.assert_allclose(sol.grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(fn.solve(one).grad["W"], grads["W"], rtol=1e-11, atol=1e-13)
 
 
 @pytest.mark.parametrize(
@@ -378,15 +409,8 @@ def test_inexact_newton_backtracks_on_a_slowly_contracting_rotation(monkeypatch)
     answer still matches the implicit function theorem's dense solve."""
     import lagrangian_ad._grouped as grouped
 
-    n, d, batch = 16, 3, 12
-    rng = np.random.default_rng(2)  # a seed where a step overshoots (most do not)
-    Q, R = np.linalg.qr(rng.standard_normal((n, n)))
-    inp = {
-        "W": 0.95 * Q * np.sign(np.diag(R)),
-        "U": 0.1 * rng.standard_normal((n, d)) / np.sqrt(d),
-        "b": 0.02 * rng.standard_normal(n),
-        "x": rng.standard_normal((batch, d)),
-    }
+    n, d = 16, 3
+    inp = _rotation_equilibrium(0.95, 12)  # its seed makes a step overshoot (most do not)
     counts = {"evaluations": 0, "steps": 0}
     linearize, mixed = grouped.GroupedEngine._linearize, grouped._mixed_richardson
 
