@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sps
 import scipy.sparse.linalg as spla
 import sympy as sp
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import lagrangian_ad as lad
@@ -173,9 +173,13 @@ def test_init_selects_the_fixed_point():
         assert sol.grad["x"] == pytest.approx(1 / (4.0 * sign), rel=1e-13)
 
 
-def test_sparse_block_of_2000_unknowns():
-    """A ring z_i = 0.3 tanh(z_{i−1}) + 0.3 tanh(z_{i+1}) + x_i, one block of 2,000."""
-    n = 2000
+def test_sparse_block_of_300_unknowns():
+    """A ring z_i = 0.3 tanh(z_{i−1}) + 0.3 tanh(z_{i+1}) + x_i, one block of 300: beyond
+    DENSE_MAX, so sparse LU per sample (2,000 unknowns tested the same in 15 s)."""
+    from lagrangian_ad._blocks import DENSE_MAX
+
+    n = 300
+    assert n > DENSE_MAX
     prog = lad.Program()
     x = prog.input("x", shape=(n,))
     z = prog.var("z", shape=(n,))
@@ -425,7 +429,6 @@ def _singular_case(name: str, rng: np.random.Generator):
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # diverging iterations
-@settings(max_examples=20)  # each example tries every method, some for maxiter steps
 @given(st.sampled_from(sorted(_FAMILIES)), st.integers(0, 2**16))
 def test_blocks_without_a_regular_root_raise_for_every_method(name, seed):
     inputs, init, methods, label = _singular_case(name, np.random.default_rng(seed))

@@ -109,6 +109,7 @@ def test_weights_with_batch_axes_and_broadcast_leading_axes():
     inp["W1"] = inp["W1"][:, None]  # (4, 1, 8, 3)
     value, grad = fn.value_and_grad(inp)
     assert value.shape == (4, 2) and grad["W1"].shape == (4, 1, 8, 3)
+    summed = {"W1": np.zeros((4, 1, 8, 3)), "b1": 0.0, "w2": 0.0}  # over the axes given 1
     for i in range(4):
         for j in range(2):
             one = {
@@ -121,7 +122,13 @@ def test_weights_with_batch_axes_and_broadcast_leading_axes():
             v, g = fn.value_and_grad(one)
             assert value[i, j] == pytest.approx(v, rel=1e-13)
             np.testing.assert_allclose(grad["x"][i, j], g["x"], rtol=1e-12, atol=1e-14)
-    check_grads(fn, inp, rtol=1e-6)
+            summed["W1"][i, 0] += g["W1"]
+            summed["b1"] = summed["b1"] + g["b1"]
+            summed["w2"] = summed["w2"] + g["w2"]
+    for name, expect in summed.items():  # (sums of entries up to about 3: atol 1e-13)
+        np.testing.assert_allclose(grad[name], expect, rtol=1e-12, atol=1e-13, err_msg=name)
+    # the float path per sample is checked against SymPy elsewhere; here differences
+    check_grads(fn, inp, rtol=1e-6, symbolic=False)
 
 
 def test_contraction_variants_against_finite_differences():
@@ -150,14 +157,35 @@ def test_contraction_variants_against_finite_differences():
         "A": rng.standard_normal((n, k)) / 3,
         "B": rng.standard_normal((5, n, k)) / 3,
     }
-    check_grads(fn, inp, rtol=1e-6)
-    value, _grad = fn.value_and_grad(inp)
+    # finite differences (SymPy's inlined derivative, check_grads' default here, took 50 s;
+    # backprop by hand below checks every entry instead)
+    check_grads(fn, inp, rtol=1e-6, symbolic=False)
+    sol = fn.solve(inp)
     X, Am, Bm = inp["x"], inp["A"], inp["B"]
     uu = X @ C.T
     vv = np.einsum("ij,bij->bi", Am, Bm)
     ww = 3 * X @ Am.T + X[:, :1] ** 2
     ss = (np.sin(uu) * vv + ww**2).sum(1)
-    np.testing.assert_allclose(value, ss * X.sum(1) / 10, rtol=1e-12)
+    np.testing.assert_allclose(sol.value, ss * X.sum(1) / 10, rtol=1e-12)
+    # out = s Σ_j x_j / 10: λ_s = Σx/10, λ_u = λ_s cos(u) v, λ_v = λ_s sin(u), λ_w = 2 λ_s w
+    lam_s = X.sum(1) / 10
+    lam = {
+        "s": lam_s,
+        "u": lam_s[:, None] * np.cos(uu) * vv,
+        "v": lam_s[:, None] * np.sin(uu),
+        "w": 2 * lam_s[:, None] * ww,
+    }
+    for name, expect in lam.items():
+        np.testing.assert_allclose(sol.multipliers[name], expect, rtol=1e-12, err_msg=name)
+    grad_x = ss[:, None] / 10 + lam["u"] @ C + 3 * lam["w"] @ Am
+    grad_x[:, 0] += 2 * X[:, 0] * lam["w"].sum(1)
+    grads = {
+        "x": grad_x,
+        "A": np.einsum("bi,bij->ij", lam["v"], Bm) + 3 * lam["w"].T @ X,
+        "B": lam["v"][:, :, None] * Am,
+    }
+    for name, expect in grads.items():
+        np.testing.assert_allclose(sol.grad[name], expect, rtol=1e-12, atol=1e-14, err_msg=name)
 
 
 def _equilibrium(n, d, numeric_W=None):
