@@ -1044,13 +1044,14 @@ def _richardson(apply: Callable, rhs: np.ndarray, tol: float, maxiter: int):
     """x = rhs + apply(x) for a linear ``apply`` of spectral radius below 1, by the plain
     iteration x ← rhs + apply(x) from x = rhs.
 
-    The step from an iterate x is its residual rhs + apply(x) − x, so the iterate
-    returned is the one whose step was within ``tol`` in every entry — or within
-    FLOOR_ULPS ulps of x, where the iteration has reached its rounding floor in the
-    working precision (x's dtype) and can gain nothing more; the caller checks the
-    residual then. Returns (x, iterations, the size of x's step), or (None, iterations,
-    …) when it cannot get there: a non-finite step, or a rate that will not reach
-    ``tol`` within ``maxiter``.
+    The step from an iterate x is its residual rhs + apply(x) − x; the iteration stops
+    at the first step within ``tol`` in every entry — or within FLOOR_ULPS ulps of x,
+    where it has reached its rounding floor in the working precision (x's dtype) and can
+    gain nothing more — and returns the iterate that step reached, one contraction past
+    the measured residual (its own is apply(step), which may exceed ``tol`` where
+    ‖apply‖∞ > 1: `_mixed_richardson` checks it in float64). Returns (x, iterations,
+    the size of that last step), or (None, iterations, …) when it cannot get there: a
+    non-finite step, or a rate that will not reach ``tol`` within ``maxiter``.
     """
     x = rhs
     floor = FLOOR_ULPS * np.finfo(rhs.dtype).eps
@@ -1060,7 +1061,7 @@ def _richardson(apply: Callable, rhs: np.ndarray, tol: float, maxiter: int):
         new = rhs + apply(x)
         step = float(np.max(np.abs(new - x), initial=0.0))
         if step <= tol or step <= floor * float(np.max(np.abs(x), initial=0.0)):
-            return x, k, step
+            return new, k, step
         x = new
         if not np.isfinite(step):
             return None, k, step
