@@ -8,8 +8,10 @@ J = ∂r/∂z_B (for explicit constraints J = I − ∂f/∂z_B):
   from ``init`` or zeros; or fixed-point iteration z ← f(z) (plain or Anderson-
   accelerated) for blocks of explicit constraints, followed by one Newton step. Newton
   has converged when ‖r‖∞ and the last step are both within tolerance, tol·max(1, |z|)
-  per sample; it stops early where no step along J⁻¹ r lowers ‖r‖ (a local minimum of
-  ‖r‖ that is not a root, or a residual at rounding level with a step that is not).
+  per sample; where no step along J⁻¹ r lowers ‖r‖ it stops early: at a local minimum
+  of ‖r‖ that is not a root (ConvergenceError), or with r at rounding level while the
+  step is still above the tolerance (then the tests below judge the point: the step may
+  be rounding in an ill-conditioned block, or a sign of a singular one).
 * adjoint: the block's part of ∂L/∂z = 0 is Jᵀ λ_B = g_B, where g_B collects the output
   seed and the contributions of the constraints downstream. J at the solution is
   factorized by LU (dense: LAPACK's, stacked over the batch; sparse: one SuperLU per
@@ -22,17 +24,21 @@ g(h) with g → 0 at infinity). Every method therefore ends at z* = z + Δ, afte
 Newton step Δ from the point z where it converged, and the factorization of J(z*) then
 decides, per sample, with s = max(1, |z*|):
 
-1. forward error: the Newton correction J(z*)⁻¹ r(z*) is within FORWARD·tol·s
-   (else ConvergenceError: the residual is small without a root nearby);
-2. conditioning: the condition estimate, ‖J⁻¹‖₁·max(1, ‖J‖₁) in the units of the
+1. forward error: the Newton correction J(z*)⁻¹ r(z*) is within FORWARD·tol·s, or
+   within the rounding ρ·s to which the rounded equations fix z at all, ρ =
+   NOISE·ε·κ (else ConvergenceError: the residual is small without a root nearby);
+2. conditioning: the condition estimate κ = ‖J⁻¹‖₁·max(1, ‖J‖₁), in the units of the
    tolerance (so a 1×1 block's is 1/|J| when |J| < 1, not always 1), is at most
    SINGULAR (else SingularSystemError);
-3. a regular root at the scale of the tolerance: moved by δ = DISPLACE·tol·s along a
-   fixed direction, the Newton correction J(z*)⁻¹ r(z* + δ) must return to z* within
-   LINEAR·|δ|. Near a singular root the curvature over δ outweighs J δ, and where the
-   rounding of r's terms does, rounding rather than the equations fixes the root: both
-   are SingularSystemError. (Relative to the solution's scale, this flags roots closer
-   to a fold than about the tolerance; the gradient there has no correct digit anyway.)
+3. a regular root at the scale to which z is known: moved by δ = max(DISPLACE·tol, ρ)·s
+   along a fixed direction, the Newton correction J(z*)⁻¹ r(z* + δ) must bring z back
+   to within LINEAR·|δ|. Near a singular root the curvature over δ outweighs J δ; where
+   J is at the level of the rounding of r's terms, rounding rather than the equations
+   fixes the root, and δ = ρ·s is then far enough for the curvature to show: both are
+   SingularSystemError. A linear block passes at any κ ≤ SINGULAR; a nonlinear one
+   fails once the curvature along its near-null direction changes J by half over δ —
+   its gradient would have no correct digit. (In these units the test also calls
+   singular a root closer to a fold than about max(tol, ρ)·s.)
 
 Every sample of a batch has its own fixed point; small blocks are solved for the whole
 batch at once with stacked dense linear algebra, large ones sample by sample with sparse
@@ -59,6 +65,7 @@ SINGULAR = 1e13  # condition beyond which the gradient is not trusted
 FORWARD = 10  # a solution's Newton correction is within this many tolerances (rounding)
 DISPLACE = 10  # tolerances by which the solution is moved to see that J resolves r there
 LINEAR = 0.5  # J mispredicting r's change over that move by more: a singular root
+NOISE = 64  # ulps of r (times the condition) to which the rounded equations fix z
 EPS = float(np.finfo(np.float64).eps)
 ANDERSON_MEMORY = 5  # iterates combined by Anderson acceleration
 POLISH = 3  # extra Anderson iterations past the tolerance, while they still gain
@@ -305,16 +312,17 @@ class BlockSolver:
             )
         Zs = Z + step
         scale = np.maximum(1.0, np.abs(Zs).max(axis=-1))
-        # the solution moved by DISPLACE tolerances, along a fixed direction of no
-        # particular structure (a structured one may miss the singular direction)
-        moved = DISPLACE * opts.tol * scale[..., None] * self.probe
         Rs = self._residual(Zs, ext)
-        rhs = np.stack([Rs, self._residual(Zs + moved, ext)])
-        fact = _Factorized(self._jacobian_matrix(Zs, ext), self.dense, self.label, rhs=rhs)
-        correction, displaced = -fact.solved
-        # Forward error: near a solution the Newton correction J⁻¹ r is within tolerance.
+        fact = _Factorized(self._jacobian_matrix(Zs, ext), self.dense, self.label, rhs=Rs[None])
+        correction = -fact.solved[0]
+        # How well the rounded equations fix z at all: NOISE ulps of r, through J⁻¹ (a
+        # condition beyond SINGULAR is rejected below, whatever the point).
+        kappa = np.minimum(np.reshape(fact.conditions, scale.shape), SINGULAR)
+        rounding = NOISE * EPS * kappa
+        # Forward error: near a solution the Newton correction J⁻¹ r is within tolerance
+        # (or within that rounding).
         size = np.abs(correction).max(axis=-1)
-        allowed = FORWARD * opts.tol * scale
+        allowed = np.maximum(FORWARD * opts.tol, rounding) * scale
         if not np.all(size <= allowed):  # (NaN fails)
             k = np.unravel_index(np.argmax(np.where(size <= allowed, 0.0, size)), size.shape)
             raise ConvergenceError(
@@ -325,18 +333,26 @@ class BlockSolver:
                 "it flattens out there (as on the way to infinity), not near a root"
             )
         fact.check()
-        # A regular root: J predicts how r changes when z moves by the displacement, so
-        # the correction there takes it back. Near a singular root (double root, fold) J
-        # is smaller than the curvature over that distance; where the rounding of r's
-        # terms outweighs J δ, rounding rather than the equations fixes the root.
-        rho = np.abs(displaced + moved - correction).max(axis=-1) / (DISPLACE * opts.tol * scale)
+        # A regular root: moved by the larger of DISPLACE tolerances and that rounding,
+        # along a fixed direction of no particular structure (a structured one may miss
+        # the singular direction), the Newton correction takes z back to within LINEAR of
+        # the move: J predicts r there. Near a singular root (double root, fold) J is
+        # smaller than the curvature over that distance, and where rounding rather than
+        # the equations fixes a root (J at the level of the rounding of r's terms) that
+        # distance is itself large: both fail.
+        reach = np.maximum(DISPLACE * opts.tol, rounding) * scale
+        moved = reach[..., None] * self.probe
+        displaced = -fact.solve(self._residual(Zs + moved, ext), transposed=False)
+        rho = np.abs(displaced + moved - correction).max(axis=-1) / reach
         if not np.all(rho <= LINEAR):
+            k = np.unravel_index(np.argmax(np.where(rho <= LINEAR, 0.0, rho)), rho.shape)
             raise SingularSystemError(
                 f"I − J is singular at the solution of the block {self.label} to within the "
-                f"tolerance: moved by {DISPLACE}·tol·|z|, the Newton correction misses the "
-                f"way back by {float(np.max(rho)):.0%} of the move (J does not resolve r at "
-                "the scale of the tolerance, as at a double root or a fold), so the forward "
-                "solution is not locally unique and the gradient is not defined"
+                f"tolerance: moved by {float(reach[k]):.2e}, the Newton correction misses "
+                f"the way back by {float(rho[k]):.0%} of the move (J does not resolve r at "
+                "the scale to which the solution is known, as at a double root or a fold), "
+                "so the forward solution is not locally unique and the gradient is not "
+                "defined"
             )
         return Zs, fact, float(np.max(np.abs(Rs), initial=0.0))
 
@@ -409,17 +425,8 @@ class BlockSolver:
                         f"{float(np.max(rnorm[bad & ~small])):.3e}), a local minimum of |r| "
                         "that is not a root: there may be no solution; try another init="
                     )
-                stuck = bad & (np.abs(step).max(axis=-1) > opts.tol * scale)
-                if np.any(stuck):  # r at rounding level, but the Newton step is not small
-                    k = np.unravel_index(np.argmax(np.where(stuck, rnorm, -1.0)), rnorm.shape)
-                    raise ConvergenceError(
-                        f"Newton's method stalled in the block {self.label} after {it} "
-                        "iterations: the residual is within tolerance and no step lowers "
-                        f"it, but the Newton step there is {np.abs(step[k]).max():.3e} at "
-                        f"|z| = {scale[k]:.3g}: not within tolerance of a root (the rounding "
-                        "of r outweighs J times the step: a singular root, or r flattening "
-                        "out on the way to infinity)"
-                    )
+                if np.all(small):  # r at rounding level and no step lowers it: as far
+                    return Z, R, step, it  # as Newton gets; `_certified` judges the point
             Z, R = Zt, Rt
         raise ConvergenceError(
             f"Newton's method did not converge in the block {self.label}: max residual "
