@@ -5,12 +5,40 @@ r_e = z_e − f_e(…) of explicit constraints and r_e = c_e(…) of implicit on
 J = ∂r/∂z_B (for explicit constraints J = I − ∂f/∂z_B):
 
 * forward: Newton steps J Δ = −r with a backtracking line search on ½‖r‖², per sample,
-  from ``init`` or zeros; or fixed-point iteration z ← f(z) for blocks of explicit
-  constraints. Converged when ‖r‖∞ and the last step are both within tolerance.
+  from ``init`` or zeros; or fixed-point iteration z ← f(z) (plain or Anderson-
+  accelerated) for blocks of explicit constraints, followed by one Newton step. Newton
+  has converged when ‖r‖∞ and the last step are both within tolerance, tol·max(1, |z|)
+  per sample; where no step along J⁻¹ r lowers ‖r‖ it stops early: at a local minimum
+  of ‖r‖ that is not a root (ConvergenceError), or with r at rounding level while the
+  step is still above the tolerance (then the tests below judge the point: the step may
+  be rounding in an ill-conditioned block, or a sign of a singular one).
 * adjoint: the block's part of ∂L/∂z = 0 is Jᵀ λ_B = g_B, where g_B collects the output
-  seed and the contributions of the constraints downstream. J is factorized once at the
-  solution (dense: its inverse, for stacked small blocks; sparse: one SuperLU per sample),
-  and the adjoint is the transposed solve with that same factorization.
+  seed and the contributions of the constraints downstream. J at the solution is
+  factorized by LU (dense: LAPACK's, stacked over the batch; sparse: one SuperLU per
+  sample), and the adjoint is the transposed solve with it.
+
+Accepting a solution. A small residual is not enough: near a fold, a tangency or a
+double root Newton converges only linearly to a point where J is singular, and a map
+with no fixed point can drive ‖r‖ down by running off to where r flattens out (h = h −
+g(h) with g → 0 at infinity). Every method therefore ends at z* = z + Δ, after a last
+Newton step Δ from the point z where it converged, and the factorization of J(z*) then
+decides, per sample, with s = max(1, |z*|):
+
+1. forward error: the Newton correction J(z*)⁻¹ r(z*) is within FORWARD·tol·s, or
+   within the rounding ρ·s to which the rounded equations fix z at all, ρ =
+   NOISE·ε·κ (else ConvergenceError: the residual is small without a root nearby);
+2. conditioning: the condition estimate κ = ‖J⁻¹‖₁·max(1, ‖J‖₁), in the units of the
+   tolerance (so a 1×1 block's is 1/|J| when |J| < 1, not always 1), is at most
+   SINGULAR (else SingularSystemError);
+3. a regular root at the scale to which z is known: moved by δ = max(DISPLACE·tol, ρ)·s
+   along a fixed direction, the Newton correction J(z*)⁻¹ r(z* + δ) must bring z back
+   to within LINEAR·|δ|. Near a singular root the curvature over δ outweighs J δ; where
+   J is at the level of the rounding of r's terms, rounding rather than the equations
+   fixes the root, and δ = ρ·s is then far enough for the curvature to show: both are
+   SingularSystemError. A linear block passes at any κ ≤ SINGULAR; a nonlinear one
+   fails once the curvature along its near-null direction changes J by half over δ —
+   its gradient would have no correct digit. (In these units the test also calls
+   singular a root closer to a fold than about max(tol, ρ)·s.)
 
 Every sample of a batch has its own fixed point; small blocks are solved for the whole
 batch at once with stacked dense linear algebra, large ones sample by sample with sparse
@@ -33,7 +61,12 @@ from ._errors import ConvergenceError, SingularSystemError
 __all__ = ["BlockReport", "BlockSolver", "SolveOptions"]
 
 DENSE_MAX = 100  # blocks up to this many unknowns use stacked dense linear algebra
-SINGULAR = 1e13  # condition (or ‖J⁻¹‖) beyond which the gradient is not trusted
+SINGULAR = 1e13  # condition beyond which the gradient is not trusted
+FORWARD = 10  # a solution's Newton correction is within this many tolerances (rounding)
+DISPLACE = 10  # tolerances by which the solution is moved to see that J resolves r there
+LINEAR = 0.5  # J mispredicting r's change over that move by more: a singular root
+NOISE = 64  # ulps of r (times the condition) to which the rounded equations fix z
+EPS = float(np.finfo(np.float64).eps)
 ANDERSON_MEMORY = 5  # iterates combined by Anderson acceleration
 POLISH = 3  # extra Anderson iterations past the tolerance, while they still gain
 PLAIN_RATE = 0.3  # plain fixed-point steps while each cuts the residual at least this much
@@ -45,11 +78,12 @@ class SolveOptions:
     """Options of the forward solve of cyclic blocks.
 
     method : "auto", "newton", "inexact-newton", "fixed-point" or "anderson"
-        "auto" is Newton, except that the grouped engine (`_grouped`) solves a block of
-        more than DENSE_MAX explicit constraints z = f(z) by inexact Newton (Newton
-        steps found by iterating on Jacobian-vector products: no n × n matrix per
-        sample), falling back to Newton when that does not converge. "inexact-newton"
-        and "anderson" need the grouped engine; elsewhere "inexact-newton" is Newton.
+        "auto" is Newton, except that the grouped engine (`_grouped`) starts a block of
+        explicit constraints z = f(z) with inexact Newton (Newton steps found by
+        iterating on Jacobian-vector products: no n × n matrix per sample), each inner
+        solve allowed the products that cost one Newton step, and hands over to Newton
+        where the measured rate predicts more. "inexact-newton" and "anderson" need the
+        grouped engine; elsewhere "inexact-newton" is Newton (and reported as such).
     tol : float
         Converged when max |r| ≤ tol·max(1, max |z|) and the last step is as small.
     maxiter : int
@@ -68,7 +102,10 @@ class BlockReport:
     """Diagnostics of one cyclic block at the solution (worst sample of the batch).
 
     ``method`` is the one that solved it ("newton", "inexact-newton", "fixed-point" or
-    "anderson"); with "auto", a block inexact Newton could not solve reports "newton".
+    "anderson"): with "auto", a block inexact Newton could not solve (or not within
+    the cost of Newton's steps) reports "newton", and so does "inexact-newton" where
+    there are no Jacobian-vector products to iterate with (one sample, or a program
+    outside the grouped engine).
     ``iterations`` counts evaluations of the map (Newton steps for the Newton methods);
     ``inner_iterations`` the Jacobian-vector products of inexact Newton's linear solves.
     """
@@ -82,47 +119,81 @@ class BlockReport:
 
 
 class _Factorized:
-    """J at the solution, factorized once; solves Jᵀ λ = g for the adjoint."""
+    """J at the solution, factorized once; solves J x = g and Jᵀ λ = g with it.
 
-    def __init__(self, J: np.ndarray | list, dense: bool, names: str):
-        self.dense = dense
+    Dense blocks (up to DENSE_MAX unknowns, stacked over the batch): LAPACK's LU with
+    partial pivoting (gesv, through `numpy.linalg.solve`), every sample of the batch in
+    one call. J is kept and each solve factorizes it again in that call: one Python
+    call per sample to hold the factors (`scipy.linalg.lu_factor` batches by a loop)
+    costs more than the factorization itself for the small blocks of this path (a
+    batch of 10⁵ 1×1 blocks: 1.2 s for lu_factor and gecon per sample, 13 ms for
+    one stacked solve). ‖J⁻¹‖₁ comes from the same LU solved against the identity.
+    Sparse blocks: one SuperLU per sample, ‖J⁻¹‖₁ estimated by `onenormest`.
+
+    ``conditions`` (per sample, flat for sparse blocks) is ‖J⁻¹‖₁ · max(1, ‖J‖₁): the
+    usual κ₁ where ‖J‖₁ ≥ 1, and otherwise the factor by which J turns a residual into
+    a change of the solution, in the units of the tolerance (both relative to
+    max(1, |z|)), so that it means something for a 1×1 block too. ``rhs`` (k, batch…,
+    n) are solved as the factorization is made: ``solved`` = J⁻¹ rhs.
+    """
+
+    def __init__(
+        self, J: np.ndarray | list, dense: bool, names: str, rhs: np.ndarray | None = None
+    ):
+        self.dense, self.names = dense, names
+        self.solved = None
+        singular = SingularSystemError(
+            f"I − J is singular at the solution of the block {names}: "
+            "the gradient is not defined there"
+        )
         if dense:
+            self.J = np.asarray(J)
+            n = self.J.shape[-1]
+            cols = np.broadcast_to(np.eye(n), self.J.shape)
+            if rhs is not None:
+                cols = np.concatenate([cols, np.moveaxis(rhs, 0, -1)], axis=-1)
             try:
-                self.inv = np.linalg.inv(J)
+                X = np.linalg.solve(self.J, cols)
             except np.linalg.LinAlgError:
-                raise SingularSystemError(
-                    f"I − J is singular at the solution of the block {names}: "
-                    "the gradient is not defined there"
-                ) from None
-            norm = np.abs(J).sum(axis=-2).max(axis=-1)
-            inv_norm = np.abs(self.inv).sum(axis=-2).max(axis=-1)
-            self.condition = float(np.max(norm * inv_norm))
-            self.inv_norm = float(np.max(inv_norm))
+                raise singular from None
+            norm = np.abs(self.J).sum(axis=-2).max(axis=-1)
+            inv_norm = np.abs(X[..., :n]).sum(axis=-2).max(axis=-1)
+            if rhs is not None:
+                self.solved = np.moveaxis(X[..., n:], -1, 0)
         else:
             self.lus = []
-            cond, inv_norm = 0.0, 0.0
-            for Jb in J:
+            norm, inv_norm, solved = [], [], []
+            flat = None if rhs is None else rhs.reshape(len(rhs), -1, rhs.shape[-1])
+            for b, Jb in enumerate(J):
                 try:
                     lu = spla.splu(Jb.tocsc())
                 except RuntimeError:
-                    raise SingularSystemError(
-                        f"I − J is singular at the solution of the block {names}: "
-                        "the gradient is not defined there"
-                    ) from None
+                    raise singular from None
                 n = Jb.shape[0]
                 op = spla.LinearOperator(
                     (n, n), matvec=lu.solve, rmatvec=lambda v, lu=lu: lu.solve(v, trans="T")
                 )
-                est = spla.onenormest(op)
-                inv_norm = max(inv_norm, est)
-                cond = max(cond, est * spla.norm(Jb, 1))
+                inv_norm.append(spla.onenormest(op))
+                norm.append(spla.norm(Jb, 1))
+                if flat is not None:
+                    solved.append(lu.solve(np.ascontiguousarray(flat[:, b].T)).T)
                 self.lus.append(lu)
-            self.condition, self.inv_norm = float(cond), float(inv_norm)
-        if not np.isfinite(self.condition) or max(self.condition, self.inv_norm) > SINGULAR:
+            norm, inv_norm = np.array(norm), np.array(inv_norm)
+            if rhs is not None:
+                self.solved = np.stack(solved, axis=1).reshape(rhs.shape)
+        self.conditions = inv_norm * np.maximum(1.0, norm)
+        self.condition = float(np.max(self.conditions, initial=0.0))
+        if np.isnan(self.condition):
+            raise singular
+
+    def check(self) -> None:
+        """SingularSystemError when J is singular to working precision (condition
+        beyond SINGULAR: the gradient would carry no correct digit)."""
+        if not self.condition <= SINGULAR:
             raise SingularSystemError(
-                f"I − J is singular at the solution of the block {names} (condition "
-                f"estimate {self.condition:.2e}, ‖J⁻¹‖ ≈ {self.inv_norm:.2e}): the forward "
-                "solution is not locally unique, so the gradient is not defined there"
+                f"I − J is singular at the solution of the block {self.names} (condition "
+                f"estimate {self.condition:.2e}): the forward solution is not locally "
+                "unique, so the gradient is not defined there"
             )
 
     def solve(self, g: np.ndarray, transposed: bool) -> np.ndarray:
@@ -131,8 +202,14 @@ class _Factorized:
         ``g`` has shape (…, batch…, n): leading axes (several right-hand sides per sample,
         e.g. the directions of a Hessian) broadcast against the batch.
         """
+        g = np.asarray(g)
         if self.dense:
-            return np.einsum("...ji,...j->...i" if transposed else "...ij,...j->...i", self.inv, g)
+            J = np.swapaxes(self.J, -1, -2) if transposed else self.J
+            lead = g.shape[: max(g.ndim - (J.ndim - 1), 0)]
+            # the leading axes become columns: one factorization per sample for all of them
+            G = np.moveaxis(g.reshape(-1, *g.shape[len(lead) :]), 0, -1)
+            X = np.moveaxis(np.linalg.solve(J, G), -1, 0)
+            return X.reshape(*lead, *X.shape[1:])
         n, nb = g.shape[-1], len(self.lus)
         flat = np.broadcast_to(g, (*g.shape[:-1], n)).reshape(-1, nb, n)
         out = np.empty_like(flat)
@@ -182,6 +259,8 @@ class BlockSolver:
         self.rows, self.cols = rows, cols
         self.dense = self.n <= DENSE_MAX
         self.label = ", ".join(names) if self.n <= 6 else f"{', '.join(names[:5])}, … ({self.n})"
+        rng = np.random.default_rng(0)  # a fixed direction: results do not vary by call
+        self.probe = rng.uniform(0.5, 1.0, self.n) * rng.choice([-1.0, 1.0], self.n)
 
     # ----------------------------------------------------------------- forward
 
@@ -204,15 +283,78 @@ class BlockSolver:
                     f"{self.label} has implicit equations: use method='newton'"
                 )
             if opts.method == "anderson":
-                Z, it, res = self._anderson(Z, ext, opts)
+                Z, it = self._anderson(Z, ext, opts)
+                what = "Anderson-accelerated fixed-point iteration"
             else:
-                Z, it, res = self._fixed_point(Z, ext, opts)
+                Z, it = self._fixed_point(Z, ext, opts)
+                what = "fixed-point iteration"
+            # One Newton step from the iteration's point: its error is about
+            # change·q/(1 − q) for a contraction rate q, the step brings it to rounding.
+            R = self._residual(Z, ext)
+            step = self._step(Z, R, ext)
         else:
-            Z, it, res = self._newton(Z, ext, opts)
-        fact = _Factorized(self._jacobian_matrix(Z, ext), self.dense, self.label)
+            Z, R, step, it = self._newton(Z, ext, opts)
+            what = "Newton's method"
+        Z, fact, res = self._certified(Z, R, step, ext, opts, what)
         ctx.blocks[self.index] = (fact, BlockReport(self.names, it, res, fact.condition, method))
         ctx.batches[self.index] = Z.shape[:-1]
         return Z
+
+    def _certified(self, Z, R, step, ext: tuple, opts: SolveOptions, what: str):
+        """Z + step, the last Newton step from the point Z where the method converged
+        (residual R), once it passes the tests of the module docstring; returns it with
+        the factorization of J there and its max residual."""
+        if not np.all(np.isfinite(step)):
+            raise SingularSystemError(
+                f"I − J is singular at the solution of the block {self.label} ({what} "
+                "converged to a point where J has no inverse): the forward solution is not "
+                "locally unique, so the gradient is not defined"
+            )
+        Zs = Z + step
+        scale = np.maximum(1.0, np.abs(Zs).max(axis=-1))
+        Rs = self._residual(Zs, ext)
+        fact = _Factorized(self._jacobian_matrix(Zs, ext), self.dense, self.label, rhs=Rs[None])
+        correction = -fact.solved[0]
+        # How well the rounded equations fix z at all: NOISE ulps of r, through J⁻¹ (a
+        # condition beyond SINGULAR is rejected below, whatever the point).
+        kappa = np.minimum(np.reshape(fact.conditions, scale.shape), SINGULAR)
+        rounding = NOISE * EPS * kappa
+        # Forward error: near a solution the Newton correction J⁻¹ r is within tolerance
+        # (or within that rounding).
+        size = np.abs(correction).max(axis=-1)
+        allowed = np.maximum(FORWARD * opts.tol, rounding) * scale
+        if not np.all(size <= allowed):  # (NaN fails)
+            k = np.unravel_index(np.argmax(np.where(size <= allowed, 0.0, size)), size.shape)
+            raise ConvergenceError(
+                f"{what} did not find a solution in the block {self.label}: the residual "
+                f"({float(np.max(np.abs(Rs))):.3e}) is within tolerance, but the Newton "
+                f"correction J⁻¹ r there is {float(size[k]):.3e} (allowed "
+                f"{float(allowed[k]):.3e} at |z| = {scale[k]:.3g}): r is small only because "
+                "it flattens out there (as on the way to infinity), not near a root"
+            )
+        fact.check()
+        # A regular root: moved by the larger of DISPLACE tolerances and that rounding,
+        # along a fixed direction of no particular structure (a structured one may miss
+        # the singular direction), the Newton correction takes z back to within LINEAR of
+        # the move: J predicts r there. Near a singular root (double root, fold) J is
+        # smaller than the curvature over that distance, and where rounding rather than
+        # the equations fixes a root (J at the level of the rounding of r's terms) that
+        # distance is itself large: both fail.
+        reach = np.maximum(DISPLACE * opts.tol, rounding) * scale
+        moved = reach[..., None] * self.probe
+        displaced = -fact.solve(self._residual(Zs + moved, ext), transposed=False)
+        rho = np.abs(displaced + moved - correction).max(axis=-1) / reach
+        if not np.all(rho <= LINEAR):
+            k = np.unravel_index(np.argmax(np.where(rho <= LINEAR, 0.0, rho)), rho.shape)
+            raise SingularSystemError(
+                f"I − J is singular at the solution of the block {self.label} to within the "
+                f"tolerance: moved by {float(reach[k]):.2e}, the Newton correction misses "
+                f"the way back by {float(rho[k]):.0%} of the move (J does not resolve r at "
+                "the scale to which the solution is known, as at a double root or a fold), "
+                "so the forward solution is not locally unique and the gradient is not "
+                "defined"
+            )
+        return Zs, fact, float(np.max(np.abs(Rs), initial=0.0))
 
     def _residual(self, Z: np.ndarray, ext: tuple) -> np.ndarray:
         R = np.empty_like(Z)
@@ -262,7 +404,7 @@ class BlockSolver:
             if np.all(rnorm <= opts.tol * scale) and np.all(
                 np.abs(step).max(axis=-1) <= opts.tol * scale
             ):
-                return Z + step, it, float(np.max(np.abs(self._residual(Z + step, ext))))
+                return Z, R, step, it
             # Backtracking line search on ½‖r‖², sample by sample (Armijo).
             t = np.ones(Z.shape[:-1])
             merit = 0.5 * np.sum(R * R, axis=-1)
@@ -274,6 +416,17 @@ class BlockSolver:
                 if not np.any(bad):
                     break
                 t = np.where(bad, 0.5 * t, t)
+            else:  # no step length along J⁻¹ r lowers ½‖r‖² where r is not yet small
+                small = rnorm <= opts.tol * scale
+                if np.any(bad & ~small):
+                    raise ConvergenceError(
+                        f"Newton's method stalled in the block {self.label} after {it} "
+                        f"iterations: no step lowers the residual (max "
+                        f"{float(np.max(rnorm[bad & ~small])):.3e}), a local minimum of |r| "
+                        "that is not a root: there may be no solution; try another init="
+                    )
+                if np.all(small):  # r at rounding level and no step lowers it: as far
+                    return Z, R, step, it  # as Newton gets; `_certified` judges the point
             Z, R = Zt, Rt
         raise ConvergenceError(
             f"Newton's method did not converge in the block {self.label}: max residual "
@@ -283,24 +436,25 @@ class BlockSolver:
 
     def _fixed_point(self, Z: np.ndarray, ext: tuple, opts: SolveOptions):
         F = np.empty_like(Z)
+        changes = []  # max |f(z) − z| per sample, every iteration
         for it in range(1, opts.maxiter + 1):
             self.fixed_map(F, Z, ext)
             change = np.abs(F - Z).max(axis=-1)
+            changes.append(change)
             Z, F = F, Z
             if not np.all(np.isfinite(Z)):
-                break
-            if np.all(change <= opts.tol * np.maximum(1.0, np.abs(Z).max(axis=-1))):
-                # The iteration's error is about change·q/(1 − q) for a contraction rate q;
-                # one Newton step from here brings it to rounding level.
-                R = self._residual(Z, ext)
-                step = self._step(Z, R, ext)
-                if np.all(np.isfinite(step)):
-                    Z = Z + step
-                return Z, it, float(np.max(np.abs(self._residual(Z, ext))))
+                raise ConvergenceError(
+                    f"fixed-point iteration diverged in the block {self.label}: z is not "
+                    f"finite after {it} iterations; the map is not contractive: try "
+                    "method='newton'"
+                )
+            goal = opts.tol * np.maximum(1.0, np.abs(Z).max(axis=-1))
+            if np.all(change <= goal):
+                return Z, it
         raise ConvergenceError(
             f"fixed-point iteration did not converge in the block {self.label}: last change "
             f"{float(np.max(change)):.3e} after {opts.maxiter} iterations (tol {opts.tol}); "
-            "the map may not be contractive: try method='newton'"
+            + _rate_advice(changes, goal)
         )
 
     def _anderson(self, Z: np.ndarray, ext: tuple, opts: SolveOptions):
@@ -316,8 +470,7 @@ class BlockSolver:
                 f"{self.label}: max |f(z) − z| = {res:.3e} after {opts.maxiter} iterations "
                 f"(tol {opts.tol}); the map may not be contractive: try method='newton'"
             )
-        Z = np.ascontiguousarray(np.moveaxis(Zt, 0, -1))
-        return Z, it, float(np.max(np.abs(self._residual(Z, ext)), initial=0.0))
+        return np.ascontiguousarray(np.moveaxis(Zt, 0, -1)), it
 
     # ----------------------------------------------------------------- adjoint
 
@@ -336,6 +489,34 @@ class BlockSolver:
         for j, gj in enumerate(parts):
             G[..., j] = gj
         return fact.solve(G, transposed)
+
+
+def _rate_advice(changes: list[np.ndarray], goal: np.ndarray) -> str:
+    """What the changes |f(z) − z| of a fixed-point iteration that ran out of iterations
+    say: the contraction rate q measured over the second half of the run (per sample,
+    the worst reported) and the iterations the run would need in all, k + log(goal /
+    change) / log q, or that the changes do not shrink."""
+    k = len(changes)
+    if k < 4:
+        return "too few iterations to measure a contraction rate: raise maxiter"
+    first, last = changes[k // 2], changes[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = (last / first) ** (1.0 / (k - 1 - k // 2))
+        needed = np.where(last <= goal, k, k + np.log(goal / last) / np.log(rate))
+    open_ = last > goal
+    if not np.all(rate[open_] < 1):
+        worst = float(np.nanmax(np.where(open_, rate, -np.inf)))
+        return (
+            f"the changes do not shrink (measured rate {worst:.3g} per iteration): the map "
+            "is not contractive here; try method='newton'"
+        )
+    j = np.unravel_index(np.argmax(np.where(open_, needed, -np.inf)), needed.shape)
+    total = int(np.ceil(needed[j]))
+    return (
+        f"it contracts at a measured rate of {float(rate[j]):.3g} per iteration, which, "
+        f"if it holds, needs about {total} iterations in all: pass maxiter={total} or use "
+        "method='newton' or 'anderson'"
+    )
 
 
 def _anderson(G: Callable, x: np.ndarray, tol: float, maxiter: int, m: int = ANDERSON_MEMORY):

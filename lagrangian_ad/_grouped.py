@@ -18,9 +18,16 @@ step δ = (I − J)⁻¹ (f(z) − z) comes from the iteration δ ← r + J δ o
 Jacobian-vector products, which cost a matrix product and no transcendental function
 (or, on request, by Anderson-accelerated fixed-point iteration). Their multipliers solve
 λ = g + J_fᵀ λ by the same kind of iteration on the vector-Jacobian products. No
-batch × n² Jacobian is formed. A block the
-iteration does not solve (no map, not contractive) falls back to Newton's method in
-`_blocks.BlockSolver`. Values are stored per variable as arrays of shape
+batch × n² Jacobian is formed. Inexact Newton has converged where the residual is within
+tolerance and so is the Newton correction there, solved to a tenth of itself (the
+forward-error test of `_blocks`; an inner iteration that converges also shows the map
+contractive, so I − J regular, at the point); Anderson's point is certified by the same
+inexact Newton. With "auto" each inner solve may take as many Jacobian-vector products
+as cost one Newton step on the block (`_inner_budget`, a model of this engine's costs),
+so a slow contraction is found out by its measured rate within the cost of a step. A
+block the iteration does not solve or certify (no map, not contractive, too slow for
+"auto") falls back to Newton's method in `_blocks.BlockSolver`, from the best point
+reached, with that module's tests. Values are stored per variable as arrays of shape
 (batch…, entries); the generated code is per form, compiled once.
 """
 
@@ -33,7 +40,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from ._blocks import DENSE_MAX, BlockReport, BlockSolver, SolveOptions, _anderson, _Factorized
+from ._blocks import BlockReport, BlockSolver, SolveOptions, _anderson, _Factorized
 from ._errors import ConvergenceError
 from ._forms import Form, _differentiate, _print, _print_shared, _SparseDiff
 
@@ -675,13 +682,20 @@ class GroupedEngine:
         Z0 = np.empty((solver.n, *shape))
         for j, v in enumerate(inits):
             Z0[j] = v
-        method = opts.method
-        if method == "auto":  # small blocks: Newton's stacked dense LU is cheap and sure
-            method = "inexact-newton" if plan.has_map and solver.n > DENSE_MAX else "newton"
+        method, budget = opts.method, 2 * opts.maxiter
+        if method == "auto" and plan.has_map:
+            # Matrix-free while it pays: each inner solve may take as many Jacobian-vector
+            # products as cost one of Newton's steps; one that needs more (a slow
+            # contraction, by its measured rate) hands over to Newton from the best point.
+            method, budget = "inexact-newton", min(budget, _inner_budget(plan, shape))
+        elif method == "auto":  # implicit equations: no map to iterate
+            method = "newton"
         info: dict = {"method": method, "constraints": plan.constraints}
+        best = None  # the point where inexact Newton left off, if it failed
         Z = None
         if method in ("anderson", "inexact-newton") and plan.has_map:
             fixed: dict = {}
+            it, inner = 0, 0
             if method == "anderson":
 
                 def F(Z: np.ndarray) -> np.ndarray:
@@ -690,14 +704,17 @@ class GroupedEngine:
                         _put(out, g.out, g.evaluate(stores, nd, Z, fixed=fixed))
                     return out
 
-                Z, it, res = _anderson(F, Z0, opts.tol, opts.maxiter)
-                inner = 0
+                Z0, it, res = _anderson(F, Z0, opts.tol, opts.maxiter)
                 what = "Anderson-accelerated fixed-point iteration"
-            else:
-                Z, it, res, inner, info["lin"] = self._inexact_newton(
-                    plan, stores, Z0, nd, opts, fixed
+                why = "the map may not be contractive"
+            if Z0 is not None:  # (Anderson's point is certified by inexact Newton too)
+                Z, k, res, inner, lin, why, best = self._inexact_newton(
+                    plan, stores, Z0, nd, opts, fixed, budget, single=method == "inexact-newton"
                 )
-                what = "Newton's method with iterative linear solves"
+                it += k
+                info["lin"] = lin
+                if method == "inexact-newton":
+                    what = "Newton's method with iterative linear solves"
             if Z is not None:
                 info["fixed"] = fixed
                 cond = float("nan")
@@ -705,24 +722,39 @@ class GroupedEngine:
                     J = solver._jacobian_matrix(
                         np.moveaxis(Z, 0, -1), self._externals(plan, stores)
                     )
-                    cond = _Factorized(J, solver.dense, solver.label).condition
+                    fact = _Factorized(J, solver.dense, solver.label)
+                    fact.check()
+                    cond = fact.condition
                 info["report"] = BlockReport(solver.names, it, res, cond, method, inner)
-            elif opts.method == method:
+            elif opts.method == method and (method == "inexact-newton" or Z0 is None):
                 raise ConvergenceError(
-                    f"{what} did not converge in the block {solver.label}: max |f(z) − z| = "
-                    f"{res:.3e} after {it} iterations (tol {opts.tol}); the map may not be "
-                    "contractive: try method='newton'"
+                    f"{what} did not converge in the block {solver.label}: {why} (max "
+                    f"|f(z) − z| = {res:.3e} after {it} evaluations of the map, tol "
+                    f"{opts.tol}): try method='newton'"
                 )
         if Z is None:  # Newton (or plain fixed point) with the block's Jacobian
+            init, found = opts.init, method == "anderson" and Z0 is not None
+            if found:  # Anderson's point, where the inner iteration did not certify it
+                best = Z0
+            if best is not None:
+                init = {v: best[j] for j, v in enumerate(solver.variables)}
             sub = ctx.__class__(
                 SolveOptions(
                     "fixed-point" if method == "fixed-point" else "newton",
                     opts.tol,
                     opts.maxiter,
-                    opts.init,
+                    init,
                 )
             )
-            Zb = solver.solve(sub, self._externals(plan, stores))
+            try:
+                Zb = solver.solve(sub, self._externals(plan, stores))
+            except ConvergenceError as err:
+                if not found:
+                    raise
+                raise ConvergenceError(
+                    f"{what} reached max |f(z) − z| = {res:.3e} in the block {solver.label}, "
+                    f"but not a solution there: {why}, and from that point {err}"
+                ) from None
             ctx.blocks[solver.index] = sub.blocks[solver.index]
             ctx.batches[solver.index] = sub.batches[solver.index]
             Z = np.moveaxis(Zb, -1, 0)
@@ -767,7 +799,7 @@ class GroupedEngine:
             g.backward(lam_g, None, accs, cache, out, only_z=True, partials=partials)
         return out
 
-    def _inexact_newton(self, plan, stores, Z, nd, opts, fixed):
+    def _inexact_newton(self, plan, stores, Z, nd, opts, fixed, budget, single=True):
         """z = f(z) by Newton's method, each step δ = (I − J)⁻¹ (f(z) − z) found by the
         iteration δ ← r + J δ on the groups' Jacobian-vector products (no n × n matrix).
 
@@ -778,14 +810,23 @@ class GroupedEngine:
         quadratic rate without oversolving: min(res/10, res²), and tol/100 for the last.
         The inner iterations run in single precision (`_mixed_richardson`).
         A step that does not lower a sample's residual is halved for that sample (up to
-        ten times). Returns (Z, evaluations of f, residual, inner iterations, the
-        linearization at Z for the multipliers), or Z = None when that fails or the inner
-        iteration does not converge (not contractive).
+        ten times). Converged where the residual is within tolerance and so is the
+        Newton correction there (solved to a tenth of itself: a small residual alone
+        may only mean that f − z flattens out, as on the way to infinity). Returns (Z,
+        evaluations of f, residual, inner iterations, the linearization at Z for the
+        multipliers, None, None), or Z = None, the reason and the last point accepted
+        (the lowest residual so far; None before the first step) when that fails or an
+        inner iteration does not converge within ``budget`` (not contractive, or not
+        enough for the cost allowed). ``single=False`` skips
+        the single-precision evaluations (a start already near the solution: Anderson's).
         """
         tol, maxiter = opts.tol, opts.maxiter
         n, inner = Z.shape[0], 0
         base = step = best = alpha = None  # last accepted point, its step and residuals
-        target, single = np.inf, True
+        best_low = False  # whether those residuals were evaluated in float32
+        target = np.inf
+        halved = "a step did not lower the residual after ten halvings"
+        not_contractive = "the map is not contractive there (δ ← r + J δ does not converge)"
         for it in range(1, maxiter + 1):
             # While the residual expected here is above LOW_EVAL, f is evaluated in single
             # precision: its rounding (~1e-7) is far below what the step needs, and tanh
@@ -803,42 +844,48 @@ class GroupedEngine:
                 single = False
                 continue
             scale = np.maximum(1.0, np.abs(Z).reshape(n, -1).max(axis=0, initial=0.0))
-            if not low and np.all(per_sample <= tol * scale):  # (False for NaN)
-                # Z, whose residual was just checked, rather than f(Z) (one more
-                # contraction step): the multipliers reuse its linearization
-                return Z, it, res, inner, lin
-            if best is not None:
+            converged = not low and bool(np.all(per_sample <= tol * scale))  # (not NaN)
+            if best is not None and not converged:
                 # Backtracking, sample by sample: far from the solution a full Newton step
                 # (or one solved loosely) can overshoot; halve it where the residual rose.
-                bad = ~(per_sample < best)  # NaN counts as bad
+                # (a residual evaluated in float32 is known to its rounding only)
+                slack = FLOOR_ULPS * EPS32 * scale if best_low else 0.0
+                bad = ~(per_sample < best + slack)  # NaN counts as bad
                 if np.any(bad):
                     if np.min(alpha[bad]) < 1 / 1024:
-                        return None, it, res, inner, None
+                        return None, it, res, inner, None, halved, base
                     alpha = np.where(bad, alpha / 2, alpha)
                     Z = base + alpha.reshape(Z.shape[1:]) * step
                     continue
             if not np.isfinite(res):
-                return None, it, res, inner, None
+                return None, it, res, inner, None, "the residual is not finite", base
             # Inexact Newton's forcing: enough for the quadratic rate, no more; the step
             # expected to be the last (res² below tol) goes to tol/100, so the solution
             # comes out near rounding level rather than just inside the tolerance.
-            target = tol / 100 if res * res <= tol else min(0.1 * res, res * res)
+            if converged:
+                target = 0.1 * res
+            else:
+                target = tol / 100 if res * res <= tol else min(0.1 * res, res * res)
             lin32 = _lowered(lin)
             step, k = _mixed_richardson(
                 lambda D, lin=lin: self._jvp(lin, D, nd),
                 lambda D, lin32=lin32: self._jvp(lin32, D, nd),
                 R,
                 target,
-                2 * maxiter,
+                budget,
                 verify=False,  # the next Newton iteration checks the step
             )
             inner += k
             if step is None:
-                return None, it, res, inner, None
-            base, best, alpha = Z, per_sample, np.ones_like(per_sample)
+                return None, it, res, inner, None, not_contractive, base
+            if converged and np.all(np.abs(step).reshape(n, -1).max(axis=0) <= tol * scale):
+                # Z, whose residual was just checked, rather than Z + δ: the multipliers
+                # reuse its linearization
+                return Z, it, res, inner, lin, None, None
+            base, best, alpha, best_low = Z, per_sample, np.ones_like(per_sample), low
             Z = Z + step
             del G, R, lin, lin32  # not kept alive through the next linearization
-        return None, maxiter, res, inner, None
+        return None, maxiter, res, inner, None, f"{maxiter} iterations were not enough", base
 
     def _block_adjoint(self, plan, stores, accs, batch, ctx, blocks) -> None:
         info = blocks[plan.solver.index]
@@ -848,7 +895,7 @@ class GroupedEngine:
         for j, (s, e) in enumerate(plan.unknown_locs):
             seeds[j] = accs[s][e]
         fixed = info.get("fixed", {})
-        lin = info.pop("lin", None)  # inexact Newton's, at the solution
+        lin = info.pop("lin", None)  # the forward iteration's, at the solution
         if lin is None:
             _, lin = self._linearize(plan, stores, Z, nd, fixed)
         lam = None
@@ -910,8 +957,33 @@ def _lowered(lin: list) -> list:
     return out
 
 
+# What a step of Newton's method on a block costs here (seconds on the development
+# machine, one thread): the generated code fills J with one NumPy operation per nonzero,
+# and LAPACK factorizes it per sample; against one Jacobian-vector product of the groups.
+JACOBIAN_ENTRY = 2e-6, 4e-8  # per nonzero: fixed, and per sample
+LU_SAMPLE = 1.5e-6, 1.5e-10  # per sample: fixed, and per n³ (dense); SuperLU: per nonzero
+SPLU_SAMPLE = 5e-5, 1e-7
+JVP_COST = 7e-6, 3e-11  # per group, and per nonzero and sample
+
+
+def _inner_budget(plan: _BlockPlan, batch: tuple[int, ...]) -> int:
+    """How many Jacobian-vector products cost as much as one Newton step on the block,
+    with the model of the constants above (the inner iterations of an inexact Newton
+    step that need more are handed to Newton)."""
+    samples, n, nnz = int(np.prod(batch)), plan.solver.n, len(plan.solver.rows)
+    jacobian = nnz * (JACOBIAN_ENTRY[0] + JACOBIAN_ENTRY[1] * samples)
+    if plan.solver.dense:
+        lu = samples * (LU_SAMPLE[0] + LU_SAMPLE[1] * n**3)
+    else:
+        lu = samples * (SPLU_SAMPLE[0] + SPLU_SAMPLE[1] * nnz)
+    jvp = JVP_COST[0] * len(plan.groups) + JVP_COST[1] * nnz * samples
+    return int(np.ceil((jacobian + lu) / jvp))
+
+
 LOW_GAIN = 1e-5  # a single-precision inner solve is asked for this much of its residual
 LOW_EVAL = 1e-5  # inexact Newton evaluates f in single precision above this residual
+FLOOR_ULPS = 4  # an iteration whose steps are this many ulps of its iterate has stalled
+EPS32 = float(np.finfo(np.float32).eps)
 
 
 def _mixed_richardson(
@@ -919,61 +991,89 @@ def _mixed_richardson(
 ):
     """`_richardson`'s x = rhs + A x by mixed-precision iterative refinement.
 
-    The iterations run in float32 with A rounded to single precision (``apply_low``):
-    half the memory traffic, a matrix product at twice the speed. Float64 is used for
-    the residual r = rhs + A x − x only, and each round solves for the correction e =
-    r + A e in float32 to LOW_GAIN of r, so every round gains five digits whatever the
-    rounding of the float32 iterations; the answer satisfies the float64 tolerance like
-    `_richardson`'s. ``verify=False`` skips the last float64 residual when one float32
-    round already meets ``tol`` (Newton's steps: the next iteration checks them).
-    Falls back to `_richardson` in float64 when the float32 iteration does not converge
-    (values outside float32's range, a rate too close to 1 for its rounding).
+    Each round computes the residual r = rhs + A x − x in float64 and solves for the
+    correction e = r + A e in float32 with A rounded to single precision
+    (``apply_low``: half the memory traffic, a matrix product at twice the speed), to
+    LOW_GAIN of r or as far as float32 resolves e (`_richardson` stops at its rounding
+    floor), the last round to tol (tol/2 when the rounding of x + e adds to it). A
+    round that does not halve the float64 residual — the rounding of A and of e limit a
+    float32 round to a gain of about ε₃₂·cond(I − A) — hands over to rounds in float64,
+    as do values outside float32's range; the refined x is kept, not recomputed.
+    Returns (x, iterations) with max |rhs + A x − x| ≤ ``tol``, or (None, iterations)
+    when that cannot be reached within ``maxiter`` iterations in all. ``verify=False``
+    skips the last float64 residual when a round already meets ``tol`` (Newton's
+    steps: the next iteration checks them).
     """
     x, r, total = None, rhs, 0
-    for _ in range(6):
-        size = float(np.max(np.abs(r), initial=0.0))
-        if not np.isfinite(size) or size > 1e30:
-            break
+    size = float(np.max(np.abs(r), initial=0.0))
+    low = True
+    while np.isfinite(size):
         if size <= tol:
             return (rhs.copy() if x is None else x), total
-        inner = max(tol, LOW_GAIN * size)
-        e, k = _richardson(apply_low, r.astype(np.float32), inner, maxiter)
+        if total >= maxiter:
+            break
+        low = low and size <= 1e30
+        # A round that is to end it aims at tol, or at tol/2 where the rounding of x + e
+        # adds to the residual.
+        last_goal = tol if x is None else tol / 2
+        inner = max(last_goal, LOW_GAIN * size) if low else last_goal
+        e, k, last = _richardson(
+            apply_low if low else apply, r.astype(np.float32) if low else r, inner, maxiter - total
+        )
         total += k
         if e is None:
-            break
+            if not low:
+                break
+            low = False  # e.g. a rate too close to 1 for float32's rounding
+            continue
         x = e.astype(np.float64) if x is None else x + e
-        if inner == tol and not verify:
+        if inner == last_goal and last <= inner and not verify:
             return x, total
         r = rhs + apply(x) - x
         total += 1
-    x, k = _richardson(apply, rhs, tol, maxiter)
-    return x, total + k
+        new = float(np.max(np.abs(r), initial=0.0))
+        if new > tol and not new <= 0.5 * size:  # no gain from this round (NaN included)
+            if not low:
+                break
+            low = False
+        size = new
+    return None, total
 
 
 def _richardson(apply: Callable, rhs: np.ndarray, tol: float, maxiter: int):
     """x = rhs + apply(x) for a linear ``apply`` of spectral radius below 1, by the plain
-    iteration from x = rhs, until a step changes no entry by more than ``tol``.
+    iteration x ← rhs + apply(x) from x = rhs.
 
-    Returns (x, iterations), or (None, iterations) when it cannot get there: a
+    The step from an iterate x is its residual rhs + apply(x) − x; the iteration stops
+    at the first step within ``tol`` in every entry — or within FLOOR_ULPS ulps of x,
+    where it has reached its rounding floor in the working precision (x's dtype) and can
+    gain nothing more — and returns the iterate that step reached, one contraction past
+    the measured residual (its own is apply(step), which may exceed ``tol`` where
+    ‖apply‖∞ > 1: `_mixed_richardson` checks it in float64). Returns (x, iterations,
+    the size of that last step), or (None, iterations, …) when it cannot get there: a
     non-finite step, or a rate that will not reach ``tol`` within ``maxiter``.
     """
     x = rhs
+    floor = FLOOR_ULPS * np.finfo(rhs.dtype).eps
     steps = []
+    head = 0.0  # the largest step of the first half, max(steps[: k // 2])
     for k in range(1, maxiter + 1):
         new = rhs + apply(x)
         step = float(np.max(np.abs(new - x), initial=0.0))
+        if step <= tol or step <= floor * float(np.max(np.abs(x), initial=0.0)):
+            return new, k, step
         x = new
-        if step <= tol:
-            return x, k
         if not np.isfinite(step):
-            return None, k
+            return None, k, step
         steps.append(step)
+        if k % 2 == 0:
+            head = max(head, steps[k // 2 - 1])
         if k >= 16:  # the rate against the largest step of the first half: steps may
             # grow at first (a non-normal A) or oscillate (complex eigenvalues)
-            rate = (step / max(steps[: k // 2])) ** (1 / (k - k // 2))
+            rate = (step / head) ** (1 / (k - k // 2))
             if rate >= 1 or k + np.log(tol / step) / np.log(rate) > maxiter:
-                return None, k
-    return None, maxiter
+                return None, k, step
+    return None, maxiter, np.inf
 
 
 def _put(arr: np.ndarray, op: _Operand, value: Any) -> None:

@@ -8,12 +8,17 @@ sample on Python floats, or central differences (`check_grads`).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import brentq
 
 import lagrangian_ad as lad
-from lagrangian_ad import ConvergenceError
+from lagrangian_ad import ConvergenceError, SingularSystemError
 from lagrangian_ad.testing import check_grads
 
 
@@ -104,6 +109,7 @@ def test_weights_with_batch_axes_and_broadcast_leading_axes():
     inp["W1"] = inp["W1"][:, None]  # (4, 1, 8, 3)
     value, grad = fn.value_and_grad(inp)
     assert value.shape == (4, 2) and grad["W1"].shape == (4, 1, 8, 3)
+    summed = {"W1": np.zeros((4, 1, 8, 3)), "b1": 0.0, "w2": 0.0}  # over the axes given 1
     for i in range(4):
         for j in range(2):
             one = {
@@ -116,7 +122,13 @@ def test_weights_with_batch_axes_and_broadcast_leading_axes():
             v, g = fn.value_and_grad(one)
             assert value[i, j] == pytest.approx(v, rel=1e-13)
             np.testing.assert_allclose(grad["x"][i, j], g["x"], rtol=1e-12, atol=1e-14)
-    check_grads(fn, inp, rtol=1e-6)
+            summed["W1"][i, 0] += g["W1"]
+            summed["b1"] = summed["b1"] + g["b1"]
+            summed["w2"] = summed["w2"] + g["w2"]
+    for name, expect in summed.items():  # (sums of entries up to about 3: atol 1e-13)
+        np.testing.assert_allclose(grad[name], expect, rtol=1e-12, atol=1e-13, err_msg=name)
+    # the float path per sample is checked against SymPy elsewhere; here differences
+    check_grads(fn, inp, rtol=1e-6, symbolic=False)
 
 
 def test_contraction_variants_against_finite_differences():
@@ -145,14 +157,35 @@ def test_contraction_variants_against_finite_differences():
         "A": rng.standard_normal((n, k)) / 3,
         "B": rng.standard_normal((5, n, k)) / 3,
     }
-    check_grads(fn, inp, rtol=1e-6)
-    value, _grad = fn.value_and_grad(inp)
+    # finite differences (SymPy's inlined derivative, check_grads' default here, took 50 s;
+    # backprop by hand below checks every entry instead)
+    check_grads(fn, inp, rtol=1e-6, symbolic=False)
+    sol = fn.solve(inp)
     X, Am, Bm = inp["x"], inp["A"], inp["B"]
     uu = X @ C.T
     vv = np.einsum("ij,bij->bi", Am, Bm)
     ww = 3 * X @ Am.T + X[:, :1] ** 2
     ss = (np.sin(uu) * vv + ww**2).sum(1)
-    np.testing.assert_allclose(value, ss * X.sum(1) / 10, rtol=1e-12)
+    np.testing.assert_allclose(sol.value, ss * X.sum(1) / 10, rtol=1e-12)
+    # out = s Σ_j x_j / 10: λ_s = Σx/10, λ_u = λ_s cos(u) v, λ_v = λ_s sin(u), λ_w = 2 λ_s w
+    lam_s = X.sum(1) / 10
+    lam = {
+        "s": lam_s,
+        "u": lam_s[:, None] * np.cos(uu) * vv,
+        "v": lam_s[:, None] * np.sin(uu),
+        "w": 2 * lam_s[:, None] * ww,
+    }
+    for name, expect in lam.items():
+        np.testing.assert_allclose(sol.multipliers[name], expect, rtol=1e-12, err_msg=name)
+    grad_x = ss[:, None] / 10 + lam["u"] @ C + 3 * lam["w"] @ Am
+    grad_x[:, 0] += 2 * X[:, 0] * lam["w"].sum(1)
+    grads = {
+        "x": grad_x,
+        "A": np.einsum("bi,bij->ij", lam["v"], Bm) + 3 * lam["w"].T @ X,
+        "B": lam["v"][:, :, None] * Am,
+    }
+    for name, expect in grads.items():
+        np.testing.assert_allclose(sol.grad[name], expect, rtol=1e-12, atol=1e-14, err_msg=name)
 
 
 def _equilibrium(n, d, numeric_W=None):
@@ -249,14 +282,11 @@ def test_equilibrium_other_methods_agree(method):
         np.testing.assert_allclose(grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
 
 
-def test_non_contractive_block_falls_back_to_newton(monkeypatch):
+def test_non_contractive_block_falls_back_to_newton():
     """h = tanh(W h + …) with ‖W‖₂ = 3 at a point where the fixed-point map diverges:
-    "auto" (told the block is large) tries inexact Newton, whose inner iteration
-    δ ← r + J δ diverges with it, then falls back to Newton's factorization;
-    "inexact-newton" and "anderson" alone say they did not converge."""
-    import lagrangian_ad._grouped as grouped
-
-    monkeypatch.setattr(grouped, "DENSE_MAX", 8)
+    "auto" tries inexact Newton, whose inner iteration δ ← r + J δ diverges with it,
+    then falls back to Newton's factorization; "inexact-newton" and "anderson" alone
+    say they did not converge."""
     n, d = 16, 2
     rng = np.random.default_rng(11)
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
@@ -306,33 +336,70 @@ def test_adjoint_falls_back_to_the_factorization(monkeypatch):
     import lagrangian_ad._grouped as grouped
 
     calls = []
+    mixed = grouped._mixed_richardson
 
-    def failing(apply, rhs, tol, maxiter):
-        calls.append(maxiter)
+    def failing(apply, apply_low, rhs, tol, maxiter, verify=True):
+        if not verify:  # the forward solve's inner iterations
+            return mixed(apply, apply_low, rhs, tol, maxiter, verify)
+        calls.append(maxiter)  # the multipliers'
         return None, maxiter
 
-    monkeypatch.setattr(grouped, "_richardson", failing)
+    monkeypatch.setattr(grouped, "_mixed_richardson", failing)
     n, d = 16, 3
     fn = _equilibrium(n, d).compile()
     assert fn._grouped is not None
     inp = _equilibrium_inputs(n, d, 5, seed=8)
     _, grad = fn.value_and_grad(inp, method="anderson")  # the forward pass by Anderson
-    assert calls  # the single-precision iteration, then the float64 one
+    assert calls
     _, _, grads = _ift(inp)
     for name, g in grads.items():
         np.testing.assert_allclose(grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
 
 
-def test_auto_uses_inexact_newton_for_blocks_over_100_unknowns():
-    n, d = 110, 2
-    fn = _equilibrium(n, d).compile()
-    inp = _equilibrium_inputs(n, d, 4, seed=9)
+def _rotation_equilibrium(rho: float, batch: int, n: int = 16, d: int = 3) -> dict:
+    """Inputs of `_equilibrium` with W = ρ·Q for a rotation Q: J's eigenvalues lie near a
+    circle of radius about ρ, so δ ← r + J δ gains a digit every ln 10 / (−ln ρ) steps."""
+    rng = np.random.default_rng(2)
+    Q, R = np.linalg.qr(rng.standard_normal((n, n)))
+    return {
+        "W": rho * Q * np.sign(np.diag(R)),
+        "U": 0.1 * rng.standard_normal((n, d)) / np.sqrt(d),
+        "b": 0.02 * rng.standard_normal(n),
+        "x": rng.standard_normal((batch, d)),
+    }
+
+
+@pytest.mark.parametrize(("rho", "expected"), [(0.5, "inexact-newton"), (0.99, "newton")])
+def test_auto_chooses_by_the_measured_cost_of_the_inner_iterations(rho, expected):
+    """ "auto" starts matrix-free on a block of 16 unknowns (a fixed size once sent every
+    block of up to 100 to Newton), allowing each inner solve the Jacobian-vector products
+    that cost one Newton step (77 here, `_grouped._inner_budget`): at ρ = 0.5 they
+    suffice; at ρ = 0.99 the measured rate predicts more, and Newton takes over. Both
+    match the implicit function theorem."""
+    import lagrangian_ad._grouped as grouped
+
+    fn = _equilibrium(16, 3).compile()
+    inp = _rotation_equilibrium(rho, 2)
+    (plan,) = [s.block for s in fn._grouped.steps if s.block is not None]
+    assert grouped._inner_budget(plan, (2,)) < 100
+    sol = fn.solve(inp)
+    assert sol.blocks[0].method == expected
+    H, _, grads = _ift(inp)
+    np.testing.assert_allclose(sol.values["h"], H, rtol=0, atol=1e-13)
+    for name, g in grads.items():
+        np.testing.assert_allclose(sol.grad[name], g, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_inexact_newton_on_one_sample_says_it_ran_newton():
+    """One sample runs the straight-line code, which has no Jacobian-vector products:
+    "inexact-newton" is Newton there, and the report says so."""
+    fn = _equilibrium(16, 3).compile()
+    inp = _equilibrium_inputs(16, 3, 1, seed=4)
+    one = {**inp, "x": inp["x"][0]}
+    assert fn.solve(one, method="inexact-newton").blocks[0].method == "newton"
+    assert fn.solve(inp, method="inexact-newton").blocks[0].method == "inexact-newton"
     _, _, grads = _ift(inp)
-    for method, expected in (("auto", "inexact-newton"), ("anderson", "anderson")):
-        sol = fn.solve(inp, method=method)
-        assert sol.blocks[0].method == expected
-        for name, g in grads.items():
-            np.testing.assert_allclose(sol.grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(fn.solve(one).grad["W"], grads["W"], rtol=1e-11, atol=1e-13)
 
 
 @pytest.mark.parametrize(
@@ -342,8 +409,9 @@ def test_auto_uses_inexact_newton_for_blocks_over_100_unknowns():
 )
 def test_mixed_precision_refinement_against_a_dense_solve(rate, size):
     """x = b + A x by float32 iterations refined in float64 meets the float64 tolerance,
-    also at a rate of 0.999 (five refinement rounds), and falls back to float64 for
-    values beyond float32's range."""
+    also at a rate of 0.999 (|x| ≈ 700 |b|: float32 resolves each correction only to a
+    few parts in 10⁴, so several rounds, each ended at float32's rounding floor), and
+    falls back to float64 for values beyond float32's range."""
     from lagrangian_ad._grouped import _mixed_richardson
 
     rng = np.random.default_rng(5)
@@ -354,7 +422,8 @@ def test_mixed_precision_refinement_against_a_dense_solve(rate, size):
     A *= rate / np.max(np.abs(np.linalg.eigvals(A)))
     b = size * rng.standard_normal((n, batch))
     tol = 1e-12 * size
-    x, k = _mixed_richardson(lambda v: A @ v, lambda v: A.astype(np.float32) @ v, b, tol, 100_000)
+    A32 = A.astype(np.float32)
+    x, k = _mixed_richardson(lambda v: A @ v, lambda v: A32 @ v, b, tol, 100_000)
     assert x.dtype == np.float64 and k > 0
     exact = np.linalg.solve(np.eye(n) - A, b)
     residual = np.abs(b + A @ x - x).max()
@@ -368,15 +437,8 @@ def test_inexact_newton_backtracks_on_a_slowly_contracting_rotation(monkeypatch)
     answer still matches the implicit function theorem's dense solve."""
     import lagrangian_ad._grouped as grouped
 
-    n, d, batch = 16, 3, 12
-    rng = np.random.default_rng(2)  # a seed where a step overshoots (most do not)
-    Q, R = np.linalg.qr(rng.standard_normal((n, n)))
-    inp = {
-        "W": 0.95 * Q * np.sign(np.diag(R)),
-        "U": 0.1 * rng.standard_normal((n, d)) / np.sqrt(d),
-        "b": 0.02 * rng.standard_normal(n),
-        "x": rng.standard_normal((batch, d)),
-    }
+    n, d = 16, 3
+    inp = _rotation_equilibrium(0.95, 12)  # its seed makes a step overshoot (most do not)
     counts = {"evaluations": 0, "steps": 0}
     linearize, mixed = grouped.GroupedEngine._linearize, grouped._mixed_richardson
 
@@ -395,10 +457,114 @@ def test_inexact_newton_backtracks_on_a_slowly_contracting_rotation(monkeypatch)
     (report,) = sol.blocks
     assert report.method == "inexact-newton" and report.residual < 1e-12
     # evaluations: one per Newton step, the final check (whose linearization the
-    # multipliers reuse) and one per halving; steps: the Newton steps and the adjoint's
-    assert counts["evaluations"] > counts["steps"]  # so some step was halved
+    # multipliers reuse) and one per halving; inner solves: one per Newton step, the
+    # Newton correction at the final point and the adjoint's
+    assert counts["evaluations"] >= counts["steps"]  # so some step was halved
     H, lam, grads = _ift(inp)
     np.testing.assert_allclose(sol.values["h"], H, rtol=0, atol=1e-13)
     np.testing.assert_allclose(sol.multipliers["h"], lam, rtol=1e-10)
     for name, g in grads.items():
         np.testing.assert_allclose(sol.grad[name], g, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+# The grouped engine's own methods (Anderson, inexact Newton; "auto" reaches Newton)
+# on coupled blocks without a regular root, and on their regular neighbours: a fold of
+# the symmetric equilibrium h = tanh(W h + b), W = (w/n)·11ᵀ, and h = W h − k (g(W h − x)
+# − e) with 1ᵀ(W − I) = 0, which has no root at all for e = 0 (summing the equations:
+# 0 = Σ k g > 0).
+
+_N = 8
+
+
+@functools.cache
+def _coupled(kind: str):
+    prog = lad.Program()
+    W = prog.input("W", shape=(_N, _N))
+    h = prog.var("h", shape=(_N,))
+    v = prog.define(
+        "v", sp.Matrix([sp.Add(*[W[i, j] * h[j] for j in range(_N)]) for i in range(_N)])
+    )
+    if kind == "tanh":
+        b = prog.input("b", shape=(_N,))
+        prog.define(h, sp.Matrix([sp.tanh(v[i] + b[i]) for i in range(_N)]))
+    else:
+        x, k, e = prog.input("x"), prog.input("k"), prog.input("e")
+        prog.define(h, sp.Matrix([v[i] - k * (1 / (1 + (v[i] - x) ** 2) - e) for i in range(_N)]))
+    prog.define("y", sp.Add(*h))
+    fn = prog.compile()
+    assert fn._grouped is not None
+    return fn
+
+
+def _tanh_fold(rng) -> tuple[float, float, float, np.ndarray]:
+    """(w, η, c, W) of a fold of η = tanh(w η + c), where w (1 − η²) = 1, W = (w/n)·11ᵀ."""
+    w = rng.uniform(1.5, 4)
+    eta = np.sqrt(1 - 1 / w)
+    return w, eta, np.arctanh(eta) - w * eta, np.full((_N, _N), w / _N)
+
+
+def _ring_weights(rng) -> np.ndarray:
+    C = np.eye(_N) - 1 / _N  # W − I = 0.1 C R C: 1ᵀ(W − I) = 0 and (W − I) 1 = 0
+    return np.eye(_N) + 0.1 * C @ rng.standard_normal((_N, _N)) @ C
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+@settings(max_examples=10)
+@given(st.sampled_from(["fold", "no-root"]), st.integers(0, 2**16))
+def test_grouped_blocks_without_a_regular_root_raise(kind, seed):
+    rng = np.random.default_rng(seed)
+    batch = 3
+    if kind == "fold":
+        fn = _coupled("tanh")
+        _, eta, c, W = _tanh_fold(rng)
+        h0 = np.full((batch, _N), eta) + rng.uniform(0.05, 0.2, (batch, 1))
+        inputs = {"W": W, "b": np.full((batch, _N), c)}
+    else:
+        fn = _coupled("ring")
+        W = _ring_weights(rng)
+        h0 = rng.uniform(-1, 1, (batch, _N))
+        inputs = {"W": W, "x": rng.uniform(-1, 1, batch), "k": rng.uniform(0.3, 2), "e": 0.0}
+    init = {"h": h0, "v": h0 @ W.T}
+    for method in ("anderson", "inexact-newton", "auto"):
+        for call in (fn.value_and_grad, fn.solve):
+            with pytest.raises((SingularSystemError, ConvergenceError), match=r"block v\[0\]"):
+                call(inputs, init=init, method=method)
+
+
+@settings(max_examples=10)
+@given(st.sampled_from(["fold", "no-root"]), st.integers(0, 2**16))
+def test_grouped_regular_neighbours_solve_to_the_closed_form(kind, seed):
+    """Beside the fold, c = c_f + d: the upper root η (SciPy's brentq) with
+    ∂y/∂b_i = (1 − η²)/(1 − w(1 − η²)); beside the ring without a root, e > 0: h = x + s*
+    with g(s*) = e, and ∂y/∂x = n."""
+    rng = np.random.default_rng(seed)
+    batch = 3
+    if kind == "fold":
+        fn = _coupled("tanh")
+        w, eta_f, c_f, W = _tanh_fold(rng)
+        c = c_f + rng.uniform(0.01, 0.1, batch)
+        eta = np.array(
+            [brentq(lambda q, ci=ci: np.arctanh(q) - w * q - ci, eta_f, 1 - 1e-15) for ci in c]
+        )
+        h0 = np.repeat((eta + 0.3 * (eta - eta_f))[:, None], _N, axis=1)
+        inputs = {"W": W, "b": np.repeat(c[:, None], _N, axis=1)}
+        D = 1 - eta**2
+        expect_h, grad = (
+            np.repeat(eta[:, None], _N, axis=1),
+            ("b", np.repeat((D / (1 - w * D))[:, None], _N, axis=1)),
+        )
+    else:
+        fn = _coupled("ring")
+        W = _ring_weights(rng)
+        x, e = rng.uniform(-1, 1, batch), rng.uniform(0.05, 0.9)
+        s = -np.sqrt(1 / e - 1)  # g(s) = 1/(1 + s²) = e, on the branch where g′ > 0
+        inputs = {"W": W, "x": x, "k": (1 + s * s) ** 2 / (-2 * s), "e": e}  # k = 1/g′(s)
+        expect_h = np.repeat((x + s)[:, None], _N, axis=1)
+        h0 = expect_h + 0.05 * abs(s) * rng.standard_normal((batch, _N))
+        grad = ("x", np.full(batch, float(_N)))
+    for method in ("anderson", "inexact-newton", "auto"):
+        sol = fn.solve(inputs, init={"h": h0, "v": h0 @ W.T}, method=method)
+        np.testing.assert_allclose(
+            sol.values["h"], expect_h, rtol=1e-12, atol=1e-12, err_msg=method
+        )
+        np.testing.assert_allclose(sol.grad[grad[0]], grad[1], rtol=1e-8, err_msg=method)
