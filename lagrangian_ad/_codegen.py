@@ -88,7 +88,15 @@ class _Printer(NumPyPrinter):
 
 
 class _Namer:
-    """Unique, safe Python identifiers for symbols (``W[0,1]`` -> ``W_0_1``)."""
+    """Unique, safe Python identifiers for symbols (``W[0,1]`` -> ``W_0_1``).
+
+    Every name in generated code comes from here — the program's variables first, then
+    the generated functions (``forward``, ``adjoint``, ``tangents``, …) and their
+    temporaries — or begins with an underscore (``_ctx``, ``_Z``, ``_blocks``: the
+    plumbing of the generated code), which no name made here does. So a variable named
+    ``tangents`` or ``second_adjoint`` gets an identifier of its own, and the function of
+    that name is ``tangents_1``.
+    """
 
     RESERVED = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"numpy", "special", "math"}
 
@@ -164,7 +172,8 @@ class _Emitter:
         self.loc = [place[s] for s in graph.symbols]
         self.n_forms = len(table)
         most = max((max(len(f.temps), len(f.jac_temps)) for f in self.forms), default=0)
-        self.temps = {f"tmp{k}": self.namer.fresh(f"t{k}") for k in range(most)}
+        self.temps: dict[str, str] = {}
+        self.ensure_temps(most)
         # λ of every constraint; the accumulator of ∂L/∂v for every variable. For the
         # constraint of an explicit block both are one name: λ_i = [i = N] + Σ … .
         self.lam: dict[int, str] = {}
@@ -181,6 +190,11 @@ class _Emitter:
             if not b.explicit:
                 for v in b.unknowns:
                     self.acc[v] = self.namer.fresh("g_" + self.names[v])
+
+    def ensure_temps(self, n: int) -> None:
+        """Names for the temporaries «tmp0» … «tmp(n−1)» of printed forms."""
+        for k in range(len(self.temps), n):
+            self.temps[f"tmp{k}"] = self.namer.fresh(f"t{k}")
 
     def slots(self, e: int, lam: str | None = None) -> dict[str, str]:
         """Placeholder -> code for constraint e."""
@@ -240,8 +254,10 @@ def generate(ir: ProgramIR, graph: Graph, report: Callable = lambda *a: None) ->
     n_b = len(graph.blocks)
     names, n_in = em.names, em.n_in
 
+    fresh = em.namer.fresh
+    forward, adjoint = fresh("forward"), fresh("adjoint")
     # Forward: explicit blocks one line each, cyclic blocks one call each.
-    fwd = [f"def forward(_ctx, {', '.join(names[:n_in])}):"]
+    fwd = [f"def {forward}(_ctx, {', '.join(names[:n_in])}):"]
     block_src, solvers = [], []
     cyclic_index = {b: k for k, b in enumerate(graph.cyclic_blocks)}
     for i, b in enumerate(graph.blocks):
@@ -253,17 +269,18 @@ def generate(ir: ProgramIR, graph: Graph, report: Callable = lambda *a: None) ->
             continue
         k = cyclic_index[b]
         ext = sorted({v for e in b.constraints for v in graph.reads(e)} - set(b.unknowns))
-        src, rows, cols, has_map = _block_source(em, b, k, ext)
+        functions = tuple(fresh(f"block{k}_{part}") for part in ("residual", "jacobian", "map"))
+        src, rows, cols, has_map = _block_source(em, b, functions, ext)
         block_src.append(src)
         unknown_names = tuple(graph.symbols[v].name for v in b.unknowns)
-        solvers.append((k, unknown_names, b.unknowns, rows, cols, has_map))
+        solvers.append((k, unknown_names, b.unknowns, rows, cols, functions, has_map))
         fwd.append(f"    _Z = _blocks[{k}].solve(_ctx, ({''.join(names[v] + ', ' for v in ext)}))")
         fwd += [f"    {names[v]} = _Z[..., {j}]" for j, v in enumerate(b.unknowns)]
     fwd.append(f"    return [{', '.join(names[n_in:])}]")
     forward_source = "\n".join(fwd) + "\n"
 
     # Adjoint: blocks in reverse, each scattering λ_e ∂r_e/∂z to the variables it reads.
-    adj = [f"def adjoint(_ctx, {', '.join(names)}):", f"    {em.acc[graph.output]} = 1.0"]
+    adj = [f"def {adjoint}(_ctx, {', '.join(names)}):", f"    {em.acc[graph.output]} = 1.0"]
     assigned = {graph.output}
     for i, b in enumerate(reversed(graph.blocks)):
         if not i & 255:
@@ -302,19 +319,23 @@ def generate(ir: ProgramIR, graph: Graph, report: Callable = lambda *a: None) ->
             k,
             unknown_names,
             variables,
-            namespace[f"block{k}_residual"],
-            namespace[f"block{k}_jacobian"],
-            namespace[f"block{k}_map"] if has_map else None,
+            namespace[residual],
+            namespace[jacobian],
+            namespace[fixed_point_map] if has_map else None,
             rows,
             cols,
         )
-        for k, unknown_names, variables, rows, cols, has_map in solvers
+        for k, unknown_names, variables, rows, cols, (
+            residual,
+            jacobian,
+            fixed_point_map,
+        ), has_map in solvers
     )
     namespace["_blocks"] = em.block_solvers = block_solvers
     scalar = _exec(code, {**SCALAR_NAMESPACE, "_blocks": block_solvers})
     return Generated(
-        numpy=Passes(namespace["forward"], namespace["adjoint"]),
-        scalar=Passes(scalar["forward"], scalar["adjoint"]),
+        numpy=Passes(namespace[forward], namespace[adjoint]),
+        scalar=Passes(scalar[forward], scalar[adjoint]),
         forward_source=forward_source,
         adjoint_source=adjoint_source,
         blocks_source=blocks_source,
@@ -326,19 +347,21 @@ def generate(ir: ProgramIR, graph: Graph, report: Callable = lambda *a: None) ->
 
 def jvp_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
     """The tangent pass, generated on first use: (NumPy version, float version, source)."""
-    source = _jvp_source(em)
+    name = em.namer.fresh("jvp")
+    source = _jvp_source(em, name)
     code = _compile(source, "jvp")
     numpy_ns = _exec(
         code, {"numpy": np, "special": scipy.special, "math": math, "_blocks": em.block_solvers}
     )
     scalar_ns = _exec(code, {**SCALAR_NAMESPACE, "_blocks": em.block_solvers})
-    return numpy_ns["jvp"], scalar_ns["jvp"], source
+    return numpy_ns[name], scalar_ns[name], source
 
 
 def kkt_function(em: _Emitter) -> tuple[Callable, str]:
     """The stationarity certificate, generated on first use: (function, source)."""
-    source = _kkt_source(em)
-    return _exec(_compile(source, "kkt"))["kkt"], source
+    name = em.namer.fresh("kkt")
+    source = _kkt_source(em, name)
+    return _exec(_compile(source, "kkt"))[name], source
 
 
 def _lam_known(graph: Graph, em: _Emitter, e: int, assigned: set[int]) -> bool:
@@ -349,24 +372,25 @@ def _lam_known(graph: Graph, em: _Emitter, e: int, assigned: set[int]) -> bool:
     return e in graph.needed  # a cyclic block: all its constraints are needed, or none
 
 
-def _block_source(em: _Emitter, b, k: int, ext: list[int]):
-    """Residual, Jacobian (nonzero entries) and fixed-point map of cyclic block k."""
+def _block_source(em: _Emitter, b, functions: tuple[str, str, str], ext: list[int]):
+    """Residual, Jacobian (nonzero entries) and fixed-point map of a cyclic block, as the
+    functions named ``functions``."""
     names, graph = em.names, em.graph
     col = {v: j for j, v in enumerate(b.unknowns)}
     head = [f"    {names[v]} = _X[{i}]" for i, v in enumerate(ext)]
     head += [f"    {names[v]} = _Z[..., {j}]" for j, v in enumerate(b.unknowns)]
 
-    res = [f"def block{k}_residual(_R, _Z, _X):", *head]
+    residual, jacobian, fixed_point_map = functions
+    res = [f"def {residual}(_R, _Z, _X):", *head]
     res += [f"    _R[..., {r}] = {em.residual_text(e)}" for r, e in enumerate(b.constraints)]
 
-    jac = [f"def block{k}_jacobian(_D, _Z, _X):", *head]
+    jac = [f"def {jacobian}(_D, _Z, _X):", *head]
     rows, cols = [], []
     for r, e in enumerate(b.constraints):
         form, sl = em.forms[e], em.slots(e)
         explicit = graph.targets[e] is not None
         jac_temps, jac_codes = em.table.raw_jacobian(form, em.ir.constraints[e].label)
-        for k in range(len(em.temps), len(jac_temps)):
-            em.temps[f"tmp{k}"] = em.namer.fresh(f"t{k}")
+        em.ensure_temps(len(jac_temps))
         sl = em.slots(e)
         # ∂r/∂z for the unknowns of the block: δ(z = target) − ∂f/∂z, or ∂c/∂z.
         entries: dict[int, str] = {}
@@ -392,7 +416,7 @@ def _block_source(em: _Emitter, b, k: int, ext: list[int]):
     src = res + jac
     has_map = all(graph.targets[e] == graph.match[e] for e in b.constraints)
     if has_map:
-        src += [f"def block{k}_map(_F, _Z, _X):", *head]
+        src += [f"def {fixed_point_map}(_F, _Z, _X):", *head]
         src += [f"    _F[..., {r}] = {em.forward_text(e)}" for r, e in enumerate(b.constraints)]
     return (
         "\n".join(src) + "\n",
@@ -402,7 +426,7 @@ def _block_source(em: _Emitter, b, k: int, ext: list[int]):
     )
 
 
-def _jvp_source(em: _Emitter, name: str = "jvp", every: bool = False) -> str:
+def _jvp_source(em: _Emitter, name: str, every: bool = False) -> str:
     """Forward mode: ż_i = Σ_j ∂f_i/∂z_j ż_j in block order; J ż_B = rhs in cyclic blocks.
 
     Only variables downstream of the inputs get a tangent; the rest are zero and skipped.
@@ -468,11 +492,12 @@ def hessian_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
     tangent arrays, so each term is one contraction over the batch.
     """
     graph, names = em.graph, em.names
-    tangents_source = _jvp_source(em, "tangents", every=True)
+    tangents, hessian = em.namer.fresh("tangents"), em.namer.fresh("hessian")
+    tangents_source = _jvp_source(em, tangents, every=True)
     lam = [em.namer.fresh("mu_" + c.label) for c in em.ir.constraints]
     dot = [em.namer.fresh("z_" + names[v]) for v in range(len(names))]
     lines = [
-        f"def hessian({', '.join(names)}, {', '.join(lam)}, {', '.join(dot)}):",
+        f"def {hessian}({', '.join(names)}, {', '.join(lam)}, {', '.join(dot)}):",
         "    _H = 0.0",
     ]
     for e, c in enumerate(em.ir.constraints):
@@ -481,8 +506,7 @@ def hessian_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
         temps, pairs = em.table.second_derivatives(em.forms[e], c.label)
         if not pairs:
             continue
-        for k in range(len(em.temps), len(temps)):  # second order may need more names
-            em.temps[f"tmp{k}"] = em.namer.fresh(f"t{k}")
+        em.ensure_temps(len(temps))  # second order may need more names
         sl = em.slots(e, lam[e])
         lines += [f"    {instantiate(t, sl)}" for t in temps]
         sign = "+" if c.target is not None else "-"
@@ -503,7 +527,7 @@ def hessian_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
             "_blocks": em.block_solvers,
         },
     )
-    return namespace["tangents"], namespace["hessian"], source
+    return namespace[tangents], namespace[hessian], source
 
 
 def _outer(c: Any, za: Any, zb: Any) -> Any:
@@ -529,28 +553,28 @@ def hvp_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
     `_second_adjoint_source`. Never forms a Hessian: about one forward and two reverse
     sweeps.
     """
-    names = em.names
-    tangents_source = _jvp_source(em, "tangents", every=True)
-    lam = [em.namer.fresh("l_" + c.label) for c in em.ir.constraints]
-    dot = [em.namer.fresh("zd_" + names[v]) for v in range(len(names))]
-    dx = [em.namer.fresh("xd_" + names[k]) for k in range(em.n_in)]
+    names, fresh = em.names, em.namer.fresh
+    hvp, tangents, second_adjoint = fresh("hvp"), fresh("tangents"), fresh("second_adjoint")
+    tangents_source = _jvp_source(em, tangents, every=True)
+    lam = [fresh("l_" + c.label) for c in em.ir.constraints]
+    dot = [fresh("zd_" + names[v]) for v in range(len(names))]
+    dx = [fresh("xd_" + names[k]) for k in range(em.n_in)]
     wrapper = [
-        f"def hvp(_ctx, {', '.join(names)}, {', '.join(lam)}, {', '.join(dx)}):",
-        f"    _D = tangents(_ctx, {', '.join(names)}, {', '.join(dx)})",
-        f"    return second_adjoint(_ctx, {', '.join(names)}, {', '.join(lam)}, *_D)",
+        f"def {hvp}(_ctx, {', '.join(names)}, {', '.join(lam)}, {', '.join(dx)}):",
+        f"    _D = {tangents}(_ctx, {', '.join(names)}, {', '.join(dx)})",
+        f"    return {second_adjoint}(_ctx, {', '.join(names)}, {', '.join(lam)}, *_D)",
     ]
-    source = "\n".join(
-        [tangents_source, _second_adjoint_source(em, lam, dot), "\n".join(wrapper) + "\n"]
-    )
+    second = _second_adjoint_source(em, second_adjoint, lam, dot)
+    source = "\n".join([tangents_source, second, "\n".join(wrapper) + "\n"])
     code = _compile(source, "hvp")
     numpy_ns = _exec(
         code, {"numpy": np, "special": scipy.special, "math": math, "_blocks": em.block_solvers}
     )
     scalar_ns = _exec(code, {**SCALAR_NAMESPACE, "_blocks": em.block_solvers})
-    return numpy_ns["hvp"], scalar_ns["hvp"], source
+    return numpy_ns[hvp], scalar_ns[hvp], source
 
 
-def _second_adjoint_source(em: _Emitter, lam: list[str], dot: list[str]) -> str:
+def _second_adjoint_source(em: _Emitter, name: str, lam: list[str], dot: list[str]) -> str:
     """The reverse pass of the tangent-linear program: μ, and Hẋ at the inputs.
 
     Differentiating ∂L/∂z_j = 0 (the adjoint) along ż gives the same triangular system
@@ -563,7 +587,7 @@ def _second_adjoint_source(em: _Emitter, lam: list[str], dot: list[str]) -> str:
     """
     graph, names, n_in = em.graph, em.names, em.n_in
     acc = {v: em.namer.fresh("m_" + names[v]) for v in range(len(names))}
-    lines = [f"def second_adjoint(_ctx, {', '.join(names)}, {', '.join(lam)}, {', '.join(dot)}):"]
+    lines = [f"def {name}(_ctx, {', '.join(names)}, {', '.join(lam)}, {', '.join(dot)}):"]
     assigned: set[int] = set()
 
     def curvature(e: int) -> list[str]:
@@ -572,8 +596,7 @@ def _second_adjoint_source(em: _Emitter, lam: list[str], dot: list[str]) -> str:
         temps, pairs = em.table.second_derivatives(em.forms[e], c.label)
         if not pairs:
             return []
-        for k in range(len(em.temps), len(temps)):  # second order may need more names
-            em.temps[f"tmp{k}"] = em.namer.fresh(f"t{k}")
+        em.ensure_temps(len(temps))  # second order may need more names
         sl = em.slots(e, lam[e])
         sign = "+" if c.target is not None else "-"
         out = [f"    {instantiate(t, sl)}" for t in temps]
@@ -620,13 +643,13 @@ def _second_adjoint_source(em: _Emitter, lam: list[str], dot: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _kkt_source(em: _Emitter) -> str:
+def _kkt_source(em: _Emitter, name: str) -> str:
     """max |∂L/∂λ| (every residual) and max |∂L/∂z| (every unknown), recomputed."""
     graph, names, n_in = em.graph, em.names, em.n_in
     lam = [
         em.namer.fresh("mu_" + em.ir.constraints[e].label) for e in range(len(em.ir.constraints))
     ]
-    lines = [f"def kkt({', '.join(names)}, {', '.join(lam)}):", "    _r = 0.0"]
+    lines = [f"def {name}({', '.join(names)}, {', '.join(lam)}):", "    _r = 0.0"]
     lines += [
         f"    _r = numpy.maximum(_r, numpy.abs({em.residual_text(e)}))"
         for e in range(len(em.ir.constraints))
