@@ -56,7 +56,17 @@ class _Printer(NumPyPrinter):
         return self._names[expr]
 
     def _print_Float(self, expr: sp.Float) -> str:
-        return repr(float(expr))
+        return float_text(expr)
+
+    def _print_Integer(self, expr: sp.Integer) -> str:
+        # Python integers beyond 2**53 would meet floats only at run time (an
+        # OverflowError past 10**308, an object array in NumPy): print the double.
+        return str(expr.p) if abs(expr.p) < 1 << 53 else float_text(sp.Float(expr))
+
+    def _print_Rational(self, expr: sp.Rational) -> str:
+        if max(abs(expr.p), expr.q) < 1 << 53:
+            return super()._print_Rational(expr)
+        return float_text(sp.Float(expr))
 
     def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
         # Integer powers stay ``**`` (real for any float base); other powers go through
@@ -535,7 +545,8 @@ def _outer(c: Any, za: Any, zb: Any) -> Any:
     if np.ndim(za) == 0 or np.ndim(zb) == 0:
         return 0.0
     za, zb = np.broadcast_arrays(za * c, zb)
-    return za.reshape(za.shape[0], -1) @ zb.reshape(zb.shape[0], -1).T
+    n = math.prod(za.shape[1:])  # not -1: an empty batch has no size to infer
+    return za.reshape(za.shape[0], n) @ zb.reshape(zb.shape[0], n).T
 
 
 def _outer2(c: Any, za: Any, zb: Any) -> Any:
@@ -684,10 +695,6 @@ def _exec(code: CodeType, namespace: dict | None = None) -> dict:
     return namespace
 
 
-def _nan_or(value: Callable[[float], float]) -> Callable[[float], float]:
-    return lambda x: x if x != x else value(x)
-
-
 class _ScalarNumpy:
     """The ``numpy`` of generated code run on Python floats (the small-batch fast path).
 
@@ -704,7 +711,13 @@ class _ScalarNumpy:
     sinh, cosh, tanh = math.sinh, math.cosh, math.tanh
     arcsinh, arccosh, arctanh = math.asinh, math.acosh, math.atanh
     power = math.pow
-    sign = staticmethod(_nan_or(lambda x: float((x > 0) - (x < 0))))
+    float64 = float  # the constant of a constraint z = c stays a Python float here
+
+    @staticmethod
+    def sign(x: float) -> float:
+        # As numpy.sign: NaN for NaN, 0.0 for ±0; a NumPy scalar (from a function that
+        # falls through to NumPy, such as sinc) is fine too.
+        return 1.0 if x > 0 else -1.0 if x < 0 else 0.0 if x == 0 else float(x)
 
     @staticmethod
     def heaviside(x: float, at_zero: float) -> float:

@@ -405,14 +405,21 @@ class CompiledProgram:
         }
         if self._kkt is None:
             self._kkt = kkt_function(self._code.emitter)
-        max_r, max_s = self._kkt[0](*entries, *z, *lam)
+        point = [*entries, *z, *lam]
+        if batch == ():  # NumPy scalars: IEEE results (1/0 is inf), not Python's exceptions
+            point = [np.float64(v) for v in point]
+        with np.errstate(all="ignore"):  # a non-finite point is reported on its own
+            max_r, max_s = self._kkt[0](*point)
         return Solution(
             value=_shaped(z[self._output_index], batch),
             grad=grad,
             values=values,
             multipliers=multipliers,
             blocks=reports,
-            kkt={"max_dL_dlambda": float(np.max(max_r)), "max_dL_dz": float(np.max(max_s))},
+            kkt={  # initial=0: an empty batch has nothing to violate
+                "max_dL_dlambda": float(np.max(max_r, initial=0.0)),
+                "max_dL_dz": float(np.max(max_s, initial=0.0)),
+            },
         )
 
     def _multiplier_shape(self, name: str) -> tuple[int, ...]:

@@ -214,10 +214,13 @@ class FormTable:
                 partials.append((k, d))
         temps, terms = _print_shared([lam * d for _, d in partials], printer, label)
         jac_temps, jac = _print_shared([d for _, d in partials], printer, label)
+        forward = _print(printer, template, label)
+        if not template.free_symbols:  # z = constant: a NumPy float, so 1/z is inf, not an error
+            forward = f"numpy.float64({forward})"
         return Form(
             expr=template,
             partials=tuple(partials),
-            forward=_print(printer, template, label),
+            forward=forward,
             temps=temps,
             terms=terms,
             jac_temps=jac_temps,
@@ -343,9 +346,90 @@ def _differentiate(diff: _SparseDiff, wrt: sp.Symbol, label: str, shown: sp.Symb
 
 
 def _print(printer: NumPyPrinter, expr: sp.Expr, label: str) -> str:
+    expr = fold_constants(expr, label)
     try:
         return printer.doprint(expr)
     except Exception as err:  # SymPy raises several kinds for what it cannot print
         raise ProgramError(
             f"constraint {label!r}: cannot generate numeric code for it ({err})"
         ) from err
+
+
+# Constant subexpressions are evaluated node by node, bottom-up, with SymPy's evalf:
+# exact where SymPy is exact, else to _DIGITS significant digits (more for large
+# arguments, so that cos(99999999999999999999) is the cosine of that integer). A value
+# beyond 10**±_RANGE is already ±inf or 0 in double precision: it is clamped there, so
+# that no evaluation meets an astronomically large argument (0.5**cosh(10**7) would
+# keep mpmath busy for minutes; clamped, cosh(10**7) is oo and the power is 0).
+_DIGITS = 30
+_RANGE = 400
+_HUGE = sp.Integer(10) ** _RANGE
+_NON_REAL = (sp.I, sp.zoo)
+
+
+def fold_constants(expr: sp.Expr, label: str) -> sp.Expr:
+    """``expr`` with each constant subexpression replaced by its value (a Float or an
+    exact number), so generated code never computes with Python integers or constants
+    (``pi**100000`` overflowed a Python float, ``cos(99999999999999999999)`` sent a
+    Python integer to ``numpy.cos``). A non-real constant is a `ProgramError`."""
+    const: dict[sp.Basic, bool] = {}
+    stack: list[tuple[sp.Basic, bool]] = [(expr, False)]
+    while stack:  # which subtrees hold no symbol (iterative: any depth)
+        node, ready = stack.pop()
+        if node in const:
+            continue
+        if not node.args or ready:
+            const[node] = not node.is_Symbol if not node.args else all(const[a] for a in node.args)
+            if node in _NON_REAL:
+                raise ProgramError(f"constraint {label!r}: the constant {node} is not real")
+        else:
+            stack.append((node, True))
+            stack.extend((a, False) for a in node.args if a not in const)
+    if const[expr] and not expr.args:
+        return expr
+    tops: dict[sp.Basic, sp.Basic] = {}
+    stack = [expr]
+    while stack:  # the largest constant subtrees
+        node = stack.pop()
+        if const[node] and isinstance(node, sp.Expr):
+            if node.args and node not in tops:
+                tops[node] = _constant_value(node, label)
+        else:
+            stack.extend(node.args)
+    return expr.xreplace(tops) if tops else expr
+
+
+def _constant_value(expr: sp.Expr, label: str) -> sp.Expr:
+    """The value of a constant expression: bottom-up, each node from its children's values."""
+    if not isinstance(expr, sp.Expr):
+        return expr
+    value: dict[sp.Basic, sp.Expr] = {}
+    stack: list[tuple[sp.Basic, bool]] = [(expr, False)]
+    while stack:
+        node, ready = stack.pop()
+        if node in value:
+            continue
+        if not node.args:
+            value[node] = node
+        elif ready:
+            v = node.func(*[value[a] for a in node.args])
+            if not v.is_Number:
+                v = v.evalf(_DIGITS)
+                if v.is_Number and abs(v) > 10**_DIGITS and abs(v) < _HUGE:
+                    digits = _DIGITS + len(str(int(abs(v))))  # cos(10**20 + …): all of it
+                    v = node.func(*[value[a] for a in node.args]).evalf(digits)
+            if not v.is_Number:
+                if v.is_real is False or v.has(*_NON_REAL):
+                    raise ProgramError(
+                        f"constraint {label!r}: the constant {node} is not real ({v})"
+                    )
+                raise ProgramError(f"constraint {label!r}: cannot evaluate the constant {node}")
+            if v.is_finite and abs(v) > _HUGE:
+                v = sp.oo if v > 0 else -sp.oo
+            elif v.is_finite and v != 0 and abs(v) < 1 / _HUGE:
+                v = sp.Float(0.0)
+            value[node] = v
+        else:
+            stack.append((node, True))
+            stack.extend((a, False) for a in node.args if a not in value)
+    return value[expr]
