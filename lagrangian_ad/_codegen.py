@@ -61,12 +61,12 @@ class _Printer(NumPyPrinter):
     def _print_Integer(self, expr: sp.Integer) -> str:
         # Python integers beyond 2**53 would meet floats only at run time (an
         # OverflowError past 10**308, an object array in NumPy): print the double.
-        return str(expr.p) if abs(expr.p) < 1 << 53 else float_text(sp.Float(expr))
+        return str(expr.p) if abs(expr.p) < 1 << 53 else float_text(_double(expr))
 
     def _print_Rational(self, expr: sp.Rational) -> str:
         if max(abs(expr.p), expr.q) < 1 << 53:
             return super()._print_Rational(expr)
-        return float_text(sp.Float(expr))
+        return float_text(_double(expr))
 
     def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
         # Integer powers stay ``**`` (real for any float base); other powers go through
@@ -95,6 +95,14 @@ class _Printer(NumPyPrinter):
 
     def _print_Min(self, expr: sp.Expr) -> str:
         return self._minmax(expr, "numpy.minimum")
+
+
+def _double(r: sp.Rational) -> float:
+    """The double nearest a rational (±inf beyond the range), digits not counted."""
+    try:
+        return r.p / r.q  # Python rounds int / int correctly
+    except OverflowError:
+        return math.inf if (r.p > 0) == (r.q > 0) else -math.inf
 
 
 class _Namer:

@@ -50,7 +50,7 @@ def form_key(expr: sp.Expr, rank: dict[sp.Symbol, int]) -> tuple[str, tuple[sp.F
         elif node.is_Float:
             shape[node] = hash("f")
         elif node.is_Number or not node.args:
-            shape[node] = hash((type(node).__name__, str(node)))
+            shape[node] = hash(node)
         elif ready:
             children = [shape[a] for a in node.args]
             if node.is_Add or node.is_Mul:
@@ -73,6 +73,8 @@ def form_key(expr: sp.Expr, rank: dict[sp.Symbol, int]) -> tuple[str, tuple[sp.F
             if k == len(floats):
                 floats.append(node)
             tokens.append(f"f{k}")
+        elif node.is_Rational:  # in hex: no limit on the digits of a huge integer
+            tokens.append(f"{type(node).__name__}:{node.p:x}/{node.q:x}")
         elif node.is_Number or not node.args:
             tokens.append(f"{type(node).__name__}:{node}")
         else:
@@ -214,8 +216,9 @@ class FormTable:
                 partials.append((k, d))
         temps, terms = _print_shared([lam * d for _, d in partials], printer, label)
         jac_temps, jac = _print_shared([d for _, d in partials], printer, label)
-        forward = _print(printer, template, label)
-        if not template.free_symbols:  # z = constant: a NumPy float, so 1/z is inf, not an error
+        folded = fold_constants(template, label)
+        forward = _print(printer, folded, label)
+        if not folded.free_symbols:  # z = constant: a NumPy float, so 1/z is inf, not an error
             forward = f"numpy.float64({forward})"
         return Form(
             expr=template,

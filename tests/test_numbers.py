@@ -10,6 +10,7 @@ from __future__ import annotations
 import mpmath
 import numpy as np
 import pytest
+import sympy as sp
 
 import lagrangian_ad as lad
 
@@ -122,3 +123,15 @@ def test_solve_on_one_sample_agrees_with_value_and_grad_at_a_pole():
     value, grad = fn.value_and_grad({"x": 0.0})
     sol = fn.solve({"x": 0.0})
     assert (value, grad["x"]) == (np.inf, -np.inf) == (sol.value, sol.grad["x"])
+
+
+def test_integers_beyond_the_double_range_and_underflowing_constants():
+    # A 30,103-digit integer broke the form key (str() of it exceeds Python's digit
+    # limit); exp(-exp(100)) underflows to 0 in double precision, as mpmath confirms.
+    prog = lad.Program()
+    x = prog.input("x")
+    y = prog.define("y", x * sp.Pow(2, 10**5, evaluate=False) / sp.Integer(3) ** 70000)
+    prog.define("z", y + x * sp.exp(-sp.exp(100)) + 1)
+    ratio = mpmath.power(2, 10**5) / mpmath.power(3, 70000)
+    assert float(ratio) == 0.0 and float(mpmath.exp(-mpmath.exp(100))) == 0.0
+    assert prog.compile().value_and_grad({"x": 0.5}) == (1.0, {"x": 0.0})
