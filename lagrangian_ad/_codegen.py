@@ -20,7 +20,6 @@ subexpressions (SymPy's ``cse``). That symbolic work is done once per constraint
 from __future__ import annotations
 
 import builtins
-import functools
 import itertools
 import keyword
 import linecache
@@ -34,6 +33,7 @@ import numpy as np
 import scipy.special
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
+from sympy.printing.precedence import PRECEDENCE
 
 from ._blocks import BlockSolver
 from ._forms import FormTable, float_text, form_key, instantiate
@@ -49,7 +49,9 @@ class _Printer(NumPyPrinter):
     """NumPy printer over this program's identifiers, with exact floats."""
 
     def __init__(self, names: dict[sp.Symbol, str]):
-        super().__init__({"fully_qualified_modules": True, "strict": True})
+        # order="none": terms in SymPy's own order; sorting them for print walks every
+        # subtree again (seconds for the partials of a wide product)
+        super().__init__({"fully_qualified_modules": True, "strict": True, "order": "none"})
         self._names = names
 
     def _print_Symbol(self, expr: sp.Symbol) -> str:
@@ -77,24 +79,76 @@ class _Printer(NumPyPrinter):
             return self._hprint_Pow(expr, rational=rational, sqrt="numpy.sqrt")
         return f"numpy.power({self._print(base)}, {self._print(exp)})"
 
-    def _print_erf(self, expr: sp.Expr) -> str:
-        return f"special.erf({self._print(expr.args[0])})"
+    def _call(self, func: str, expr: sp.Expr) -> str:
+        return f"{func}({', '.join(self._print(a) for a in expr.args)})"
 
-    def _print_erfc(self, expr: sp.Expr) -> str:
-        return f"special.erfc({self._print(expr.args[0])})"
+    def _print_polygamma(self, expr: sp.Expr) -> str:
+        if expr.args[0] == 0:  # SymPy writes digamma(x) as polygamma(0, x)
+            return f"special.digamma({self._print(expr.args[1])})"
+        return self._call("special.polygamma", expr)
 
     def _print_Heaviside(self, expr: sp.Expr) -> str:
         return f"numpy.heaviside({self._print(expr.args[0])}, 0.5)"
 
-    def _minmax(self, expr: sp.Expr, func: str) -> str:
-        args = [self._print(a) for a in expr.args]
-        return functools.reduce(lambda a, b: f"{func}({a}, {b})", args)
+    def _print_ReplaceZero(self, expr: sp.Expr) -> str:
+        x, v = (self._print(a) for a in expr.args)
+        return f"({x} + {'' if v == '1' else v + '*'}({x} == 0))"
 
-    def _print_Max(self, expr: sp.Expr) -> str:
-        return self._minmax(expr, "numpy.maximum")
+    def _print_Ties(self, expr: sp.Expr) -> str:
+        m, *args = (self._print(a) for a in expr.args)
+        if len(args) == 1:
+            return f"({args[0]} == {m})"
+        # 0.0 first: NumPy adds boolean arrays as a logical or
+        return f"(0.0 + {' + '.join(f'({a} == {m})' for a in args)})"
 
-    def _print_Min(self, expr: sp.Expr) -> str:
-        return self._minmax(expr, "numpy.minimum")
+    def _lattice(self, args: list[str], func: str) -> str:
+        # A balanced tree of pairwise calls: nesting log2(n) deep, whatever n.
+        if len(args) == 1:
+            return args[0]
+        half = len(args) // 2
+        return f"{func}({self._lattice(args[:half], func)}, {self._lattice(args[half:], func)})"
+
+    def _print_Maximum(self, expr: sp.Expr) -> str:
+        return self._lattice([self._print(a) for a in expr.args], "numpy.maximum")
+
+    def _print_Minimum(self, expr: sp.Expr) -> str:
+        return self._lattice([self._print(a) for a in expr.args], "numpy.minimum")
+
+    def _print_Times(self, expr: sp.Expr) -> str:
+        a, b = (self.parenthesize(a, PRECEDENCE["Mul"]) for a in expr.args)
+        return f"{a}*{b}"
+
+    def _print_SincPrime(self, expr: sp.Expr) -> str:
+        return self._call("_lad.sinc_prime", expr)
+
+    def _print_SincSecond(self, expr: sp.Expr) -> str:
+        return self._call("_lad.sinc_second", expr)
+
+
+# SymPy function -> scipy.special function of the same name and arguments (the generated
+# code's ``special``). loggamma is scipy's gammaln, log|Γ(x)|: real for every real x, with
+# derivative digamma(x) as SymPy's rule says.
+_SCIPY_SPECIAL = {
+    "erf": "erf",
+    "erfc": "erfc",
+    "erfinv": "erfinv",
+    "erfcinv": "erfcinv",
+    "gamma": "gamma",
+    "loggamma": "gammaln",
+    "beta": "beta",
+    "besselj": "jv",
+    "bessely": "yv",
+    "besseli": "iv",
+    "besselk": "kv",
+}
+
+
+def _special_printer(name: str) -> Callable[[_Printer, sp.Expr], str]:
+    return lambda self, expr: self._call(f"special.{name}", expr)
+
+
+for _sympy_name, _scipy_name in _SCIPY_SPECIAL.items():
+    setattr(_Printer, f"_print_{_sympy_name}", _special_printer(_scipy_name))
 
 
 def _double(r: sp.Rational) -> float:
@@ -189,7 +243,7 @@ class _Emitter:
         place = {s: (k, j) for k, v in enumerate(variables) for j, s in enumerate(v.symbols)}
         self.loc = [place[s] for s in graph.symbols]
         self.n_forms = len(table)
-        most = max((max(len(f.temps), len(f.jac_temps)) for f in self.forms), default=0)
+        most = max((len(f.temps) for f in self.forms), default=0)
         self.temps: dict[str, str] = {}
         self.ensure_temps(most)
         # λ of every constraint; the accumulator of ∂L/∂v for every variable. For the
@@ -368,9 +422,7 @@ def jvp_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
     name = em.namer.fresh("jvp")
     source = _jvp_source(em, name)
     code = _compile(source, "jvp")
-    numpy_ns = _exec(
-        code, {"numpy": np, "special": scipy.special, "math": math, "_blocks": em.block_solvers}
-    )
+    numpy_ns = _exec(code, {**NUMPY_NAMESPACE, "_blocks": em.block_solvers})
     scalar_ns = _exec(code, {**SCALAR_NAMESPACE, "_blocks": em.block_solvers})
     return numpy_ns[name], scalar_ns[name], source
 
@@ -456,14 +508,17 @@ def _jvp_source(em: _Emitter, name: str, every: bool = False) -> str:
 
     def terms(e: int, skip: frozenset = frozenset()) -> tuple[list[str], list[str]]:
         """Temporaries, and the products ∂f/∂p · ṗ for the parents p with a tangent."""
-        form, sl = em.forms[e], em.slots(e)
+        form = em.forms[e]
+        jac_temps, jac = em.table.jacobian(form, em.ir.constraints[e].label)
+        em.ensure_temps(len(jac_temps))
+        sl = em.slots(e)
         out = []
-        for (k, _), text in zip(form.partials, form.jac, strict=True):
+        for (k, _), text in zip(form.partials, jac, strict=True):
             p = graph.parents[e][k]
             if p in known and p not in skip:
                 code = instantiate(text, sl)
                 out.append(dot[p] if code == "1" else f"({code})*{dot[p]}")
-        temps = [f"    {instantiate(t, sl)}" for t in form.jac_temps] if out else []
+        temps = [f"    {instantiate(t, sl)}" for t in jac_temps] if out else []
         return temps, out
 
     cyclic_index = {b: k for k, b in enumerate(graph.cyclic_blocks)}
@@ -537,9 +592,7 @@ def hessian_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
     namespace = _exec(
         _compile(source, "hessian"),
         {
-            "numpy": np,
-            "special": scipy.special,
-            "math": math,
+            **NUMPY_NAMESPACE,
             "_outer": _outer,
             "_outer2": _outer2,
             "_blocks": em.block_solvers,
@@ -586,9 +639,7 @@ def hvp_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
     second = _second_adjoint_source(em, second_adjoint, lam, dot)
     source = "\n".join([tangents_source, second, "\n".join(wrapper) + "\n"])
     code = _compile(source, "hvp")
-    numpy_ns = _exec(
-        code, {"numpy": np, "special": scipy.special, "math": math, "_blocks": em.block_solvers}
-    )
+    numpy_ns = _exec(code, {**NUMPY_NAMESPACE, "_blocks": em.block_solvers})
     scalar_ns = _exec(code, {**SCALAR_NAMESPACE, "_blocks": em.block_solvers})
     return numpy_ns[hvp], scalar_ns[hvp], source
 
@@ -698,7 +749,7 @@ def _compile(source: str, name: str) -> CodeType:
 
 def _exec(code: CodeType, namespace: dict | None = None) -> dict:
     """Run compiled generated code in a fresh namespace (NumPy's by default)."""
-    namespace = dict(namespace or {"numpy": np, "special": scipy.special, "math": math})
+    namespace = dict(namespace or NUMPY_NAMESPACE)
     exec(code, namespace)
     return namespace
 
@@ -744,7 +795,75 @@ class _ScalarNumpy:
 
 
 class _ScalarSpecial:
+    """The ``special`` of generated code on Python floats: math's erf and erfc, the rest
+    scipy.special's."""
+
     erf, erfc = math.erf, math.erfc
 
+    def __getattr__(self, name: str):
+        return getattr(scipy.special, name)
 
-SCALAR_NAMESPACE = {"numpy": _ScalarNumpy(), "special": _ScalarSpecial, "math": math}
+
+# The generated code's own functions (``_lad``): sinc′ and sinc″ by their Taylor series
+# for |x| < 1 (eleven terms: the first left out is below 1e-17 there), and from
+# sinc′ = (cos x − sinc x)/x, sinc″ = −(sin x + 2 sinc′ x)/x elsewhere (no x³ to
+# overflow). The closed forms lose every digit near 0, where the series are exact.
+_SINC_TERMS = range(1, 12)
+_SINC_PRIME = tuple((-1) ** k * 2 * k / math.factorial(2 * k + 1) for k in reversed(_SINC_TERMS))
+_SINC_SECOND = tuple(
+    (-1) ** k * 2 * k * (2 * k - 1) / math.factorial(2 * k + 1) for k in reversed(_SINC_TERMS)
+)
+
+
+def scalar_sinc_prime(x: float) -> float:
+    """sinc′(x) of one float (self-contained: Numba compiles it for the fused backend)."""
+    if abs(x) < 1.0:
+        total, x2 = 0.0, x * x
+        for c in _SINC_PRIME:  # Horner
+            total = total * x2 + c
+        return x * total
+    return (math.cos(x) - math.sin(x) / x) / x
+
+
+def scalar_sinc_second(x: float) -> float:
+    """sinc″(x) of one float (self-contained, like `scalar_sinc_prime`)."""
+    if abs(x) < 1.0:
+        total, x2 = 0.0, x * x
+        for c in _SINC_SECOND:
+            total = total * x2 + c
+        return total
+    return -(math.sin(x) + 2.0 * (math.cos(x) - math.sin(x) / x) / x) / x
+
+
+class _NumpyOwn:
+    """``_lad`` on arrays: the same functions, elementwise."""
+
+    @staticmethod
+    def sinc_prime(x: Any) -> Any:
+        x = np.asarray(x, dtype=np.float64)
+        with np.errstate(all="ignore"):  # the closed form at 0: not used there
+            far = (np.cos(x) - np.sin(x) / x) / x
+        return np.where(np.abs(x) < 1.0, x * np.polyval(_SINC_PRIME, x * x), far)[()]
+
+    @staticmethod
+    def sinc_second(x: Any) -> Any:
+        x = np.asarray(x, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            far = -(np.sin(x) + 2.0 * (np.cos(x) - np.sin(x) / x) / x) / x
+        return np.where(np.abs(x) < 1.0, np.polyval(_SINC_SECOND, x * x), far)[()]
+
+
+class _ScalarOwn:
+    """``_lad`` on Python floats."""
+
+    sinc_prime = staticmethod(scalar_sinc_prime)
+    sinc_second = staticmethod(scalar_sinc_second)
+
+
+NUMPY_NAMESPACE = {"numpy": np, "special": scipy.special, "math": math, "_lad": _NumpyOwn}
+SCALAR_NAMESPACE = {
+    "numpy": _ScalarNumpy(),
+    "special": _ScalarSpecial(),
+    "math": math,
+    "_lad": _ScalarOwn,
+}

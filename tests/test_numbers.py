@@ -7,6 +7,8 @@ SciPy, or by SymPy's derivative of the flat expression.
 
 from __future__ import annotations
 
+import time
+
 import mpmath
 import numpy as np
 import pytest
@@ -135,3 +137,185 @@ def test_integers_beyond_the_double_range_and_underflowing_constants():
     ratio = mpmath.power(2, 10**5) / mpmath.power(3, 70000)
     assert float(ratio) == 0.0 and float(mpmath.exp(-mpmath.exp(100))) == 0.0
     assert prog.compile().value_and_grad({"x": 0.5}) == (1.0, {"x": 0.0})
+
+
+# --------------------------------------------------------------------------- 1: zero powers
+
+
+def _all_passes(fn, at: dict, direction: dict):
+    """Value, gradient, jvp, hvp and Hessian at one sample and at a batch of two."""
+    out = {"value_and_grad": fn.value_and_grad(at), "jvp": fn.jvp(at, direction)[1]}
+    out["hvp"], out["hessian"] = fn.hvp(at, direction), fn.hessian(at)
+    two = {k: np.array([v, v]) for k, v in at.items()}
+    value, grad = fn.value_and_grad(two)
+    out["batch"] = (value[0], {k: g[0] for k, g in grad.items()})
+    return out
+
+
+def test_x_to_the_power_zero_at_zero():
+    # x**0.0 is 1 everywhere: derivative 0 (autograd asserts it), not 0·0**(−1) = NaN.
+    fn = lad.parse("input x\ny = x**0.0\n").compile()
+    out = _all_passes(fn, {"x": 0.0}, {"x": 1.0})
+    assert out["value_and_grad"] == (1.0, {"x": 0.0}) == out["batch"]
+    assert out["jvp"] == 0.0 and out["hvp"] == {"x": 0.0} and out["hessian"]["x"]["x"] == 0.0
+
+
+def test_zero_to_a_positive_power():
+    # 0.0**y = 0 for every y > 0: all its y-derivatives are 0, not log(0)·0 = NaN.
+    fn = lad.parse("input y\nz = 0.0**y\n").compile()
+    out = _all_passes(fn, {"y": 2.0}, {"y": 1.0})
+    assert out["value_and_grad"] == (0.0, {"y": 0.0}) == out["batch"]
+    assert out["jvp"] == 0.0 and out["hvp"] == {"y": 0.0} and out["hessian"]["y"]["y"] == 0.0
+
+
+def test_x_to_the_y_at_zero_and_elsewhere():
+    # At (0, 2): ∂/∂x = y x^(y−1) = 0, ∂/∂y = x^y log x → 0, ∂²/∂x² = y(y−1)x^(y−2) = 2,
+    # ∂²/∂x∂y = x^(y−1)(1 + y log x) → 0, ∂²/∂y² = x^y log²x → 0 (limits x → 0+).
+    fn = lad.parse("input x\ninput y\nz = x**y\n").compile()
+    out = _all_passes(fn, {"x": 0.0, "y": 2.0}, {"x": 1.0, "y": 1.0})
+    assert out["value_and_grad"] == (0.0, {"x": 0.0, "y": 0.0}) == out["batch"]
+    H = out["hessian"]
+    assert (H["x"]["x"], H["x"]["y"], H["y"]["x"], H["y"]["y"]) == (2.0, 0.0, 0.0, 0.0)
+    assert out["hvp"] == {"x": 2.0, "y": 0.0} and out["jvp"] == 0.0
+    # elsewhere, SymPy's derivatives of x**y
+    x, y = sp.symbols("x y", positive=True)
+    at = {"x": 1.5, "y": 2.5}
+    out = _all_passes(fn, at, {"x": 1.0, "y": 0.0})
+    ref = {s: float(sp.diff(x**y, s).subs({x: 1.5, y: 2.5})) for s in (x, y)}
+    assert out["value_and_grad"][1] == pytest.approx({"x": ref[x], "y": ref[y]}, rel=1e-14)
+    hxy = float(sp.diff(x**y, x, y).subs({x: 1.5, y: 2.5}))
+    assert out["hessian"]["x"]["y"] == pytest.approx(hxy, rel=1e-14)
+
+
+# --------------------------------------------------------------------------- D, 2: sinc
+
+
+def _mp_sinc(x):
+    return mpmath.sin(x) / x if x != 0 else mpmath.mpf(1)
+
+
+@pytest.mark.parametrize("x0", [0.0, 1e-9, -1e-4, 0.3, -0.999, 1.0, 3.0, 4.4934, -250.0])
+def test_sinc_in_every_pass(x0):
+    # sinc′(0) = 0 (was NaN: the Piecewise dropped), sinc″(0) = −1/3 (was 0 near 0: the
+    # closed form cancels); mpmath differentiates sin(x)/x at 30 digits.
+    fn = lad.parse("input x\ny = sinc(x)\n").compile()
+    d1 = _mp_diff(_mp_sinc, x0, 1) if x0 else 0.0
+    d2 = _mp_diff(_mp_sinc, x0, 2) if x0 else -1 / 3
+    out = _all_passes(fn, {"x": x0}, {"x": 1.0})
+    value, grad = out["value_and_grad"]
+    assert value == pytest.approx(float(_mp_sinc(mpmath.mpf(x0))), rel=1e-15)
+    for g in (grad["x"], out["batch"][1]["x"], out["jvp"]):
+        assert g == pytest.approx(d1, rel=1e-13, abs=1e-16)
+    for h in (out["hessian"]["x"]["x"], out["hvp"]["x"]):
+        assert h == pytest.approx(d2, rel=1e-13, abs=1e-16)
+
+
+def test_hessian_of_sinc_of_pi_x_near_zero():
+    # The issue's case: d²/dx² sinc(πx) at 1e-9 was returned as 0; it is −π²/3.
+    fn = lad.parse("input x\ny = sinc(pi*x)\n").compile()
+    exact = _mp_diff(lambda x: _mp_sinc(mpmath.pi * x), 1e-9, 2)
+    assert exact == pytest.approx(-(float(mpmath.pi) ** 2) / 3, rel=1e-15)
+    assert fn.hessian({"x": 1e-9})["x"]["x"] == pytest.approx(exact, rel=1e-14)
+    assert fn.hessian({"x": np.array([1e-9, 0.0])})["x"]["x"] == pytest.approx(
+        np.diag([exact, -(float(mpmath.pi) ** 2) / 3]), rel=1e-14
+    )
+
+
+# --------------------------------------------------------------------------- 4: functions
+
+
+# text, the same function for mpmath (of x, at 30 digits), and a point
+_SPECIAL = [
+    ("gamma(x)", mpmath.gamma, 1.7),
+    ("gamma(x)", mpmath.gamma, -2.5),
+    ("loggamma(x)", mpmath.loggamma, 3.2),
+    ("digamma(x)", lambda x: mpmath.psi(0, x), 0.8),
+    ("polygamma(2, x)", lambda x: mpmath.psi(2, x), 1.9),
+    ("beta(x, 2.5)", lambda x: mpmath.beta(x, 2.5), 0.7),
+    ("beta(1.5, x)", lambda x: mpmath.beta(1.5, x), 2.2),
+    ("erfinv(x)", mpmath.erfinv, 0.6),
+    ("erfcinv(x)", lambda x: mpmath.erfinv(1 - x), 0.3),
+    ("besselj(2, x)", lambda x: mpmath.besselj(2, x), 3.1),
+    ("bessely(0.5, x)", lambda x: mpmath.bessely(0.5, x), 1.4),
+    ("besseli(1, x)", lambda x: mpmath.besseli(1, x), 0.9),
+    ("besselk(0, x)", lambda x: mpmath.besselk(0, x), 2.6),
+]
+
+
+@pytest.mark.parametrize(("text", "reference", "x0"), _SPECIAL, ids=[s[0] for s in _SPECIAL])
+def test_special_functions_through_scipy(text, reference, x0):
+    # They were rejected ("Unsupported by _Printer: polygamma", the derivative's name).
+    fn = lad.parse(f"input x\ny = {text}\n").compile()
+    value, grad = fn.value_and_grad({"x": x0})
+    assert value == pytest.approx(float(reference(mpmath.mpf(x0))), rel=1e-12)
+    assert grad["x"] == pytest.approx(_mp_diff(reference, x0, 1), rel=1e-11)
+    assert fn.hessian({"x": x0})["x"]["x"] == pytest.approx(_mp_diff(reference, x0, 2), rel=1e-10)
+    batch = fn.value_and_grad({"x": np.full(3, x0)})
+    np.testing.assert_allclose(batch[0], value, rtol=1e-15)
+    np.testing.assert_allclose(batch[1]["x"], grad["x"], rtol=1e-14)  # per sample
+
+
+def test_floor_ceil_and_mod_follow_autograd():
+    # floor and ceil are flat almost everywhere (derivative 0); mod(a, b) = a − b·floor(a/b)
+    # has partials 1 and −floor(a/b), as autograd's rules for numpy.mod say.
+    fn = lad.parse("input a\ninput b\ny = floor(a)*b + ceil(a*b) + mod(a, b)\n").compile()
+    for a, b in [(2.7, 0.8), (-1.3, 0.5), (5.0, -1.5)]:
+        value, grad = fn.value_and_grad({"a": a, "b": b})
+        assert value == pytest.approx(np.floor(a) * b + np.ceil(a * b) + np.mod(a, b), rel=1e-15)
+        assert grad == pytest.approx({"a": 1.0, "b": np.floor(a) - np.floor(a / b)}, rel=1e-15)
+        H = fn.hessian({"a": a, "b": b})
+        assert [H[p][q] for p in "ab" for q in "ab"] == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_max_and_min_share_the_derivative_between_ties():
+    # Tied arguments share the derivative equally (autograd's and JAX's convention for
+    # max); away from ties the derivative goes to the extremum alone.
+    fn = lad.parse("input x\ninput y\ninput z\nm = max(x, y, z) + 2*min(x, y, z)\n").compile()
+    cases = [
+        ((1.0, 3.0, 2.0), {"x": 2.0, "y": 1.0, "z": 0.0}),
+        ((3.0, 3.0, 2.0), {"x": 0.5, "y": 0.5, "z": 2.0}),
+        ((1.0, 1.0, 1.0), {"x": 1.0, "y": 1.0, "z": 1.0}),
+    ]
+    for (x, y, z), expected in cases:
+        at = {"x": x, "y": y, "z": z}
+        assert fn.value_and_grad(at) == (max(x, y, z) + 2 * min(x, y, z), expected)
+        batch = fn.value_and_grad({k: np.array([v, v]) for k, v in at.items()})[1]
+        assert {k: g.tolist() for k, g in batch.items()} == {k: [v, v] for k, v in expected.items()}
+
+
+def test_max_of_many_arguments_compiles_quickly():
+    # SymPy's Max compared every pair of arguments inside differentiation: 49 s for 25.
+    n = 32
+    names = [f"x{k}" for k in range(n)]
+    text = "".join(f"input {v}\n" for v in names) + f"y = max({', '.join(names)})\n"
+    prog = lad.parse(text)
+    start = time.perf_counter()
+    fn = prog.compile()
+    assert time.perf_counter() - start < 10.0
+    at = {v: float(k % 7) for k, v in enumerate(names)}  # the value 6 four times
+    value, grad = fn.value_and_grad(at)
+    assert value == 6.0 and grad == {v: (0.25 if at[v] == 6 else 0.0) for v in names}
+
+
+# --------------------------------------------------------------------------- 5: wide products
+
+
+def test_a_wide_product_compiles_in_linear_time_and_is_right_at_its_zeros():
+    # (x+1)(x+2)⋯(x+500): 88 s to compile, quadratic in the factors. Here its cousin
+    # Π_k (x + k/100), whose values stay within double range: its derivative is
+    # Σ_k Π_{j≠k} (x + j/100), right at a zero factor too (no division), by mpmath.
+    n = 500
+    factors = "*".join(f"(x+{k / 100!r})" for k in range(1, n + 1))
+    prog = lad.parse(f"input x\ny = {factors}\n")
+    start = time.perf_counter()
+    fn = prog.compile()
+    assert time.perf_counter() - start < 15.0
+
+    def product(x):
+        return mpmath.fprod(x + mpmath.mpf(k / 100) for k in range(1, n + 1))
+
+    for x0 in (-0.9995, -1.0, -1.37):  # -1.0: a factor is exactly 0
+        value, grad = fn.value_and_grad({"x": x0})
+        exact = product(mpmath.mpf(x0))
+        assert value == pytest.approx(float(exact), rel=1e-11, abs=1e-300)
+        assert grad["x"] == pytest.approx(_mp_diff(product, x0), rel=1e-11)
