@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ast
 import itertools
-import linecache
 import math
 import re
 import time
@@ -342,16 +341,11 @@ def _numba():
     return numba
 
 
-_counter = itertools.count()
-
-
 def _compile(source: str, name: str, signature: str, options: dict) -> Callable:
     """Compile a kernel's source (our own generated code, never user text) with Numba."""
     numba = _numba()
-    filename = f"<lagrangian_ad fused {name} {next(_counter)}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace = _kernel_globals()
-    exec(compile(source, filename, "exec"), namespace)
+    code = _codegen._compile(source, f"fused {name}")  # the one compile path
+    namespace = _codegen._exec(code, _kernel_globals())
     return numba.njit(signature, **options)(namespace[name])
 
 

@@ -7,7 +7,9 @@ SciPy, or by SymPy's derivative of the flat expression.
 
 from __future__ import annotations
 
+import linecache
 import time
+import traceback
 
 import mpmath
 import numpy as np
@@ -319,3 +321,21 @@ def test_a_wide_product_compiles_in_linear_time_and_is_right_at_its_zeros():
         exact = product(mpmath.mpf(x0))
         assert value == pytest.approx(float(exact), rel=1e-11, abs=1e-300)
         assert grad["x"] == pytest.approx(_mp_diff(product, x0), rel=1e-11)
+
+
+def test_compiling_leaves_nothing_in_linecache_and_tracebacks_stay_readable():
+    # Every compile registered its sources in linecache.cache, never freed (+26 MB per
+    # 1,000 programs). Now the generated code's own namespace gives its source.
+    before = set(linecache.cache)
+    for k in range(20):
+        fn = lad.parse(f"input x\nh = tanh(0.5*h + x)\ny = h*x**{k + 2}\n").compile()
+        fn.value_and_grad({"x": 0.5})
+        fn.hvp({"x": 0.5}, {"x": 1.0})
+        fn.jvp({"x": 0.5}, {"x": 1.0})
+    assert set(linecache.cache) == before
+    fn = lad.parse("input x\ny = sin(x)*x\n").compile()
+    try:
+        fn._code.numpy.forward(None, "not a number")
+    except TypeError as err:
+        text = "".join(traceback.format_exception(err))
+    assert "y = x*numpy.sin(x)" in text  # the generated line, in the traceback
