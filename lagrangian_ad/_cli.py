@@ -24,6 +24,7 @@ import json
 import math
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +32,7 @@ import numpy as np
 import sympy as sp
 
 from ._decompose import decompose
-from ._errors import LagrangianADError, ParseError
+from ._errors import LagrangianADError, NonFiniteWarning, ParseError
 from ._parse import load, parse_expression
 from ._program import Program
 
@@ -350,13 +351,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        return args.func(args)
+        with warnings.catch_warnings():  # a non-finite result is an error here (exit 1)
+            warnings.simplefilter("error", NonFiniteWarning)
+            return args.func(args)
     except (_UsageError, ParseError, OSError) as err:
         error, status, message = err, 2, _one_line(err)
         if isinstance(err, OSError):
             what = err.strerror or type(err).__name__
             message = f"cannot read {err.filename or 'the file'}: {what}"
-    except LagrangianADError as err:
+    except (LagrangianADError, NonFiniteWarning) as err:
         error, status, message = err, 1, _one_line(err)
     except Exception as err:  # the last line of defence of a command line tool
         error, status = err, 1

@@ -8,8 +8,12 @@ SciPy, or by SymPy's derivative of the flat expression.
 from __future__ import annotations
 
 import linecache
+import subprocess
+import sys
 import time
 import traceback
+import warnings
+from pathlib import Path
 
 import mpmath
 import numpy as np
@@ -124,9 +128,27 @@ def test_solve_on_one_sample_agrees_with_value_and_grad_at_a_pole():
     # The KKT certificate ran on Python floats: 1/0 raised ZeroDivisionError in solve
     # while value_and_grad returned the IEEE results, 1/0 = inf and -1/0**2 = -inf.
     fn = lad.parse("input x\ny = 1/x\n").compile()
-    value, grad = fn.value_and_grad({"x": 0.0})
-    sol = fn.solve({"x": 0.0})
+    with pytest.warns(lad.NonFiniteWarning, match="constraint 'y'"):
+        value, grad = fn.value_and_grad({"x": 0.0})
+    with pytest.warns(lad.NonFiniteWarning, match="constraint 'y'"):
+        sol = fn.solve({"x": 0.0})
     assert (value, grad["x"]) == (np.inf, -np.inf) == (sol.value, sol.grad["x"])
+
+
+@pytest.mark.parametrize(
+    ("text", "gradient"),
+    [("input x\ny = x + pi**100000\n", 1.0), ("input x\ny = x * 10**308 * 10\n", np.inf)],
+)
+def test_constants_beyond_the_double_range(text, gradient):
+    # OverflowError before (a Python float raised to 100000, a Python int past 10**308).
+    # pi**100000 and 10**309 are inf in double precision, as mpmath says: so is y, which
+    # a NonFiniteWarning reports; the gradient of x + c is 1 whatever c.
+    assert float(mpmath.pi**100000) == float(mpmath.mpf(10) ** 309) == np.inf
+    fn = lad.parse(text).compile()
+    for x in (2.0, np.array([2.0, 3.0])):
+        with pytest.warns(lad.NonFiniteWarning, match="the value of constraint 'y'"):
+            value, grad = fn.value_and_grad({"x": x})
+        assert np.all(value == np.inf) and np.all(grad["x"] == gradient)
 
 
 def test_integers_beyond_the_double_range_and_underflowing_constants():
@@ -339,3 +361,109 @@ def test_compiling_leaves_nothing_in_linecache_and_tracebacks_stay_readable():
     except TypeError as err:
         text = "".join(traceback.format_exception(err))
     assert "y = x*numpy.sin(x)" in text  # the generated line, in the traceback
+
+
+# --------------------------------------------------------------------------- 3: non-finite
+
+
+@pytest.mark.parametrize("method", ["value", "value_and_grad", "solve", "hessian"])
+def test_non_finite_inputs_are_refused_unless_asked(method):
+    fn = lad.parse("input x\ninput W[2]\ny = x**2*W[0] + W[1]**3\n").compile()
+    call = getattr(fn, method)
+    with pytest.raises(lad.ProgramError, match=r"input 'x' holds nan.*check_finite=False"):
+        call({"x": float("nan"), "W": [1.0, 2.0]})
+    with pytest.raises(lad.ProgramError, match=r"input 'W' holds inf at index \(1, 0\)"):
+        call({"x": 1.0, "W": [[1.0, 2.0], [np.inf, 0.0]]})
+    with pytest.warns(lad.NonFiniteWarning, match=r"input 'x' is nan \(check_finite=False\)"):
+        call({"x": float("nan"), "W": [1.0, 2.0]}, check_finite=False)
+
+
+def test_the_warning_names_the_first_constraint_in_evaluation_order():
+    # a = exp(1000x) overflows at x = 1; b = sin(a) and y are NaN after it: a is named.
+    fn = lad.parse("input x\na = exp(1000*x)\nb = sin(a)\ny = b + log(x)\n").compile()
+    for x in (1.0, np.array([0.001, 1.0, 2.0])):
+        with pytest.warns(lad.NonFiniteWarning) as caught:
+            fn.value_and_grad({"x": x})
+        (warning,) = caught
+        message = str(warning.message)
+        assert "the value of constraint 'a' (a = exp(1000*x)) is inf" in message
+        assert np.ndim(x) == 0 or "in 2 of 3 samples" in message
+    with pytest.warns(lad.NonFiniteWarning, match="constraint 'a'"):
+        assert np.isnan(fn.value({"x": 1.0}))
+
+
+def test_the_warning_names_a_multiplier_or_a_partial():
+    # z = x² − 1 and y = sqrt(z) at x = 1: every value is finite (y = 0) but
+    # λ_z = 1/(2 sqrt z) = inf. And sqrt(x) at 0: λ_y = 1, but ∂y/∂x is inf.
+    fn = lad.parse("input x\nz = x**2 - 1\ny = sqrt(z)\n").compile()
+    with pytest.warns(lad.NonFiniteWarning, match="the multiplier of constraint 'z'.* is inf"):
+        assert fn.value_and_grad({"x": 1.0}) == (0.0, {"x": np.inf})
+    fn = lad.parse("input x\ny = sqrt(x)\n").compile()
+    with pytest.warns(lad.NonFiniteWarning, match="input 'x' is inf.*constraint 'y'"):
+        fn.value_and_grad({"x": 0.0})
+
+
+def test_finite_results_through_infinite_intermediates_warn_of_nothing():
+    # acot(x) = atan(1/x) at 0 is atan(inf) = π/2, its derivative −1/(1 + x²) = −1: no
+    # NumPy RuntimeWarning, no NonFiniteWarning.
+    fn = lad.parse("input x\ny = acot(x)\n").compile()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for x in (0.0, np.array([0.0, 1.0])):
+            value, _ = fn.value_and_grad({"x": x})
+            assert np.all(np.atleast_1d(value)[:1] == np.pi / 2)
+
+
+def test_the_command_line_exits_1_on_a_non_finite_result():
+    proc = subprocess.run(
+        [sys.executable, "-m", "lagrangian_ad", "grad", "log(x)", "--at", "x=-1"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("lagrangian-ad: error: ") and "log(x)) is nan" in line
+
+
+# --------------------------------------------------------------------------- 8: API inputs
+
+
+def test_inputs_that_are_not_numbers():
+    fn = lad.parse("input x\ny = x**2\n").compile()
+    with pytest.raises(lad.ProgramError, match="input 'x': expected real numbers, got None"):
+        fn.value({"x": None})  # was NaN, silently
+    masked = np.ma.masked_array([1.0, 2.0, 3.0], mask=[0, 1, 0])
+    with pytest.raises(lad.ProgramError, match="input 'x': a masked array with 1 masked"):
+        fn.value_and_grad({"x": masked})  # the mask was ignored
+    unmasked = np.ma.masked_array([1.0, 2.0], mask=[0, 0])
+    assert fn.value({"x": unmasked}).tolist() == [1.0, 4.0]
+    with pytest.raises(lad.ProgramError, match="tangent 'x'"):
+        fn.jvp({"x": 1.0}, {"x": None})
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"maxiter": "x"}, "maxiter must be a positive integer, not 'x'"),
+        ({"maxiter": 0}, "maxiter must be a positive integer"),
+        ({"maxiter": 2.5}, "maxiter must be a positive integer"),
+        ({"tol": "x"}, "tol must be a positive number, not 'x'"),
+        ({"tol": -1.0}, "tol must be a positive number"),
+        ({"init": {"h": np.ones(4)}}, r"init 'h': its batch shape \(4,\) does not broadcast"),
+        ({"init": [1.0]}, "init must be a dict"),
+    ],
+)
+def test_solve_options_are_checked(options, match):
+    fn = lad.parse("input x\nh = tanh(0.5*h + x)\n").compile()
+    with pytest.raises(lad.ProgramError, match=match):
+        fn.solve({"x": np.ones(3)}, **options)
+
+
+def test_the_values_of_a_solution_are_not_the_callers_arrays():
+    fn = lad.parse("input x\ny = x**2\n").compile()
+    x = np.array([1.0, 2.0])
+    sol = fn.solve({"x": x})
+    x[0] = 5.0
+    assert sol.values["x"].tolist() == [1.0, 2.0] and sol.values["y"].tolist() == [1.0, 4.0]
