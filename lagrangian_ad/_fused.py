@@ -80,7 +80,7 @@ _MATH = {
 _SPECIAL = {"erf": "erf", "erfc": "erfc", "gamma": "gamma", "gammaln": "lgamma"}
 # numpy.<name> kept: Numba's scalar version has NumPy's semantics (NaN in, NaN out).
 _NUMPY_SCALAR = ("maximum", "minimum", "fmax", "fmin", "sign", "abs", "absolute", "sinc")
-_NUMPY_SCALAR += ("floor", "ceil", "float64")
+_NUMPY_SCALAR += ("floor", "ceil", "mod", "float64")
 _NUMPY_CONSTANTS = ("pi", "e", "inf", "nan")
 _BUILTINS = frozenset({"abs", "float"})
 _OWN = ("sinc_prime", "sinc_second")  # the generated code's own functions (``_lad``)

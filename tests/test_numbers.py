@@ -133,6 +133,11 @@ def test_solve_on_one_sample_agrees_with_value_and_grad_at_a_pole():
     with pytest.warns(lad.NonFiniteWarning, match="constraint 'y'"):
         sol = fn.solve({"x": 0.0})
     assert (value, grad["x"]) == (np.inf, -np.inf) == (sol.value, sol.grad["x"])
+    # and OverflowError: (1e200)**2 overflows a Python float, and is inf in NumPy
+    fn = lad.parse("input x\ny = x**2\n").compile()
+    with pytest.warns(lad.NonFiniteWarning, match="constraint 'y'"):
+        sol = fn.solve({"x": 1e200})
+    assert (sol.value, sol.grad["x"]) == (np.inf, 2e200)
 
 
 @pytest.mark.parametrize(
