@@ -32,6 +32,7 @@ import re
 import stat
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,7 +40,7 @@ import numpy as np
 import sympy as sp
 
 from ._decompose import decompose
-from ._errors import LagrangianADError, ParseError
+from ._errors import LagrangianADError, NonFiniteWarning, ParseError
 from ._parse import MAX_FILE_BYTES, parse, parse_expression
 from ._program import Program
 
@@ -461,7 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     try:
-        status = args.func(args)
+        with warnings.catch_warnings():  # a non-finite result is an error here (exit 1)
+            warnings.simplefilter("error", NonFiniteWarning)
+            status = args.func(args)
         sys.stdout.flush()  # here, so that a closed stdout is seen here, not at exit
         return status
     except BrokenPipeError:
@@ -471,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(err, OSError):
             what = err.strerror or type(err).__name__
             message = f"cannot read {err.filename or getattr(args, 'file', 'the file')}: {what}"
-    except LagrangianADError as err:
+    except (LagrangianADError, NonFiniteWarning) as err:
         error, status, message = err, 1, _one_line(err)
     except Exception as err:  # the last line of defence of a command line tool
         error, status = err, 1

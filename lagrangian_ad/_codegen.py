@@ -20,10 +20,8 @@ subexpressions (SymPy's ``cse``). That symbolic work is done once per constraint
 from __future__ import annotations
 
 import builtins
-import functools
 import itertools
 import keyword
-import linecache
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ import numpy as np
 import scipy.special
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
+from sympy.printing.precedence import PRECEDENCE
 
 from ._blocks import BlockSolver
 from ._forms import FormTable, float_text, form_key, instantiate
@@ -49,14 +48,26 @@ class _Printer(NumPyPrinter):
     """NumPy printer over this program's identifiers, with exact floats."""
 
     def __init__(self, names: dict[sp.Symbol, str]):
-        super().__init__({"fully_qualified_modules": True, "strict": True})
+        # order="none": terms in SymPy's own order; sorting them for print walks every
+        # subtree again (seconds for the partials of a wide product)
+        super().__init__({"fully_qualified_modules": True, "strict": True, "order": "none"})
         self._names = names
 
     def _print_Symbol(self, expr: sp.Symbol) -> str:
         return self._names[expr]
 
     def _print_Float(self, expr: sp.Float) -> str:
-        return repr(float(expr))
+        return float_text(expr)
+
+    def _print_Integer(self, expr: sp.Integer) -> str:
+        # Python integers beyond 2**53 would meet floats only at run time (an
+        # OverflowError past 10**308, an object array in NumPy): print the double.
+        return str(expr.p) if abs(expr.p) < 1 << 53 else float_text(_double(expr))
+
+    def _print_Rational(self, expr: sp.Rational) -> str:
+        if max(abs(expr.p), expr.q) < 1 << 53:
+            return super()._print_Rational(expr)
+        return float_text(_double(expr))
 
     def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
         # Integer powers stay ``**`` (real for any float base); other powers go through
@@ -67,28 +78,96 @@ class _Printer(NumPyPrinter):
             return self._hprint_Pow(expr, rational=rational, sqrt="numpy.sqrt")
         return f"numpy.power({self._print(base)}, {self._print(exp)})"
 
-    def _print_erf(self, expr: sp.Expr) -> str:
-        return f"special.erf({self._print(expr.args[0])})"
+    def _call(self, func: str, expr: sp.Expr) -> str:
+        return f"{func}({', '.join(self._print(a) for a in expr.args)})"
 
-    def _print_erfc(self, expr: sp.Expr) -> str:
-        return f"special.erfc({self._print(expr.args[0])})"
+    def _print_polygamma(self, expr: sp.Expr) -> str:
+        if expr.args[0] == 0:  # SymPy writes digamma(x) as polygamma(0, x)
+            return f"special.digamma({self._print(expr.args[1])})"
+        return self._call("special.polygamma", expr)
 
     def _print_Heaviside(self, expr: sp.Expr) -> str:
         return f"numpy.heaviside({self._print(expr.args[0])}, 0.5)"
 
-    def _minmax(self, expr: sp.Expr, func: str) -> str:
-        args = [self._print(a) for a in expr.args]
-        return functools.reduce(lambda a, b: f"{func}({a}, {b})", args)
+    def _print_ReplaceZero(self, expr: sp.Expr) -> str:
+        x, v = (self._print(a) for a in expr.args)
+        return f"({x} + {'' if v == '1' else v + '*'}({x} == 0))"
 
-    def _print_Max(self, expr: sp.Expr) -> str:
-        return self._minmax(expr, "numpy.maximum")
+    def _print_Ties(self, expr: sp.Expr) -> str:
+        m, *args = (self._print(a) for a in expr.args)
+        if len(args) == 1:
+            return f"({args[0]} == {m})"
+        # 0.0 first: NumPy adds boolean arrays as a logical or
+        return f"(0.0 + {' + '.join(f'({a} == {m})' for a in args)})"
 
-    def _print_Min(self, expr: sp.Expr) -> str:
-        return self._minmax(expr, "numpy.minimum")
+    def _lattice(self, args: list[str], func: str) -> str:
+        # A balanced tree of pairwise calls: nesting log2(n) deep, whatever n.
+        if len(args) == 1:
+            return args[0]
+        half = len(args) // 2
+        return f"{func}({self._lattice(args[:half], func)}, {self._lattice(args[half:], func)})"
+
+    def _print_Maximum(self, expr: sp.Expr) -> str:
+        return self._lattice([self._print(a) for a in expr.args], "numpy.maximum")
+
+    def _print_Minimum(self, expr: sp.Expr) -> str:
+        return self._lattice([self._print(a) for a in expr.args], "numpy.minimum")
+
+    def _print_Times(self, expr: sp.Expr) -> str:
+        a, b = (self.parenthesize(a, PRECEDENCE["Mul"]) for a in expr.args)
+        return f"{a}*{b}"
+
+    def _print_SincPrime(self, expr: sp.Expr) -> str:
+        return self._call("_lad.sinc_prime", expr)
+
+    def _print_SincSecond(self, expr: sp.Expr) -> str:
+        return self._call("_lad.sinc_second", expr)
+
+
+# SymPy function -> scipy.special function of the same name and arguments (the generated
+# code's ``special``). loggamma is scipy's gammaln, log|Γ(x)|: real for every real x, with
+# derivative digamma(x) as SymPy's rule says.
+_SCIPY_SPECIAL = {
+    "erf": "erf",
+    "erfc": "erfc",
+    "erfinv": "erfinv",
+    "erfcinv": "erfcinv",
+    "gamma": "gamma",
+    "loggamma": "gammaln",
+    "beta": "beta",
+    "besselj": "jv",
+    "bessely": "yv",
+    "besseli": "iv",
+    "besselk": "kv",
+}
+
+
+def _special_printer(name: str) -> Callable[[_Printer, sp.Expr], str]:
+    return lambda self, expr: self._call(f"special.{name}", expr)
+
+
+for _sympy_name, _scipy_name in _SCIPY_SPECIAL.items():
+    setattr(_Printer, f"_print_{_sympy_name}", _special_printer(_scipy_name))
+
+
+def _double(r: sp.Rational) -> float:
+    """The double nearest a rational (±inf beyond the range), digits not counted."""
+    try:
+        return r.p / r.q  # Python rounds int / int correctly
+    except OverflowError:
+        return math.inf if (r.p > 0) == (r.q > 0) else -math.inf
 
 
 class _Namer:
-    """Unique, safe Python identifiers for symbols (``W[0,1]`` -> ``W_0_1``)."""
+    """Unique, safe Python identifiers for symbols (``W[0,1]`` -> ``W_0_1``).
+
+    Every name in generated code comes from here — the program's variables first, then
+    the generated functions (``forward``, ``adjoint``, ``tangents``, …) and their
+    temporaries — or begins with an underscore (``_ctx``, ``_Z``, ``_blocks``: the
+    plumbing of the generated code), which no name made here does. So a variable named
+    ``tangents`` or ``second_adjoint`` gets an identifier of its own, and the function of
+    that name is ``tangents_1``.
+    """
 
     RESERVED = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"numpy", "special", "math"}
 
@@ -163,8 +242,9 @@ class _Emitter:
         place = {s: (k, j) for k, v in enumerate(variables) for j, s in enumerate(v.symbols)}
         self.loc = [place[s] for s in graph.symbols]
         self.n_forms = len(table)
-        most = max((max(len(f.temps), len(f.jac_temps)) for f in self.forms), default=0)
-        self.temps = {f"tmp{k}": self.namer.fresh(f"t{k}") for k in range(most)}
+        most = max((len(f.temps) for f in self.forms), default=0)
+        self.temps: dict[str, str] = {}
+        self.ensure_temps(most)
         # λ of every constraint; the accumulator of ∂L/∂v for every variable. For the
         # constraint of an explicit block both are one name: λ_i = [i = N] + Σ … .
         self.lam: dict[int, str] = {}
@@ -181,6 +261,11 @@ class _Emitter:
             if not b.explicit:
                 for v in b.unknowns:
                     self.acc[v] = self.namer.fresh("g_" + self.names[v])
+
+    def ensure_temps(self, n: int) -> None:
+        """Names for the temporaries «tmp0» … «tmp(n−1)» of printed forms."""
+        for k in range(len(self.temps), n):
+            self.temps[f"tmp{k}"] = self.namer.fresh(f"t{k}")
 
     def slots(self, e: int, lam: str | None = None) -> dict[str, str]:
         """Placeholder -> code for constraint e."""
@@ -240,8 +325,10 @@ def generate(ir: ProgramIR, graph: Graph, report: Callable = lambda *a: None) ->
     n_b = len(graph.blocks)
     names, n_in = em.names, em.n_in
 
+    fresh = em.namer.fresh
+    forward, adjoint = fresh("forward"), fresh("adjoint")
     # Forward: explicit blocks one line each, cyclic blocks one call each.
-    fwd = [f"def forward(_ctx, {', '.join(names[:n_in])}):"]
+    fwd = [f"def {forward}(_ctx, {', '.join(names[:n_in])}):"]
     block_src, solvers = [], []
     cyclic_index = {b: k for k, b in enumerate(graph.cyclic_blocks)}
     for i, b in enumerate(graph.blocks):
@@ -253,17 +340,18 @@ def generate(ir: ProgramIR, graph: Graph, report: Callable = lambda *a: None) ->
             continue
         k = cyclic_index[b]
         ext = sorted({v for e in b.constraints for v in graph.reads(e)} - set(b.unknowns))
-        src, rows, cols, has_map = _block_source(em, b, k, ext)
+        functions = tuple(fresh(f"block{k}_{part}") for part in ("residual", "jacobian", "map"))
+        src, rows, cols, has_map = _block_source(em, b, functions, ext)
         block_src.append(src)
         unknown_names = tuple(graph.symbols[v].name for v in b.unknowns)
-        solvers.append((k, unknown_names, b.unknowns, rows, cols, has_map))
+        solvers.append((k, unknown_names, b.unknowns, rows, cols, functions, has_map))
         fwd.append(f"    _Z = _blocks[{k}].solve(_ctx, ({''.join(names[v] + ', ' for v in ext)}))")
         fwd += [f"    {names[v]} = _Z[..., {j}]" for j, v in enumerate(b.unknowns)]
     fwd.append(f"    return [{', '.join(names[n_in:])}]")
     forward_source = "\n".join(fwd) + "\n"
 
     # Adjoint: blocks in reverse, each scattering λ_e ∂r_e/∂z to the variables it reads.
-    adj = [f"def adjoint(_ctx, {', '.join(names)}):", f"    {em.acc[graph.output]} = 1.0"]
+    adj = [f"def {adjoint}(_ctx, {', '.join(names)}):", f"    {em.acc[graph.output]} = 1.0"]
     assigned = {graph.output}
     for i, b in enumerate(reversed(graph.blocks)):
         if not i & 255:
@@ -302,19 +390,23 @@ def generate(ir: ProgramIR, graph: Graph, report: Callable = lambda *a: None) ->
             k,
             unknown_names,
             variables,
-            namespace[f"block{k}_residual"],
-            namespace[f"block{k}_jacobian"],
-            namespace[f"block{k}_map"] if has_map else None,
+            namespace[residual],
+            namespace[jacobian],
+            namespace[fixed_point_map] if has_map else None,
             rows,
             cols,
         )
-        for k, unknown_names, variables, rows, cols, has_map in solvers
+        for k, unknown_names, variables, rows, cols, (
+            residual,
+            jacobian,
+            fixed_point_map,
+        ), has_map in solvers
     )
     namespace["_blocks"] = em.block_solvers = block_solvers
     scalar = _exec(code, {**SCALAR_NAMESPACE, "_blocks": block_solvers})
     return Generated(
-        numpy=Passes(namespace["forward"], namespace["adjoint"]),
-        scalar=Passes(scalar["forward"], scalar["adjoint"]),
+        numpy=Passes(namespace[forward], namespace[adjoint]),
+        scalar=Passes(scalar[forward], scalar[adjoint]),
         forward_source=forward_source,
         adjoint_source=adjoint_source,
         blocks_source=blocks_source,
@@ -326,19 +418,19 @@ def generate(ir: ProgramIR, graph: Graph, report: Callable = lambda *a: None) ->
 
 def jvp_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
     """The tangent pass, generated on first use: (NumPy version, float version, source)."""
-    source = _jvp_source(em)
+    name = em.namer.fresh("jvp")
+    source = _jvp_source(em, name)
     code = _compile(source, "jvp")
-    numpy_ns = _exec(
-        code, {"numpy": np, "special": scipy.special, "math": math, "_blocks": em.block_solvers}
-    )
+    numpy_ns = _exec(code, {**NUMPY_NAMESPACE, "_blocks": em.block_solvers})
     scalar_ns = _exec(code, {**SCALAR_NAMESPACE, "_blocks": em.block_solvers})
-    return numpy_ns["jvp"], scalar_ns["jvp"], source
+    return numpy_ns[name], scalar_ns[name], source
 
 
 def kkt_function(em: _Emitter) -> tuple[Callable, str]:
     """The stationarity certificate, generated on first use: (function, source)."""
-    source = _kkt_source(em)
-    return _exec(_compile(source, "kkt"))["kkt"], source
+    name = em.namer.fresh("kkt")
+    source = _kkt_source(em, name)
+    return _exec(_compile(source, "kkt"))[name], source
 
 
 def _lam_known(graph: Graph, em: _Emitter, e: int, assigned: set[int]) -> bool:
@@ -349,24 +441,25 @@ def _lam_known(graph: Graph, em: _Emitter, e: int, assigned: set[int]) -> bool:
     return e in graph.needed  # a cyclic block: all its constraints are needed, or none
 
 
-def _block_source(em: _Emitter, b, k: int, ext: list[int]):
-    """Residual, Jacobian (nonzero entries) and fixed-point map of cyclic block k."""
+def _block_source(em: _Emitter, b, functions: tuple[str, str, str], ext: list[int]):
+    """Residual, Jacobian (nonzero entries) and fixed-point map of a cyclic block, as the
+    functions named ``functions``."""
     names, graph = em.names, em.graph
     col = {v: j for j, v in enumerate(b.unknowns)}
     head = [f"    {names[v]} = _X[{i}]" for i, v in enumerate(ext)]
     head += [f"    {names[v]} = _Z[..., {j}]" for j, v in enumerate(b.unknowns)]
 
-    res = [f"def block{k}_residual(_R, _Z, _X):", *head]
+    residual, jacobian, fixed_point_map = functions
+    res = [f"def {residual}(_R, _Z, _X):", *head]
     res += [f"    _R[..., {r}] = {em.residual_text(e)}" for r, e in enumerate(b.constraints)]
 
-    jac = [f"def block{k}_jacobian(_D, _Z, _X):", *head]
+    jac = [f"def {jacobian}(_D, _Z, _X):", *head]
     rows, cols = [], []
     for r, e in enumerate(b.constraints):
         form, sl = em.forms[e], em.slots(e)
         explicit = graph.targets[e] is not None
         jac_temps, jac_codes = em.table.raw_jacobian(form, em.ir.constraints[e].label)
-        for k in range(len(em.temps), len(jac_temps)):
-            em.temps[f"tmp{k}"] = em.namer.fresh(f"t{k}")
+        em.ensure_temps(len(jac_temps))
         sl = em.slots(e)
         # ∂r/∂z for the unknowns of the block: δ(z = target) − ∂f/∂z, or ∂c/∂z.
         entries: dict[int, str] = {}
@@ -392,7 +485,7 @@ def _block_source(em: _Emitter, b, k: int, ext: list[int]):
     src = res + jac
     has_map = all(graph.targets[e] == graph.match[e] for e in b.constraints)
     if has_map:
-        src += [f"def block{k}_map(_F, _Z, _X):", *head]
+        src += [f"def {fixed_point_map}(_F, _Z, _X):", *head]
         src += [f"    _F[..., {r}] = {em.forward_text(e)}" for r, e in enumerate(b.constraints)]
     return (
         "\n".join(src) + "\n",
@@ -402,7 +495,7 @@ def _block_source(em: _Emitter, b, k: int, ext: list[int]):
     )
 
 
-def _jvp_source(em: _Emitter, name: str = "jvp", every: bool = False) -> str:
+def _jvp_source(em: _Emitter, name: str, every: bool = False) -> str:
     """Forward mode: ż_i = Σ_j ∂f_i/∂z_j ż_j in block order; J ż_B = rhs in cyclic blocks.
 
     Only variables downstream of the inputs get a tangent; the rest are zero and skipped.
@@ -414,14 +507,17 @@ def _jvp_source(em: _Emitter, name: str = "jvp", every: bool = False) -> str:
 
     def terms(e: int, skip: frozenset = frozenset()) -> tuple[list[str], list[str]]:
         """Temporaries, and the products ∂f/∂p · ṗ for the parents p with a tangent."""
-        form, sl = em.forms[e], em.slots(e)
+        form = em.forms[e]
+        jac_temps, jac = em.table.jacobian(form, em.ir.constraints[e].label)
+        em.ensure_temps(len(jac_temps))
+        sl = em.slots(e)
         out = []
-        for (k, _), text in zip(form.partials, form.jac, strict=True):
+        for (k, _), text in zip(form.partials, jac, strict=True):
             p = graph.parents[e][k]
             if p in known and p not in skip:
                 code = instantiate(text, sl)
                 out.append(dot[p] if code == "1" else f"({code})*{dot[p]}")
-        temps = [f"    {instantiate(t, sl)}" for t in form.jac_temps] if out else []
+        temps = [f"    {instantiate(t, sl)}" for t in jac_temps] if out else []
         return temps, out
 
     cyclic_index = {b: k for k, b in enumerate(graph.cyclic_blocks)}
@@ -468,11 +564,12 @@ def hessian_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
     tangent arrays, so each term is one contraction over the batch.
     """
     graph, names = em.graph, em.names
-    tangents_source = _jvp_source(em, "tangents", every=True)
+    tangents, hessian = em.namer.fresh("tangents"), em.namer.fresh("hessian")
+    tangents_source = _jvp_source(em, tangents, every=True)
     lam = [em.namer.fresh("mu_" + c.label) for c in em.ir.constraints]
     dot = [em.namer.fresh("z_" + names[v]) for v in range(len(names))]
     lines = [
-        f"def hessian({', '.join(names)}, {', '.join(lam)}, {', '.join(dot)}):",
+        f"def {hessian}({', '.join(names)}, {', '.join(lam)}, {', '.join(dot)}):",
         "    _H = 0.0",
     ]
     for e, c in enumerate(em.ir.constraints):
@@ -481,8 +578,7 @@ def hessian_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
         temps, pairs = em.table.second_derivatives(em.forms[e], c.label)
         if not pairs:
             continue
-        for k in range(len(em.temps), len(temps)):  # second order may need more names
-            em.temps[f"tmp{k}"] = em.namer.fresh(f"t{k}")
+        em.ensure_temps(len(temps))  # second order may need more names
         sl = em.slots(e, lam[e])
         lines += [f"    {instantiate(t, sl)}" for t in temps]
         sign = "+" if c.target is not None else "-"
@@ -495,15 +591,13 @@ def hessian_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
     namespace = _exec(
         _compile(source, "hessian"),
         {
-            "numpy": np,
-            "special": scipy.special,
-            "math": math,
+            **NUMPY_NAMESPACE,
             "_outer": _outer,
             "_outer2": _outer2,
             "_blocks": em.block_solvers,
         },
     )
-    return namespace["tangents"], namespace["hessian"], source
+    return namespace[tangents], namespace[hessian], source
 
 
 def _outer(c: Any, za: Any, zb: Any) -> Any:
@@ -511,7 +605,8 @@ def _outer(c: Any, za: Any, zb: Any) -> Any:
     if np.ndim(za) == 0 or np.ndim(zb) == 0:
         return 0.0
     za, zb = np.broadcast_arrays(za * c, zb)
-    return za.reshape(za.shape[0], -1) @ zb.reshape(zb.shape[0], -1).T
+    n = math.prod(za.shape[1:])  # not -1: an empty batch has no size to infer
+    return za.reshape(za.shape[0], n) @ zb.reshape(zb.shape[0], n).T
 
 
 def _outer2(c: Any, za: Any, zb: Any) -> Any:
@@ -529,28 +624,26 @@ def hvp_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
     `_second_adjoint_source`. Never forms a Hessian: about one forward and two reverse
     sweeps.
     """
-    names = em.names
-    tangents_source = _jvp_source(em, "tangents", every=True)
-    lam = [em.namer.fresh("l_" + c.label) for c in em.ir.constraints]
-    dot = [em.namer.fresh("zd_" + names[v]) for v in range(len(names))]
-    dx = [em.namer.fresh("xd_" + names[k]) for k in range(em.n_in)]
+    names, fresh = em.names, em.namer.fresh
+    hvp, tangents, second_adjoint = fresh("hvp"), fresh("tangents"), fresh("second_adjoint")
+    tangents_source = _jvp_source(em, tangents, every=True)
+    lam = [fresh("l_" + c.label) for c in em.ir.constraints]
+    dot = [fresh("zd_" + names[v]) for v in range(len(names))]
+    dx = [fresh("xd_" + names[k]) for k in range(em.n_in)]
     wrapper = [
-        f"def hvp(_ctx, {', '.join(names)}, {', '.join(lam)}, {', '.join(dx)}):",
-        f"    _D = tangents(_ctx, {', '.join(names)}, {', '.join(dx)})",
-        f"    return second_adjoint(_ctx, {', '.join(names)}, {', '.join(lam)}, *_D)",
+        f"def {hvp}(_ctx, {', '.join(names)}, {', '.join(lam)}, {', '.join(dx)}):",
+        f"    _D = {tangents}(_ctx, {', '.join(names)}, {', '.join(dx)})",
+        f"    return {second_adjoint}(_ctx, {', '.join(names)}, {', '.join(lam)}, *_D)",
     ]
-    source = "\n".join(
-        [tangents_source, _second_adjoint_source(em, lam, dot), "\n".join(wrapper) + "\n"]
-    )
+    second = _second_adjoint_source(em, second_adjoint, lam, dot)
+    source = "\n".join([tangents_source, second, "\n".join(wrapper) + "\n"])
     code = _compile(source, "hvp")
-    numpy_ns = _exec(
-        code, {"numpy": np, "special": scipy.special, "math": math, "_blocks": em.block_solvers}
-    )
+    numpy_ns = _exec(code, {**NUMPY_NAMESPACE, "_blocks": em.block_solvers})
     scalar_ns = _exec(code, {**SCALAR_NAMESPACE, "_blocks": em.block_solvers})
-    return numpy_ns["hvp"], scalar_ns["hvp"], source
+    return numpy_ns[hvp], scalar_ns[hvp], source
 
 
-def _second_adjoint_source(em: _Emitter, lam: list[str], dot: list[str]) -> str:
+def _second_adjoint_source(em: _Emitter, name: str, lam: list[str], dot: list[str]) -> str:
     """The reverse pass of the tangent-linear program: μ, and Hẋ at the inputs.
 
     Differentiating ∂L/∂z_j = 0 (the adjoint) along ż gives the same triangular system
@@ -563,7 +656,7 @@ def _second_adjoint_source(em: _Emitter, lam: list[str], dot: list[str]) -> str:
     """
     graph, names, n_in = em.graph, em.names, em.n_in
     acc = {v: em.namer.fresh("m_" + names[v]) for v in range(len(names))}
-    lines = [f"def second_adjoint(_ctx, {', '.join(names)}, {', '.join(lam)}, {', '.join(dot)}):"]
+    lines = [f"def {name}(_ctx, {', '.join(names)}, {', '.join(lam)}, {', '.join(dot)}):"]
     assigned: set[int] = set()
 
     def curvature(e: int) -> list[str]:
@@ -572,8 +665,7 @@ def _second_adjoint_source(em: _Emitter, lam: list[str], dot: list[str]) -> str:
         temps, pairs = em.table.second_derivatives(em.forms[e], c.label)
         if not pairs:
             return []
-        for k in range(len(em.temps), len(temps)):  # second order may need more names
-            em.temps[f"tmp{k}"] = em.namer.fresh(f"t{k}")
+        em.ensure_temps(len(temps))  # second order may need more names
         sl = em.slots(e, lam[e])
         sign = "+" if c.target is not None else "-"
         out = [f"    {instantiate(t, sl)}" for t in temps]
@@ -620,13 +712,13 @@ def _second_adjoint_source(em: _Emitter, lam: list[str], dot: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _kkt_source(em: _Emitter) -> str:
+def _kkt_source(em: _Emitter, name: str) -> str:
     """max |∂L/∂λ| (every residual) and max |∂L/∂z| (every unknown), recomputed."""
     graph, names, n_in = em.graph, em.names, em.n_in
     lam = [
         em.namer.fresh("mu_" + em.ir.constraints[e].label) for e in range(len(em.ir.constraints))
     ]
-    lines = [f"def kkt({', '.join(names)}, {', '.join(lam)}):", "    _r = 0.0"]
+    lines = [f"def {name}({', '.join(names)}, {', '.join(lam)}):", "    _r = 0.0"]
     lines += [
         f"    _r = numpy.maximum(_r, numpy.abs({em.residual_text(e)}))"
         for e in range(len(em.ir.constraints))
@@ -647,22 +739,45 @@ def _kkt_source(em: _Emitter) -> str:
 _counter = itertools.count()
 
 
-def _compile(source: str, name: str) -> CodeType:
-    """Compile our generated source (never user text); register it for tracebacks."""
-    filename = f"<lagrangian_ad {name} {next(_counter)}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    return compile(source, filename, "exec")
+@dataclass(frozen=True)
+class _Code:
+    """Compiled generated source, with its source and module name."""
+
+    code: CodeType
+    source: str
+    module: str
 
 
-def _exec(code: CodeType, namespace: dict | None = None) -> dict:
+class _Loader:
+    """The ``__loader__`` of generated code: its source, for tracebacks.
+
+    It lives in the namespace the code runs in, so as long as its functions do, and no
+    longer: ``linecache`` asks a frame's globals for their loader when a traceback is
+    printed (``linecache.lazycache``), so nothing is registered in advance (registering
+    every compile in ``linecache.cache`` kept all sources alive: +26 MB per 1,000
+    programs).
+    """
+
+    def __init__(self, source: str):
+        self._source = source
+
+    def get_source(self, name: str) -> str:
+        return self._source
+
+
+def _compile(source: str, name: str) -> _Code:
+    """Compile our generated source (never user text), named for tracebacks."""
+    module = f"lagrangian_ad-generated:{name} {next(_counter)}"
+    # Not "<…>": linecache asks no loader for such names. No file has this name either.
+    return _Code(compile(source, module, "exec"), source, module)
+
+
+def _exec(code: _Code, namespace: dict | None = None) -> dict:
     """Run compiled generated code in a fresh namespace (NumPy's by default)."""
-    namespace = dict(namespace or {"numpy": np, "special": scipy.special, "math": math})
-    exec(code, namespace)
+    namespace = dict(namespace or NUMPY_NAMESPACE)
+    namespace.update(__name__=code.module, __loader__=_Loader(code.source))
+    exec(code.code, namespace)
     return namespace
-
-
-def _nan_or(value: Callable[[float], float]) -> Callable[[float], float]:
-    return lambda x: x if x != x else value(x)
 
 
 class _ScalarNumpy:
@@ -681,7 +796,13 @@ class _ScalarNumpy:
     sinh, cosh, tanh = math.sinh, math.cosh, math.tanh
     arcsinh, arccosh, arctanh = math.asinh, math.acosh, math.atanh
     power = math.pow
-    sign = staticmethod(_nan_or(lambda x: float((x > 0) - (x < 0))))
+    float64 = float  # the constant of a constraint z = c stays a Python float here
+
+    @staticmethod
+    def sign(x: float) -> float:
+        # As numpy.sign: NaN for NaN, 0.0 for ±0; a NumPy scalar (from a function that
+        # falls through to NumPy, such as sinc) is fine too.
+        return 1.0 if x > 0 else -1.0 if x < 0 else 0.0 if x == 0 else float(x)
 
     @staticmethod
     def heaviside(x: float, at_zero: float) -> float:
@@ -700,7 +821,75 @@ class _ScalarNumpy:
 
 
 class _ScalarSpecial:
+    """The ``special`` of generated code on Python floats: math's erf and erfc, the rest
+    scipy.special's."""
+
     erf, erfc = math.erf, math.erfc
 
+    def __getattr__(self, name: str):
+        return getattr(scipy.special, name)
 
-SCALAR_NAMESPACE = {"numpy": _ScalarNumpy(), "special": _ScalarSpecial, "math": math}
+
+# The generated code's own functions (``_lad``): sinc′ and sinc″ by their Taylor series
+# for |x| < 1 (eleven terms: the first left out is below 1e-17 there), and from
+# sinc′ = (cos x − sinc x)/x, sinc″ = −(sin x + 2 sinc′ x)/x elsewhere (no x³ to
+# overflow). The closed forms lose every digit near 0, where the series are exact.
+_SINC_TERMS = range(1, 12)
+_SINC_PRIME = tuple((-1) ** k * 2 * k / math.factorial(2 * k + 1) for k in reversed(_SINC_TERMS))
+_SINC_SECOND = tuple(
+    (-1) ** k * 2 * k * (2 * k - 1) / math.factorial(2 * k + 1) for k in reversed(_SINC_TERMS)
+)
+
+
+def scalar_sinc_prime(x: float) -> float:
+    """sinc′(x) of one float (self-contained: Numba compiles it for the fused backend)."""
+    if abs(x) < 1.0:
+        total, x2 = 0.0, x * x
+        for c in _SINC_PRIME:  # Horner
+            total = total * x2 + c
+        return x * total
+    return (math.cos(x) - math.sin(x) / x) / x
+
+
+def scalar_sinc_second(x: float) -> float:
+    """sinc″(x) of one float (self-contained, like `scalar_sinc_prime`)."""
+    if abs(x) < 1.0:
+        total, x2 = 0.0, x * x
+        for c in _SINC_SECOND:
+            total = total * x2 + c
+        return total
+    return -(math.sin(x) + 2.0 * (math.cos(x) - math.sin(x) / x) / x) / x
+
+
+class _NumpyOwn:
+    """``_lad`` on arrays: the same functions, elementwise."""
+
+    @staticmethod
+    def sinc_prime(x: Any) -> Any:
+        x = np.asarray(x, dtype=np.float64)
+        with np.errstate(all="ignore"):  # the closed form at 0: not used there
+            far = (np.cos(x) - np.sin(x) / x) / x
+        return np.where(np.abs(x) < 1.0, x * np.polyval(_SINC_PRIME, x * x), far)[()]
+
+    @staticmethod
+    def sinc_second(x: Any) -> Any:
+        x = np.asarray(x, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            far = -(np.sin(x) + 2.0 * (np.cos(x) - np.sin(x) / x) / x) / x
+        return np.where(np.abs(x) < 1.0, np.polyval(_SINC_SECOND, x * x), far)[()]
+
+
+class _ScalarOwn:
+    """``_lad`` on Python floats."""
+
+    sinc_prime = staticmethod(scalar_sinc_prime)
+    sinc_second = staticmethod(scalar_sinc_second)
+
+
+NUMPY_NAMESPACE = {"numpy": np, "special": scipy.special, "math": math, "_lad": _NumpyOwn}
+SCALAR_NAMESPACE = {
+    "numpy": _ScalarNumpy(),
+    "special": _ScalarSpecial(),
+    "math": math,
+    "_lad": _ScalarOwn,
+}

@@ -10,6 +10,8 @@ The multipliers are per sample: λ_i = ∂z_N/∂z_i, with shape B + the variabl
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +22,7 @@ import sympy as sp
 from . import _second
 from ._blocks import METHODS, BlockReport, SolveOptions
 from ._codegen import Passes, generate, hessian_functions, jvp_functions, kkt_function
-from ._errors import LagrangianADError, ProgramError
+from ._errors import LagrangianADError, NonFiniteWarning, ProgramError
 from ._graph import analyse
 from ._grouped import GroupedEngine, plan, worth_grouping
 from ._program import ProgramIR
@@ -179,9 +181,21 @@ class CompiledProgram:
 
     # ----------------------------------------------------------------- solving
 
-    def value(self, inputs: Mapping[Any, Any], **options: Any) -> Array:
-        """The output z_N only (forward pass)."""
-        arrays, leads, batch = self._check(inputs)
+    def value(self, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any) -> Array:
+        """The output z_N only (forward pass).
+
+        ``check_finite`` (default True): an input holding NaN or inf is a `ProgramError`;
+        False skips that check. Either way a non-finite output is reported by a
+        `NonFiniteWarning` naming the first constraint, in evaluation order, whose value
+        is not finite.
+        """
+        arrays, leads, batch = self._check(inputs, check_finite)
+        value = self._value(arrays, leads, batch, options)
+        if not _finite(value):
+            self._warn_non_finite(arrays, leads, batch, options, adjoint=False)
+        return value
+
+    def _value(self, arrays, leads, batch, options) -> Array:
         if self._fused is not None:
             self._context(options)  # checks the options, though nothing here is cyclic
             return self._fused.value(self._entries(arrays, leads, batch), batch)
@@ -193,10 +207,21 @@ class CompiledProgram:
         return _shaped(z[self._output_index], batch)
 
     def value_and_grad(
-        self, inputs: Mapping[Any, Any], **options: Any
+        self, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any
     ) -> tuple[Array, dict[str, Array]]:
-        """The output and ∂(Σ z_N)/∂x for every input."""
-        arrays, leads, batch = self._check(inputs)
+        """The output and ∂(Σ z_N)/∂x for every input.
+
+        ``check_finite`` as in `value`; a non-finite output or gradient is reported by a
+        `NonFiniteWarning` naming the first constraint whose value or multiplier is not
+        finite.
+        """
+        arrays, leads, batch = self._check(inputs, check_finite)
+        value, grad = self._value_and_grad(arrays, leads, batch, options)
+        if not _all_finite(value, grad):
+            self._warn_non_finite(arrays, leads, batch, options, adjoint=True)
+        return value, grad
+
+    def _value_and_grad(self, arrays, leads, batch, options) -> tuple[Array, dict[str, Array]]:
         if self._fused is not None:
             self._context(options)
             entries = self._entries(arrays, leads, batch)
@@ -222,8 +247,9 @@ class CompiledProgram:
             a = np.reshape(arrays[name], (*lead, var.size))
             a = a.transpose((len(lead), *range(len(lead))))  # entries first
             ins.append(a.reshape((var.size,) + (1,) * (nd - len(lead)) + lead))
-        ctx = self._context(options)
-        stores, accs, blocks = self._grouped.run(ins, batch, ctx, adjoint, report)
+        ctx = self._context(options, batch)
+        with np.errstate(all="ignore"):  # non-finite results: a NonFiniteWarning instead
+            stores, accs, blocks = self._grouped.run(ins, batch, ctx, adjoint, report)
         return stores, accs, blocks, ctx
 
     def _grouped_output(self, stores: list, batch: tuple[int, ...]) -> Array:
@@ -252,36 +278,49 @@ class CompiledProgram:
 
         The float path runs the same generated source with ``math`` functions; where
         ``math`` raises (domain, overflow, division by zero) the call is rerun on NumPy,
-        which returns the IEEE result (inf, nan) with its usual warning.
+        which returns the IEEE result (inf, nan); NumPy's own warnings are silenced, the
+        callers report a non-finite result with a `NonFiniteWarning`.
         """
+        batch = np.broadcast_shapes(*map(np.shape, entries)) if options.get("init") else None
+        ctx = self._context(options, batch)
         if scalar:
             try:
-                return passes(self._code.scalar, self._context(options), entries)
+                return passes(self._code.scalar, ctx, entries)
             except LagrangianADError:
                 raise
             except (ArithmeticError, ValueError):
                 entries = [np.float64(e) for e in entries]
-        return passes(self._code.numpy, self._context(options), entries)
+                ctx = self._context(options, batch)  # afresh: the float run may have begun
+        with np.errstate(all="ignore"):
+            return passes(self._code.numpy, ctx, entries)
 
     def jvp(
-        self, inputs: Mapping[Any, Any], tangents: Mapping[Any, Any], **options: Any
+        self,
+        inputs: Mapping[Any, Any],
+        tangents: Mapping[Any, Any],
+        check_finite: bool = True,
+        **options: Any,
     ) -> tuple[Array, Array]:
         """The output and its derivative along ``tangents``, per sample (forward mode).
 
         Solves the tangent system (I − J) ż = (∂f/∂x) ẋ block by block, cyclic blocks
         with the factorization of their forward solve. Inputs missing from ``tangents``
         have tangent 0; a tangent broadcasts to the shape of its input's array.
+        ``check_finite`` (inputs and tangents) and the `NonFiniteWarning` as in `value`.
         """
-        entries, arrays, leads, batch = self._prepare(inputs)
+        entries, arrays, leads, batch = self._prepare(inputs, check_finite)
         dots: list = []
-        given = {self._input_name(k): v for k, v in tangents.items()}
+        given = self._named(tangents, "tangents", "tangent")
         for name, var in self._inputs.items():
             if name not in given:
                 dots.extend([0.0] * var.size)
                 continue
             shape = np.shape(arrays[name])
+            tangent = _as_float_array(given[name], f"tangent {name!r}")
+            if check_finite and not np.isfinite(tangent).all():
+                raise _not_finite(f"tangent {name!r}", tangent)
             try:
-                t = np.broadcast_to(_as_float_array(given[name], f"tangent {name}"), shape)
+                t = np.broadcast_to(tangent, shape)
             except ValueError:
                 raise ProgramError(
                     f"tangent {name!r}: shape {np.shape(given[name])} does not broadcast to "
@@ -302,20 +341,27 @@ class CompiledProgram:
             return z[self._output_index], jvp(ctx, *entries, *z, *dots)
 
         value, d = self._on_floats_or_numpy(entries, batch == (), options, passes)
-        return _shaped(value, batch), _shaped(d, batch)
+        value, d = _shaped(value, batch), _shaped(d, batch)
+        if not (_finite(value) and _finite(d)):
+            result = "the output and its derivative along the tangents are"
+            self._warn_non_finite(arrays, leads, batch, options, adjoint=False, result=result)
+        return value, d
 
-    def hessian(self, inputs: Mapping[Any, Any], **options: Any) -> dict[str, dict[str, Array]]:
+    def hessian(
+        self, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any
+    ) -> dict[str, dict[str, Array]]:
         """Hessian of the batch sum of z_N: ``H[a][b]`` has shape (a's array) + (b's array).
 
         The reduced Hessian Zᵀ (∇²L) Z at the stationary point, with Z = dz/dx from forward
         mode along every entry of every input array, and ∇²L from the second partials of
         the constraints (derived with SymPy on the first call, then generated code).
         Dense in the inputs: meant for moderate numbers of input entries.
+        ``check_finite`` and the `NonFiniteWarning` as in `value`.
         """
         if self._hessian is None:
             self._hessian = hessian_functions(self._code.emitter)
         tangents, hessian, _ = self._hessian
-        entries, arrays, leads, batch = self._prepare(inputs)
+        entries, arrays, leads, batch = self._prepare(inputs, check_finite)
         if batch == ():
             entries = [np.float64(e) for e in entries]
         z, (lam, _, ctx) = self._run(entries, False, options, adjoint=True)
@@ -328,9 +374,12 @@ class CompiledProgram:
             eye = eye.reshape((n_dir, *(1,) * (len(batch) - len(lead)), *lead, var.size))
             dots.extend(eye[..., k] for k in range(var.size))
             offset += sizes[name]
-        Z = tangents(ctx, *entries, *z, *dots)
-        H = hessian(*entries, *z, *lam, *Z)
+        with np.errstate(all="ignore"):  # non-finite results: a NonFiniteWarning instead
+            Z = tangents(ctx, *entries, *z, *dots)
+            H = hessian(*entries, *z, *lam, *Z)
         H = np.zeros((n_dir, n_dir)) if np.ndim(H) == 0 else H
+        if not _finite(H):
+            self._warn_non_finite(arrays, leads, batch, options, True, "the Hessian is")
         out: dict[str, dict[str, Array]] = {}
         starts = np.cumsum([0, *sizes.values()])
         names = list(self._inputs)
@@ -342,19 +391,36 @@ class CompiledProgram:
         return out
 
     def hvp(
-        self, inputs: Mapping[Any, Any], vectors: Mapping[Any, Any], **options: Any
+        self,
+        inputs: Mapping[Any, Any],
+        vectors: Mapping[Any, Any],
+        check_finite: bool = True,
+        **options: Any,
     ) -> dict[str, Array]:
-        return _second.hvp(self, inputs, vectors, **options)
+        return _second.hvp(self, inputs, vectors, check_finite, **options)
 
-    def sparse_hessian(self, inputs: Mapping[Any, Any], **options: Any) -> _second.SparseHessian:
-        return _second.sparse_hessian(self, inputs, **options)
+    def sparse_hessian(
+        self, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any
+    ) -> _second.SparseHessian:
+        return _second.sparse_hessian(self, inputs, check_finite, **options)
 
     hvp.__doc__ = _second.hvp.__doc__
     sparse_hessian.__doc__ = _second.sparse_hessian.__doc__
 
-    def solve(self, inputs: Mapping[Any, Any], **options: Any) -> Solution:
-        """Forward values, multipliers and gradient: the full stationary point."""
-        arrays, leads, batch = self._check(inputs)
+    def solve(
+        self, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any
+    ) -> Solution:
+        """Forward values, multipliers and gradient: the full stationary point.
+
+        ``check_finite`` and the `NonFiniteWarning` as in `value_and_grad`.
+        """
+        arrays, leads, batch = self._check(inputs, check_finite)
+        sol = self._solve(arrays, leads, batch, options)
+        if not _all_finite(sol.value, sol.grad):
+            self._warn_non_finite(arrays, leads, batch, options, adjoint=True)
+        return sol
+
+    def _solve(self, arrays, leads, batch, options) -> Solution:
         entries = self._entries(arrays, leads, batch)
         if self._use_grouped(batch):
             return self._solve_grouped(entries, arrays, leads, batch, options)
@@ -394,7 +460,8 @@ class CompiledProgram:
         )
 
     def _solution(self, entries, arrays, batch, z, lam, grad, reports) -> Solution:
-        values: dict[str, Array] = {name: _user_array(a) for name, a in arrays.items()}
+        # copies: the caller's arrays are theirs to change
+        values: dict[str, Array] = {name: _user_array(np.array(a)) for name, a in arrays.items()}
         for var in self.ir.intermediates:
             values[var.name] = _assemble(
                 [z[k] for k in self._positions[var.name]], var.shape, batch
@@ -405,21 +472,123 @@ class CompiledProgram:
         }
         if self._kkt is None:
             self._kkt = kkt_function(self._code.emitter)
-        max_r, max_s = self._kkt[0](*entries, *z, *lam)
+        point = [*entries, *z, *lam]
+        if batch == ():  # NumPy scalars: IEEE results (1/0 is inf), not Python's exceptions
+            point = [np.float64(v) for v in point]
+        with np.errstate(all="ignore"):  # a non-finite point is reported on its own
+            max_r, max_s = self._kkt[0](*point)
         return Solution(
             value=_shaped(z[self._output_index], batch),
             grad=grad,
             values=values,
             multipliers=multipliers,
             blocks=reports,
-            kkt={"max_dL_dlambda": float(np.max(max_r)), "max_dL_dz": float(np.max(max_s))},
+            kkt={  # initial=0: an empty batch has nothing to violate
+                "max_dL_dlambda": float(np.max(max_r, initial=0.0)),
+                "max_dL_dz": float(np.max(max_s, initial=0.0)),
+            },
+        )
+
+    _not_finite = staticmethod(lambda what, value: _not_finite(what, value))
+
+    def _warn_non_finite(
+        self,
+        arrays,
+        leads,
+        batch,
+        options,
+        adjoint: bool,
+        result: str | None = None,
+        stacklevel: int = 3,
+    ) -> None:
+        """A `NonFiniteWarning` naming where the first non-finite number appeared.
+
+        Only called when the output or the gradient is not finite, so the hot path pays
+        one ``isfinite`` for it. This reruns the straight-line NumPy passes and walks, in
+        evaluation order, the inputs, the values of the constraints the output needs,
+        their multipliers (reverse order), then the gradient.
+        """
+        graph, ir, n_in = self.graph, self.ir, self.graph.n_inputs
+        entries = [np.float64(e) for e in self._entries(arrays, leads, batch)]
+        z, rest = self._run(entries, False, options, adjoint=adjoint)
+        n_samples = math.prod(batch)
+
+        def bad(v: Any) -> str | None:
+            v = np.asarray(v)
+            count = int(np.size(v) - np.count_nonzero(np.isfinite(v)))
+            if not count:
+                return None
+            first = v[~np.isfinite(v)].flat[0] if v.ndim else v
+            return f"{first}" + (f" in {count} of {n_samples} samples" if batch else "")
+
+        def shown(e: int) -> str:
+            c = ir.constraints[e]
+            text = f"{c.target} = {c.expr}" if c.target is not None else f"0 = {c.expr}"
+            return text if len(text) <= 60 else text[:57] + "..."
+
+        where = None
+        for name, arr in arrays.items():
+            found = bad(arr)
+            if found:
+                where = f"input {name!r} is {found} (check_finite=False)"
+                break
+        order = [b for b in graph.blocks if graph.needed.intersection(b.constraints)]
+        for b in order if where is None else ():
+            for v in b.unknowns:
+                found = bad(z[v - n_in])
+                if found and b.explicit:
+                    (e,) = b.constraints
+                    label = ir.constraints[e].label
+                    where = f"the value of constraint {label!r} ({shown(e)}) is {found}"
+                elif found:
+                    labels = ", ".join(repr(ir.constraints[e].label) for e in b.constraints[:5])
+                    name = graph.symbols[v].name
+                    where = f"the value of {name!r} (cyclic block of {labels}) is {found}"
+                if where:
+                    break
+            if where:
+                break
+        if where is None and adjoint:
+            lam, g, _ = rest
+            for b in reversed(order):
+                for e in b.constraints:
+                    found = bad(lam[e])
+                    if found:
+                        label = ir.constraints[e].label
+                        where = f"the multiplier of constraint {label!r} ({shown(e)}) is {found}"
+                        break
+                if where:
+                    break
+            for k in range(n_in) if where is None else ():
+                found = bad(g[k])
+                if found:
+                    name = graph.symbols[k].name
+                    readers = [
+                        ir.constraints[e].label for e in graph.needed if k in graph.parents[e]
+                    ]
+                    where = (
+                        f"the gradient with respect to input {name!r} is {found}, every value "
+                        f"and multiplier being finite: a partial derivative of constraint "
+                        f"{' or '.join(map(repr, sorted(readers)[:5]))} is not finite there"
+                    )
+                    break
+        if result is None:
+            result = "the output and its gradient are" if adjoint else "the output is"
+        warnings.warn(
+            NonFiniteWarning(
+                f"{result} not finite: {where or 'a non-finite number appeared'}"
+                + ("" if where and where.startswith("input") else " (the inputs are finite)")
+            ),
+            stacklevel=stacklevel,
         )
 
     def _multiplier_shape(self, name: str) -> tuple[int, ...]:
         var = self._intermediates.get(name)
         return () if var is None else var.shape  # an equation's multiplier is a scalar
 
-    def _context(self, options: dict[str, Any]) -> _Context:
+    def _context(self, options: dict[str, Any], batch: tuple[int, ...] | None = None) -> _Context:
+        """The per-call state for these solve options, checked (``batch``: the call's
+        batch shape, which an ``init`` must broadcast to)."""
         if not options and not self._has_cycles:
             return self._no_context  # nothing to set or record without cyclic blocks
         unknown = set(options) - {"init", "method", "tol", "maxiter"}
@@ -434,7 +603,13 @@ class CompiledProgram:
                 f"unknown method {method!r}: use one of {', '.join(map(repr, METHODS))}"
             )
         init: dict[int, Any] = {}
-        for key, val in (options.get("init") or {}).items():
+        given = options.get("init") or {}
+        if not isinstance(given, Mapping):
+            raise ProgramError(
+                "init must be a dict of variable name -> starting value, "
+                f"not {type(given).__name__}"
+            )
+        for key, val in given.items():
             name = key if isinstance(key, str) else getattr(key, "name", str(key))
             if name not in self._cyclic_vars:
                 raise ProgramError(
@@ -442,26 +617,37 @@ class CompiledProgram:
                     f"(those are: {', '.join(self._cyclic_vars) or 'none'})"
                 )
             var = self._intermediates[name]
-            arr = _as_float_array(val, f"init {name}")
-            if var.shape and arr.shape[arr.ndim - len(var.shape) :] != var.shape:
-                raise ProgramError(f"init {name!r}: expected trailing shape {var.shape}")
-            flat = arr.reshape((*arr.shape[: arr.ndim - len(var.shape)], var.size))
+            arr = _as_float_array(val, f"init {name!r}")
+            nd = len(var.shape)
+            if arr.ndim < nd or arr.shape[arr.ndim - nd :] != var.shape:
+                raise ProgramError(
+                    f"init {name!r}: expected trailing shape {var.shape}, got shape {arr.shape}"
+                )
+            lead = arr.shape[: arr.ndim - nd]
+            if batch is not None and _broadcasts_to(lead, batch) is False:
+                raise ProgramError(
+                    f"init {name!r}: its batch shape {lead} does not broadcast to the batch "
+                    f"shape {batch} of the inputs"
+                )
+            flat = arr.reshape((*lead, var.size))
             for k, index in enumerate(self._cyclic_vars[name]):
                 init[index] = flat[..., k]
+        tol, maxiter = options.get("tol", 1e-12), options.get("maxiter", 100)
+        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)):
+            raise ProgramError(f"tol must be a positive number, not {tol!r}")
+        if not (math.isfinite(tol) and tol > 0):
+            raise ProgramError(f"tol must be a positive number, not {tol!r}")
+        if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
+            raise ProgramError(f"maxiter must be a positive integer, not {maxiter!r}")
         return _Context(
-            SolveOptions(
-                method=method,
-                tol=float(options.get("tol", 1e-12)),
-                maxiter=int(options.get("maxiter", 100)),
-                init=init,
-            )
+            SolveOptions(method=method, tol=float(tol), maxiter=int(maxiter), init=init)
         )
 
     # ----------------------------------------------------------------- inputs
 
-    def _prepare(self, inputs: Mapping[Any, Any]):
+    def _prepare(self, inputs: Mapping[Any, Any], check_finite: bool = True):
         """Check the inputs; return scalar entries, arrays, batch axes, batch shape."""
-        arrays, leads, batch = self._check(inputs)
+        arrays, leads, batch = self._check(inputs, check_finite)
         return self._entries(arrays, leads, batch), arrays, leads, batch
 
     def _named(self, d: Any, what: str = "inputs", noun: str = "input") -> dict[str, Any]:
@@ -479,8 +665,12 @@ class CompiledProgram:
             out[name] = val
         return out
 
-    def _check(self, inputs: Mapping[Any, Any]):
-        """Check the inputs; return the arrays, their batch axes, and the batch shape."""
+    def _check(self, inputs: Mapping[Any, Any], check_finite: bool = True):
+        """Check the inputs; return the arrays, their batch axes, and the batch shape.
+
+        With ``check_finite``, an input holding NaN or inf is a `ProgramError` (SciPy's
+        convention): one ``isfinite`` per input.
+        """
         if type(inputs) is dict and inputs.keys() == self._inputs.keys():
             given = inputs  # plain names, all present: nothing to map
         else:
@@ -493,9 +683,13 @@ class CompiledProgram:
         for name, var in self._inputs.items():
             value = given[name]
             if type(value) is float and var.shape == ():  # the common scalar case, cheaply
+                if check_finite and not math.isfinite(value):
+                    raise _not_finite(f"input {name!r}", value)
                 arrays[name], leads[name] = value, ()
                 continue
-            arr = _as_float_array(value, name)
+            arr = _as_float_array(value, f"input {name!r}")
+            if check_finite and not np.isfinite(arr).all():
+                raise _not_finite(f"input {name!r}", arr)
             nd = len(var.shape)
             if arr.ndim < nd or arr.shape[arr.ndim - nd :] != var.shape:
                 raise ProgramError(
@@ -574,16 +768,55 @@ class CompiledProgram:
 # --------------------------------------------------------------------------- shapes
 
 
-def _as_float_array(value: Any, name: str) -> np.ndarray:
+def _as_float_array(value: Any, what: str) -> np.ndarray:
+    """``value`` as float64 (no copy when it is one), or a `ProgramError` naming ``what``
+    ("input 'x'").
+
+    Only numbers: ``None`` or other objects (which NumPy would turn into NaN), complex
+    values, and masked arrays with masked entries (whose mask ``numpy.asarray`` drops)
+    are refused.
+    """
+    if isinstance(value, np.ma.MaskedArray):
+        if np.ma.is_masked(value):
+            raise ProgramError(
+                f"{what}: a masked array with {np.ma.count_masked(value)} masked "
+                "entries; fill them (value.filled(...)) or leave those samples out"
+            )
+        value = value.data
     try:
         arr = np.asarray(value)
-        if np.iscomplexobj(arr):
-            raise TypeError("complex values")
+        if arr.dtype.kind not in "biuf":
+            kind = "complex values" if arr.dtype.kind == "c" else f"dtype {arr.dtype}"
+            raise TypeError(kind)
         return arr.astype(np.float64, copy=False)
     except (TypeError, ValueError) as err:
-        raise ProgramError(
-            f"input {name!r}: expected real numbers, got {value!r} ({err})"
-        ) from None
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise ProgramError(f"{what}: expected real numbers, got {shown} ({err})") from None
+
+
+def _not_finite(what: str, value: Any) -> ProgramError:
+    """The error for a non-finite input (``what`` names it: "input 'x'")."""
+    bad = ~np.isfinite(np.asarray(value, dtype=np.float64))
+    where = "" if bad.ndim == 0 else f" at index {tuple(int(i) for i in np.argwhere(bad)[0])}"
+    first = np.asarray(value, dtype=np.float64)[bad].flat[0]
+    count = f" ({int(bad.sum())} of {bad.size} entries are not finite)" if bad.ndim else ""
+    return ProgramError(
+        f"{what} holds {first}{where}{count}; pass check_finite=False to compute with it anyway"
+    )
+
+
+def _finite(v: Any) -> bool:
+    """Whether a float, or every entry of an array, is finite."""
+    return math.isfinite(v) if type(v) is float else bool(np.isfinite(v).all())
+
+
+def _all_finite(value: Array, grad: dict[str, Array]) -> bool:
+    """Whether the output and every gradient are finite (fast for floats: the hot path)."""
+    try:
+        return math.isfinite(value) and all(map(math.isfinite, grad.values()))
+    except TypeError:  # arrays
+        return _finite(value) and all(map(_finite, grad.values()))
 
 
 def _sum_to(g: Any, batch: tuple[int, ...], target: tuple[int, ...]) -> np.ndarray:
@@ -598,6 +831,14 @@ def _sum_to(g: Any, batch: tuple[int, ...], target: tuple[int, ...]) -> np.ndarr
     if axes:
         g = g.sum(axis=axes, keepdims=True)
     return g
+
+
+def _broadcasts_to(shape: tuple[int, ...], batch: tuple[int, ...]) -> bool:
+    """Whether an array of ``shape`` broadcasts to ``batch`` (without growing it)."""
+    try:
+        return np.broadcast_shapes(shape, batch) == batch
+    except ValueError:
+        return False
 
 
 def _shaped(v: Any, batch: tuple[int, ...]) -> Array:

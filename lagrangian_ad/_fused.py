@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ast
 import itertools
-import linecache
 import math
 import re
 import time
@@ -45,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _codegen
 from ._errors import ProgramError
 
 __all__ = ["FusedEngine", "numba_available"]
@@ -80,10 +80,11 @@ _MATH = {
 _SPECIAL = {"erf": "erf", "erfc": "erfc", "gamma": "gamma", "gammaln": "lgamma"}
 # numpy.<name> kept: Numba's scalar version has NumPy's semantics (NaN in, NaN out).
 _NUMPY_SCALAR = ("maximum", "minimum", "fmax", "fmin", "sign", "abs", "absolute", "sinc")
-_NUMPY_SCALAR += ("floor", "ceil")
+_NUMPY_SCALAR += ("floor", "ceil", "mod", "float64")
 _NUMPY_CONSTANTS = ("pi", "e", "inf", "nan")
 _BUILTINS = frozenset({"abs", "float"})
-_MODULE_ATTRIBUTE = re.compile(r"\b(numpy|special|math)\.(\w+)")
+_OWN = ("sinc_prime", "sinc_second")  # the generated code's own functions (``_lad``)
+_MODULE_ATTRIBUTE = re.compile(r"\b(numpy|special|math|_lad)\.(\w+)")
 
 
 def _translate(module: str, attr: str) -> str | None:
@@ -103,6 +104,8 @@ def _translate(module: str, attr: str) -> str | None:
         return f"_math_{_SPECIAL[attr]}"
     elif module == "math" and attr in {*_MATH.values(), *_SPECIAL.values()}:
         return f"_math_{attr}"
+    elif module == "_lad" and attr in _OWN:
+        return f"_lad_{attr}"
     return None
 
 
@@ -129,6 +132,9 @@ def _kernel_globals() -> dict[str, Any]:
             {f"_numpy_{n}": getattr(np, n) for n in (*_NUMPY_SCALAR, *_NUMPY_CONSTANTS)}
         )
         _globals["_heaviside"] = _heaviside
+        _globals.update(
+            {f"_lad_{f}": numba.njit(nogil=True)(getattr(_codegen, f"scalar_{f}")) for f in _OWN}
+        )
         _globals.update(_memory_intrinsics())
     return dict(_globals)
 
@@ -196,6 +202,8 @@ class _ToNumba(ast.NodeTransformer):
         ast.unaryop,
         ast.Call,
         ast.Attribute,
+        ast.Compare,  # (a == m): the ties of Max and Min, and ReplaceZero
+        ast.Eq,
     )
 
     def generic_visit(self, node: ast.AST) -> ast.AST:
@@ -333,16 +341,11 @@ def _numba():
     return numba
 
 
-_counter = itertools.count()
-
-
 def _compile(source: str, name: str, signature: str, options: dict) -> Callable:
     """Compile a kernel's source (our own generated code, never user text) with Numba."""
     numba = _numba()
-    filename = f"<lagrangian_ad fused {name} {next(_counter)}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace = _kernel_globals()
-    exec(compile(source, filename, "exec"), namespace)
+    code = _codegen._compile(source, f"fused {name}")  # the one compile path
+    namespace = _codegen._exec(code, _kernel_globals())
     return numba.njit(signature, **options)(namespace[name])
 
 

@@ -126,13 +126,30 @@ FUNCTIONS: dict[str, _Function] = {
     "erf": _Function(sp.erf),
     "erfc": _Function(sp.erfc),
     "sinc": _Function(sp.sinc),
+    "gamma": _Function(sp.gamma),
+    "loggamma": _Function(sp.loggamma),  # log|Γ(x)| (scipy's gammaln)
+    "digamma": _Function(sp.digamma),
+    "polygamma": _Function(sp.polygamma, 2, 2),  # polygamma(n, x), n = 0, 1, 2, …
+    "beta": _Function(sp.beta, 2, 2),
+    "erfinv": _Function(sp.erfinv),
+    "erfcinv": _Function(sp.erfcinv),
+    "besselj": _Function(sp.besselj, 2, 2),  # besselj(nu, x), and so on
+    "bessely": _Function(sp.bessely, 2, 2),
+    "besseli": _Function(sp.besseli, 2, 2),
+    "besselk": _Function(sp.besselk, 2, 2),
+    "floor": _Function(sp.floor),  # derivative 0 (almost everywhere)
+    "ceil": _Function(sp.ceiling),
+    "ceiling": _Function(sp.ceiling),
+    "mod": _Function(sp.Mod, 2, 2),  # mod(a, b) = a − b·floor(a/b): partials 1, −floor(a/b)
+    "Mod": _Function(sp.Mod, 2, 2),
     "max": _Function(_lattice(sp.Max), 1, MAX_ARGS),
     "Max": _Function(_lattice(sp.Max), 1, MAX_ARGS),
     "min": _Function(_lattice(sp.Min), 1, MAX_ARGS),
     "Min": _Function(_lattice(sp.Min), 1, MAX_ARGS),
 }
-"""The functions a program text may call, by name (``Abs``, ``Max``, ``Min`` are the
-spellings SymPy prints; ``abs``, ``max``, ``min`` the usual ones)."""
+"""The functions a program text may call, by name (``Abs``, ``Max``, ``Min``, ``ceiling``,
+``Mod`` are the spellings SymPy prints; ``abs``, ``max``, ``min``, ``ceil``, ``mod`` the
+usual ones)."""
 
 CONSTANTS: dict[str, sp.Expr] = {"E": sp.E, "pi": sp.pi}
 """The named constants of the text format."""

@@ -90,6 +90,7 @@ def hvp(
     fn: CompiledProgram,
     inputs: Mapping[Any, Any],
     vectors: Mapping[Any, Any],
+    check_finite: bool = True,
     **options: Any,
 ) -> dict[str, Array]:
     """Hessian-vector product H·v of the batch sum of z_N, with the structure of ``grad``.
@@ -107,6 +108,9 @@ def hvp(
     vectors : dict
         The direction v: input name (or Symbol) -> array that broadcasts to the array
         given for that input. Inputs missing from ``vectors`` have direction 0.
+    check_finite : bool
+        Whether an input or a vector holding NaN or inf is a `ProgramError` (default);
+        a non-finite product is reported by a `NonFiniteWarning` either way.
     **options
         Solving options of cyclic blocks (``init``, ``method``, ``tol``, ``maxiter``).
 
@@ -130,13 +134,19 @@ def hvp(
     >>> fn.hvp({"x": 1.0, "y": 3.0}, {"x": 1.0})   # H = [[2y, 2x], [2x, 0]]
     {'x': 6.0, 'y': 2.0}
     """
-    entries, arrays, leads, batch = fn._prepare(inputs)
-    direction = _direction(fn, vectors, arrays, leads, batch)
+    entries, arrays, leads, batch = fn._prepare(inputs, check_finite)
+    direction = _direction(fn, vectors, arrays, leads, batch, check_finite)
     (product,) = _products(fn, entries, batch, options, [direction])
-    return fn._grads(product, arrays, leads, batch)
+    out = fn._grads(product, arrays, leads, batch)
+    if not all(np.isfinite(v).all() for v in out.values()):
+        result = "the Hessian-vector product is"
+        fn._warn_non_finite(arrays, leads, batch, options, True, result, stacklevel=4)
+    return out
 
 
-def _direction(fn: CompiledProgram, vectors: Mapping[Any, Any], arrays, leads, batch) -> list:
+def _direction(
+    fn: CompiledProgram, vectors: Mapping[Any, Any], arrays, leads, batch, check_finite=False
+) -> list:
     """The direction, one entry per scalar input (like the entries of `_prepare`)."""
     given = fn._named(vectors, "vectors", "vector")
     out: list = []
@@ -149,7 +159,10 @@ def _direction(fn: CompiledProgram, vectors: Mapping[Any, Any], arrays, leads, b
             arr = np.asarray(given[name])
             if arr.dtype.kind not in "biuf":
                 raise TypeError(f"dtype {arr.dtype}")
-            v = np.broadcast_to(arr.astype(np.float64, copy=False), shape)
+            arr = arr.astype(np.float64, copy=False)
+            if check_finite and not np.isfinite(arr).all():
+                raise fn._not_finite(f"vector {name!r}", arr)
+            v = np.broadcast_to(arr, shape)
         except (TypeError, ValueError) as err:
             bad = "does not broadcast to" if isinstance(err, ValueError) else "is not real for"
             raise ProgramError(
@@ -224,7 +237,9 @@ class SparseHessian(tuple):
         return f"SparseHessian(<{n}×{n}, {self.matrix.nnz} stored>, n_hvp={self.n_hvp})"
 
 
-def sparse_hessian(fn: CompiledProgram, inputs: Mapping[Any, Any], **options: Any) -> SparseHessian:
+def sparse_hessian(
+    fn: CompiledProgram, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any
+) -> SparseHessian:
     """Hessian of the batch sum of z_N as a sparse matrix, one product per column colour.
 
     The structure comes from the program (which input entries meet in a constraint with a
@@ -239,6 +254,9 @@ def sparse_hessian(fn: CompiledProgram, inputs: Mapping[Any, Any], **options: An
     ----------
     inputs : dict
         Inputs as for `value_and_grad`, batched or not.
+    check_finite : bool
+        Whether an input holding NaN or inf is a `ProgramError` (default); a non-finite
+        Hessian is reported by a `NonFiniteWarning` either way.
     **options
         Solving options of cyclic blocks (``init``, ``method``, ``tol``, ``maxiter``).
 
@@ -261,7 +279,7 @@ def sparse_hessian(fn: CompiledProgram, inputs: Mapping[Any, Any], **options: An
     >>> H.nnz, result.n_hvp, labels[1]
     (10, 3, ('x', (1,)))
     """
-    entries, arrays, leads, batch = fn._prepare(inputs)
+    entries, arrays, leads, batch = fn._prepare(inputs, check_finite)
     rows, cols, labels, sizes = _given_pattern(fn, _pattern(fn), arrays, leads, batch)
     n = len(labels)
     pattern = sps.csr_array((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(n, n))
@@ -282,7 +300,10 @@ def sparse_hessian(fn: CompiledProgram, inputs: Mapping[Any, Any], **options: An
     for c, product in enumerate(products):
         grads = fn._grads(product, arrays, leads, batch)
         columns[:, c] = np.concatenate([np.ravel(grads[name]) for name in sizes]) if n else []
-    return SparseHessian(_recover(pattern, colors, columns), labels, colors)
+    matrix = _recover(pattern, colors, columns)
+    if not np.isfinite(matrix.data).all():
+        fn._warn_non_finite(arrays, leads, batch, options, True, "the Hessian is", stacklevel=4)
+    return SparseHessian(matrix, labels, colors)
 
 
 def _input_pattern(em: Any) -> tuple[np.ndarray, np.ndarray]:

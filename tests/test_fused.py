@@ -272,3 +272,33 @@ def test_compile_backend_numba_matches_numpy():
     assert fast.value({"x": 0.5}) == pytest.approx(plain.value({"x": 0.5}), rel=1e-15)
     with pytest.raises(lad.ProgramError, match="unknown backend 'cuda'"):
         blog_program().compile(backend="cuda")
+
+
+def test_edge_rules_of_issue_11_compile_to_numba():
+    """The derivative rules at the edges, fused: sinc at 0, powers at 0, ties, mod.
+
+    Known answers at x = (0, 1e-9, 3): sinc′ = (0, −x/3, (3 cos 3 − sin 3)/9); for
+    x**y + 0**y + x**0.0 at (0, 2): ∂x = y x^(y−1) = 0, ∂y = 0; max(x, y, 1) at a
+    three-way tie gives each 1/3; mod(x, y) has partials (1, −floor(x/y)).
+    """
+    prog = lad.parse("input x\ny = sinc(x)\n")
+    engine = FusedEngine(prog.compile())
+    xs = np.array([0.0, 1e-9, 3.0])
+    _, (g,) = engine.value_and_grad([xs], (3,))
+    np.testing.assert_allclose(g, [0.0, -1e-9 / 3, (3 * np.cos(3) - np.sin(3)) / 9], rtol=1e-14)
+    _agrees(prog.compile(), engine, {"x": xs}, "sinc")
+
+    prog = lad.parse("input x\ninput y\nz = x**y + 0.0**y + x**0.0 + max(x, y, 1) + mod(x, y)\n")
+    fn = prog.compile()
+    engine = FusedEngine(fn)
+    value, g = engine.value_and_grad([0.0, 2.0], ())
+    assert value == 3.0 and g.tolist() == [1.0, 1.0]  # max: ∂y = 1; mod: ∂x = 1, −floor(0) = 0
+    value, g = engine.value_and_grad([1.0, 1.0], ())
+    assert g.tolist() == pytest.approx([1 + 1 / 3 + 1, 0 + 1 / 3 - 1], rel=1e-15)
+    _agrees(fn, engine, {"x": np.array([0.0, 1.0, 2.5]), "y": np.array([2.0, 1.0, 0.5])}, "edges")
+
+
+def test_special_functions_without_a_numba_counterpart_are_a_clear_error():
+    fn = lad.parse("input x\ny = gamma(x)\n").compile()  # its derivative needs digamma
+    with pytest.raises(lad.ProgramError, match=r"constraint 'y'.*special\.digamma"):
+        FusedEngine(fn)
