@@ -611,11 +611,6 @@ def _printed_rows(text: str) -> dict[str, np.ndarray]:
     return {k: np.array(json.loads(re.sub(r"\.(?![0-9])", ".0", v))) for k, v in rows.items()}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs issue 11 item 3 (NonFiniteWarning from the library, exit 1 in main): "
-    "another change; drop this mark when it lands",
-)
 def test_an_overflow_is_one_line_and_exit_1():
     proc = run("solve", "examples/blog.lad", "--at", "x=1e308")  # exp(1e308) = inf
     assert proc.returncode == 1, proc.stderr

@@ -162,7 +162,7 @@ def _quadratic() -> lad.Program:
 def test_unknown_method_is_a_program_error_that_lists_the_methods(optimize):
     with pytest.raises(lad.ProgramError) as err:
         optimize(_quadratic(), x0={"x": 0.0}, method="bfgs")
-    assert isinstance(err.value, ValueError)  # DESIGN.md: an unknown method is a ValueError
+    assert isinstance(err.value, ValueError)  # docs/design.md: an unknown method is a ValueError
     message = str(err.value)
     assert "'bfgs'" in message
     for method in ("gradient", "lbfgs", "augmented-lagrangian", "newton-kkt"):
