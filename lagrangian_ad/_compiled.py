@@ -591,6 +591,13 @@ class CompiledProgram:
         batch shape, which an ``init`` must broadcast to)."""
         if not options and not self._has_cycles:
             return self._no_context  # nothing to set or record without cyclic blocks
+        return _Context(self._solve_options(options, batch))
+
+    def _solve_options(
+        self, options: dict[str, Any], batch: tuple[int, ...] | None
+    ) -> SolveOptions:
+        """The solve options checked, ``init`` keyed by the unknowns' flat indices
+        (``self._cyclic_vars``: variable name -> its indices)."""
         unknown = set(options) - {"init", "method", "tol", "maxiter"}
         if unknown:
             raise ProgramError(
@@ -639,9 +646,7 @@ class CompiledProgram:
             raise ProgramError(f"tol must be a positive number, not {tol!r}")
         if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
             raise ProgramError(f"maxiter must be a positive integer, not {maxiter!r}")
-        return _Context(
-            SolveOptions(method=method, tol=float(tol), maxiter=int(maxiter), init=init)
-        )
+        return SolveOptions(method=method, tol=float(tol), maxiter=int(maxiter), init=init)
 
     # ----------------------------------------------------------------- inputs
 
