@@ -471,6 +471,44 @@ class _Rules:
             return [(0, None)]
         raise AssertionError(n.op)
 
+    def vjp_tangent(self, w: _Writer, n: Node, g: str, dg: str | None, a: list[str], da: list):
+        """The tangents of `vjp`'s contributions (second order): for each operand the code
+        of d(contribution) from the tangent ``dg`` of g and ``da`` of the operands (None:
+        zero); entries (code None) take ``dg`` at their position."""
+        out: dict[int, list[str]] = {}
+        if n.op == "ew":
+            form: Form = n.data[0]
+            if dg is not None:
+                for k, code in self.vjp(w, n, dg, a, n.name, ""):
+                    out.setdefault(k, []).append(code)
+            if any(d is not None for d in da):
+                names = _names(form, n, a)
+                names.update(l=g, t=n.name)
+                temps, seconds = self.forms.second_derivatives(form, "")
+                for t in temps:
+                    tmp, _, code = t.partition(" = ")
+                    names[tmp.strip("«»")] = w.fresh("_s")
+                    w.emit(f"{names[tmp.strip('«»')]} = {instantiate(code, names)}")
+                for i, j, code in seconds:
+                    c = instantiate(code, names)
+                    for k, other in ((i, j), (j, i)) if i != j else ((i, j),):
+                        if da[other] is not None:
+                            out.setdefault(k, []).append(
+                                f"_rt.sum_to(({c}) * {da[other]}, {a[k]}.shape)"
+                            )
+            return [(k, " + ".join(v)) for k, v in out.items()]
+        if n.op == "matmul":
+            terms_a = [] if dg is None else [f"_rt.matmul_ga({dg}, {a[0]}, {a[1]})"]
+            terms_b = [] if dg is None else [f"_rt.matmul_gb({dg}, {a[0]}, {a[1]})"]
+            if da[1] is not None:
+                terms_a.append(f"_rt.matmul_ga({g}, {a[0]}, {da[1]})")
+            if da[0] is not None:
+                terms_b.append(f"_rt.matmul_gb({g}, {da[0]}, {a[1]})")
+            return [(k, " + ".join(t)) for k, t in ((0, terms_a), (1, terms_b)) if t]
+        if dg is None:  # transpose, sum and entries: linear in g alone
+            return []
+        return self.vjp(w, n, dg, a, n.name, "")
+
     # Jacobian-vector ------------------------------------------------------
 
     def jvp(self, w: _Writer, n: Node, a: list[str], d: list[str | None], out: str, label: str):
@@ -599,54 +637,109 @@ class _Generator:
         args = ", ".join([u.name for u in self.units] + saved)
         return w.function(f"adjoint(_ctx, _batch, {args})", f"({result},)")
 
-    def _backward(self, w: _Writer, s: _Step, g: str, acc: _Accumulators, skip: set[int]):
+    def _backward(
+        self,
+        w: _Writer,
+        s: _Step,
+        g: str,
+        acc: _Accumulators,
+        skip: set[int],
+        dg: str | None = None,
+        dacc: _Accumulators | None = None,
+        dnode: dict[int, str | None] | None = None,
+    ):
         """Contributions of constraint ``s`` with adjoint ``g`` to the units it reads
-        (except those in ``skip``), node by node in reverse."""
+        (except those in ``skip``), node by node in reverse. With ``dacc`` (second
+        order) also their tangents, from the tangent ``dg`` of g and the tangents
+        ``dnode`` of the nodes' values, into ``dacc``."""
         if g == "None":
             return
+        second = dacc is not None
         adj: dict[int, list[str]] = {id(s.root): [g]}
+        dadj: dict[int, list[str]] = {}
+        if second and dg not in (None, "None"):
+            dadj[id(s.root)] = [dg]
         entries: dict[int, list[tuple[str, tuple[int, int]]]] = {}
+        dentries: dict[int, list[tuple[str, tuple[int, int]]]] = {}
         for n in reversed(s.nodes):
-            parts = adj.pop(id(n), None)
-            ent = entries.pop(id(n), None)
+            parts, ent = adj.pop(id(n), None), entries.pop(id(n), None)
+            dparts, dent = dadj.pop(id(n), None), dentries.pop(id(n), None)
             if not parts and not ent:
                 continue
             if n.op == "read":
                 if n.data.index in skip:
                     continue
-                for p in parts or ():
-                    acc.add(n.data.index, p)
-                for gi, (i, j) in ent or ():
-                    acc.entry(n.data.index, gi, n.shape, i, j)
+                for target, ps, es in ((acc, parts, ent), (dacc, dparts, dent)):
+                    for p in ps or ():
+                        target.add(n.data.index, p)
+                    for gi, (i, j) in es or ():
+                        target.entry(n.data.index, gi, n.shape, i, j)
                 continue
             if n.op == "const":
                 continue
             gname = _sum_code(w, parts or [], ent or [], n.shape)
+            dgname = _sum_code(w, dparts or [], dent or [], n.shape) if dparts or dent else None
             a = [x.name for x in n.args]
-            for k, code in self.rules.vjp(w, n, gname, a, n.name, s.label):
+            contributions = [
+                (adj, entries, k, c, gname)
+                for k, c in self.rules.vjp(w, n, gname, a, n.name, s.label)
+            ]
+            if second:
+                da = [dnode.get(id(x)) for x in n.args]
+                contributions += [
+                    (dadj, dentries, k, c, dgname)
+                    for k, c in self.rules.vjp_tangent(w, n, gname, dgname, a, da)
+                ]
+            for into, into_entries, k, code, source in contributions:
                 child = n.args[k]
                 if child.op == "const" or (child.op == "read" and child.data.index in skip):
                     continue
                 if code is None:  # an entry: its parent gets g at (i, j)
-                    entries.setdefault(id(child), []).append((gname, n.data))
+                    if source is not None:
+                        into_entries.setdefault(id(child), []).append((source, n.data))
                 else:
                     name = w.fresh("_g")
                     w.emit(f"{name} = {code}")
-                    adj.setdefault(id(child), []).append(name)
+                    into.setdefault(id(child), []).append(name)
+
+    def _tangent_writer(self, saved: list[str]) -> tuple[_Writer, dict[int, str | None]]:
+        """A writer for a pass over the forward values and the inputs' tangents."""
+        namer = _Namer()
+        namer.used.update(u.name for u in self.units)
+        namer.used.update(saved)
+        dot: dict[int, str | None] = {u.index: "_d_" + u.name for u in self.inputs}
+        namer.used.update(dot.values())
+        return _Writer(namer), dot
+
+    # second order ------------------------------------------------------------
+
+    def hvp(self, saved: list[str]) -> str:
+        """``hvp(_ctx, _batch, units…, saved…, input tangents…)`` -> (H v per input…):
+        the tangent of the adjoint pass along the forward tangents (forward over
+        reverse), with the second partials of each elementwise form."""
+        w, dot = self._tangent_writer(saved)
+        dnode: dict[int, str | None] = {}
+        for item in self.order:
+            if isinstance(item, _Block):
+                raise ProgramError(
+                    "second order (hvp, hessian) of array programs with cyclic blocks is not "
+                    "implemented yet"
+                )
+            dot[item.unit.index] = self._forward_tangent(w, item, dot, set(), keep=dnode)
+        acc, dacc = _Accumulators(w, self.units), _Accumulators(w, self.units)
+        acc.add(self.output.index, "numpy.ones(_batch + (1, 1))")
+        for item in reversed(self.order):
+            g, dg = acc.take(item.unit.index), dacc.take(item.unit.index)
+            self._backward(w, item, g, acc, set(), dg=dg, dacc=dacc, dnode=dnode)
+        result = ", ".join(dacc.take(u.index) for u in self.inputs)
+        args = ", ".join([u.name for u in self.units] + saved + [dot[u.index] for u in self.inputs])
+        return w.function(f"hvp(_ctx, _batch, {args})", f"({result},)")
 
     # tangent ---------------------------------------------------------------
 
     def tangent(self, saved: list[str]) -> str:
         """``tangent(_ctx, units…, saved…, input tangents…)`` -> the output's tangent."""
-        namer = _Namer()
-        for u in self.units:
-            namer.used.add(u.name)
-        namer.used.update(saved)
-        w = _Writer(namer)
-        dot: dict[int, str | None] = {}
-        for u in self.inputs:
-            dot[u.index] = "_d_" + u.name
-            namer.used.add(dot[u.index])
+        w, dot = self._tangent_writer(saved)
         for item in self.order:
             if isinstance(item, _Block):
                 inside = {u.index for u in item.units}
@@ -663,8 +756,10 @@ class _Generator:
         args = ", ".join([u.name for u in self.units] + saved + [dot[u.index] for u in self.inputs])
         return w.function(f"tangent(_ctx, {args})", dot.get(self.output.index) or "0.0")
 
-    def _forward_tangent(self, w: _Writer, s: _Step, dot: dict, skip: set[int]) -> str | None:
-        d: dict[int, str | None] = {}
+    def _forward_tangent(
+        self, w: _Writer, s: _Step, dot: dict, skip: set[int], keep: dict | None = None
+    ) -> str | None:
+        d: dict[int, str | None] = {} if keep is None else keep
         for n in s.nodes:
             if n.op == "read":
                 d[id(n)] = None if n.data.index in skip else dot.get(n.data.index)
@@ -1151,6 +1246,7 @@ class ArrayProgram(CompiledProgram):
             first += code.n
         self._has_cycles = bool(blocks)
         self._n_forms = len(forms)
+        self._generator, self._saved, self._hvp = gen, saved, None
 
     def _build_units(self, ir: ProgramIR) -> None:
         namer = _Namer()
@@ -1238,47 +1334,89 @@ class ArrayProgram(CompiledProgram):
     def jvp(self, inputs: Mapping[Any, Any], tangents: Mapping[Any, Any], **options: Any):
         """(value, derivative of z_N along the tangents), per sample; inputs missing from
         ``tangents`` have tangent 0."""
-        arrays, _leads, batch = self._check(inputs, options.pop("check_finite", True))
-        given = self._named(tangents, "tangents", "tangent")
-        dots = []
-        for u in (u for u in self._units if u.kind == "input"):
-            var = self._inputs[u.label] if u.label in self._inputs else None
-            if var is None:  # an entry of an entry-wise input
-                name = u.label.split("[", 1)[0]
-                t = given.get(name)
-                if t is None:
-                    dots.append(np.zeros((1, 1)))
-                    continue
-                t = _as_float_array(t, f"tangent {name!r}")
-                k = self._inputs[name].symbols.index(u.key)
-                t = t.reshape((*t.shape[: t.ndim - len(self._inputs[name].shape)], -1))[..., k]
-                dots.append(t[..., None, None])
-                continue
-            t = given.get(var.name)
-            if t is None:
-                dots.append(np.zeros(u.shape))
-                continue
-            t = _as_float_array(t, f"tangent {var.name!r}")
-            if t.shape[t.ndim - len(var.shape) :] != var.shape:
-                raise ProgramError(
-                    f"tangent {var.name!r}: expected trailing shape {var.shape}, got {t.shape}"
-                )
-            dots.append(self._internal(t, var))
+        check_finite = options.pop("check_finite", True)
+        arrays, _, batch = self._check(inputs, check_finite)
+        dots = self._tangents(tangents, arrays, check_finite)
         values, saved, ctx = self._forward(arrays, batch, options)
         with np.errstate(all="ignore"):
             d = np.asarray(self._functions["tangent"](ctx, *values, *saved, *dots))
         d = d[..., 0, 0] if d.ndim >= 2 else d
         return self._output_value(values, batch), _shaped(np.broadcast_to(d, batch), batch)
 
-    def hvp(self, inputs: Mapping[Any, Any], tangents: Mapping[Any, Any], **options: Any):
-        """Hessian-vector product of Σ z_N, by the tangent of the adjoint pass."""
-        raise ProgramError("hvp of array programs is not implemented yet")
+    def hvp(
+        self,
+        inputs: Mapping[Any, Any],
+        vectors: Mapping[Any, Any],
+        check_finite: bool = True,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """H v: the Hessian of the batch sum of z_N times ``vectors`` (input name -> an
+        array of the input's shape; missing ones are 0), one array per input, of its
+        shape. Forward over reverse: the tangent of the adjoint pass, generated on the
+        first call."""
+        arrays, leads, batch = self._check(inputs, check_finite)
+        dots = self._tangents(vectors, arrays, check_finite)
+        if self._hvp is None:
+            source = self._generator.hvp(self._saved)
+            namespace = dict(NUMPY_NAMESPACE)
+            namespace["_rt"] = _rt
+            self._hvp = _exec(_compile(source, "array program hvp"), namespace)["hvp"]
+            self._hvp_source = source
+        values, saved, ctx = self._forward(arrays, batch, options)
+        with np.errstate(all="ignore"):
+            out = self._hvp(ctx, tuple(batch), *values, *saved, *dots)
+        lam = [None] * len(self._units)
+        for u, h in zip((u for u in self._units if u.kind == "input"), out, strict=True):
+            lam[u.index] = None if h is None else np.asarray(h)
+        return self._grads(tuple(lam), arrays, leads, batch)
 
-    def hessian(self, inputs: Mapping[Any, Any], **options: Any):
-        raise ProgramError("hessian of array programs is not implemented yet")
+    def hessian(
+        self, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any
+    ) -> dict[str, dict[str, Any]]:
+        """The Hessian of the batch sum of z_N: ``H[a][b]`` of shape (a's array) + (b's
+        array), one `hvp` per entry of the inputs (dense: for moderate sizes)."""
+        arrays, _, _ = self._check(inputs, check_finite)
+        shapes = {n: np.shape(a) for n, a in arrays.items()}
+        out: dict[str, dict[str, Any]] = {a: {} for a in arrays}
+        rows: dict[str, list] = {b: [] for b in arrays}
+        for b, shape in shapes.items():
+            size = int(np.prod(shape, dtype=int))
+            for k in range(size):
+                e = np.zeros(size)
+                e[k] = 1.0
+                hv = self.hvp(arrays, {b: e.reshape(shape)}, check_finite=False, **options)
+                rows[b].append(hv)
+        for a in arrays:
+            for b, shape in shapes.items():
+                cols = [np.asarray(hv[a], dtype=np.float64) for hv in rows[b]]
+                block = np.stack(cols, axis=-1).reshape(shapes[a] + shape)
+                out[a][b] = _user_array(block)
+        return out
 
     def sparse_hessian(self, inputs: Mapping[Any, Any], **options: Any):
-        raise ProgramError("sparse_hessian of array programs is not implemented yet")
+        raise ProgramError(
+            "sparse_hessian is for entry-wise programs; an array program's Hessian is "
+            "available densely (hessian) or as products (hvp)"
+        )
+
+    def _tangents(self, tangents: Mapping[Any, Any], arrays: dict, check_finite: bool) -> list:
+        """The tangent of each input unit, in the generated code's layout (zeros where
+        none is given)."""
+        given = self._named(tangents, "tangents", "tangent")
+        full = {}
+        for name, t in given.items():
+            t = _as_float_array(t, f"tangent {name!r}")
+            if check_finite and not np.isfinite(t).all():
+                raise ProgramError(f"tangent {name!r} holds non-finite values")
+            try:
+                full[name] = np.broadcast_to(t, np.shape(arrays[name]))
+            except ValueError:
+                raise ProgramError(
+                    f"tangent {name!r}: shape {t.shape} does not broadcast to the input's "
+                    f"shape {np.shape(arrays[name])}"
+                ) from None
+        zero = {n: np.zeros(np.shape(a)) for n, a in arrays.items() if n not in full}
+        return self._inputs_internal({**zero, **full})
 
     # ----------------------------------------------------------------- internals
 

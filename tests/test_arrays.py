@@ -332,3 +332,42 @@ def test_against_jax():
     _, grad = fn.value_and_grad(v)
     for name in v:
         np.testing.assert_allclose(grad[name], np.asarray(want[name]), rtol=1e-12, atol=1e-13)
+
+
+# --------------------------------------------------------------------------- second order
+
+
+def test_hessian_and_hvp_match_differences_of_gradients():
+    rng = np.random.default_rng(11)
+    sizes = (3, 4, 2)
+    fn = _mlp(sizes).compile()
+    v = _mlp_inputs(rng, (3,), sizes)
+    H = fn.hessian(v)
+    direction = {k: rng.normal(size=np.shape(a)) for k, a in v.items()}
+    hv = fn.hvp(v, direction)
+    eps = 1e-5
+    gp = fn.value_and_grad({k: a + eps * direction[k] for k, a in v.items()})[1]
+    gm = fn.value_and_grad({k: a - eps * direction[k] for k, a in v.items()})[1]
+    for a in v:
+        fd = (gp[a] - gm[a]) / (2 * eps)
+        np.testing.assert_allclose(hv[a], fd, rtol=1e-6, atol=1e-7, err_msg=a)
+        by_hessian = sum(np.tensordot(H[a][b], direction[b], axes=np.ndim(direction[b])) for b in v)
+        np.testing.assert_allclose(by_hessian, hv[a], rtol=1e-10, atol=1e-12, err_msg=a)
+    np.testing.assert_allclose(H["W1"]["b1"], np.moveaxis(H["b1"]["W1"], 0, -1), atol=1e-12)
+
+
+@settings(max_examples=10, deadline=None)
+@given(_programs(), st.integers(0, 2**31))
+def test_random_array_programs_second_order(spec, seed):
+    n, _, layers = spec
+    prog = lad.Program()
+    x = prog.input("x", (n,), array=True)
+    A = prog.input("A", (n, n), array=True)
+    s = prog.input("s")
+    z = x
+    for k, (f, transpose) in enumerate(layers):
+        z = prog.define(f"z{k}", lad.apply(f, 0.5 * ((A.T if transpose else A) @ z) + s * x))
+    prog.define("out", lad.sum(lad.sin(z)) * s + z[0, 0] ** 2)
+    rng = np.random.default_rng(seed)
+    inputs = {"x": rng.normal(size=(2, n)), "A": 0.5 * rng.normal(size=(n, n)), "s": 0.3}
+    testing.check_grads(prog, inputs, modes=("rev",), order=2, rtol=1e-5, atol=1e-7)
