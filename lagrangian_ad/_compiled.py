@@ -693,7 +693,7 @@ class CompiledProgram:
                 arrays[name], leads[name] = value, ()
                 continue
             arr = _as_float_array(value, f"input {name!r}")
-            if check_finite and not np.isfinite(arr).all():
+            if check_finite and not _finite(arr):
                 raise _not_finite(f"input {name!r}", arr)
             nd = len(var.shape)
             if arr.ndim < nd or arr.shape[arr.ndim - nd :] != var.shape:
@@ -812,8 +812,14 @@ def _not_finite(what: str, value: Any) -> ProgramError:
 
 
 def _finite(v: Any) -> bool:
-    """Whether a float, or every entry of an array, is finite."""
-    return math.isfinite(v) if type(v) is float else bool(np.isfinite(v).all())
+    """Whether a float, or every entry of an array, is finite.
+
+    An array's sum is finite only if every entry is (a NaN or an inf carries through),
+    and summing needs no temporary array; a sum that overflows is checked entry by entry.
+    """
+    if type(v) is float:
+        return math.isfinite(v)
+    return math.isfinite(np.sum(v)) or bool(np.isfinite(v).all())
 
 
 def _all_finite(value: Array, grad: dict[str, Array]) -> bool:
