@@ -566,6 +566,7 @@ class _Generator:
         self.output = output
         self.rules = _Rules(forms)
         self.inputs = [u for u in units if u.kind == "input"]
+        self._relevant: set[int] | None = None  # see `adjoint`
 
     # forward ---------------------------------------------------------------
 
@@ -610,14 +611,19 @@ class _Generator:
 
     # adjoint ---------------------------------------------------------------
 
-    def adjoint(self, saved: list[str]) -> str:
-        """``adjoint(_ctx, _batch, units…, saved…)`` -> (multipliers of every unit…)."""
+    def adjoint(self, saved: list[str], wanted: frozenset[int] | None = None) -> str:
+        """``adjoint(_ctx, _batch, units…, saved…)`` -> (multipliers of every unit…).
+
+        With ``wanted`` (indices of input units) only the contributions that lead to
+        those inputs' gradients are computed: a gradient with respect to the weights
+        alone never forms the one with respect to the data."""
         namer = _Namer()
         for u in self.units:
             namer.used.add(u.name)
         namer.used.update(saved)
         w = _Writer(namer)
         acc = _Accumulators(w, self.units)
+        self._relevant = None if wanted is None else self._leads_to(wanted)
         acc.add(self.output.index, "numpy.ones(_batch + (1, 1))")
         for item in reversed(self.order):
             if isinstance(item, _Block):
@@ -638,6 +644,28 @@ class _Generator:
         result = ", ".join(acc.final.get(u.index, "None") for u in self.units)
         args = ", ".join([u.name for u in self.units] + saved)
         return w.function(f"adjoint(_ctx, _batch, {args})", f"({result},)")
+
+    def _leads_to(self, wanted: frozenset[int]) -> set[int]:
+        """ids of the nodes (and indices of the units) from which a wanted input is
+        reached by following the operands: the only adjoints worth computing."""
+        relevant: set[int] = set(wanted)
+        for item in self.order:
+            steps = item.steps if isinstance(item, _Block) else [item]
+            for _ in range(2 if isinstance(item, _Block) else 1):  # a cycle: twice
+                for st in steps:
+                    for n in st.nodes:
+                        if n.op == "read":
+                            hit = n.data.index in relevant
+                        else:
+                            hit = any(id(a) in relevant for a in n.args)
+                        if hit:
+                            relevant.add(id(n))
+                    if id(st.root) in relevant:
+                        relevant.add(st.unit.index)
+            if isinstance(item, _Block) and any(u.index in relevant for u in item.units):
+                relevant.update(u.index for u in item.units)
+                relevant.update(id(n) for st in steps for n in st.nodes)
+        return relevant
 
     def _backward(
         self,
@@ -692,9 +720,12 @@ class _Generator:
                     (dadj, dentries, k, c, dgname)
                     for k, c in self.rules.vjp_tangent(w, n, gname, dgname, a, da)
                 ]
+            relevant = self._relevant
             for into, into_entries, k, code, source in contributions:
                 child = n.args[k]
                 if child.op == "const" or (child.op == "read" and child.data.index in skip):
+                    continue
+                if relevant is not None and id(child) not in relevant:
                     continue
                 if code is None:  # an entry: its parent gets g at (i, j)
                     if source is not None:
@@ -719,6 +750,7 @@ class _Generator:
         """``hvp(_ctx, _batch, units…, saved…, input tangents…)`` -> (H v per input…):
         the tangent of the adjoint pass along the forward tangents (forward over
         reverse), with the second partials of each elementwise form."""
+        self._relevant = None
         w, dot = self._tangent_writer(saved)
         dnode: dict[int, str | None] = {}
         for item in self.order:
@@ -783,6 +815,7 @@ class _Generator:
 
     def block_functions(self, b: _Block) -> str:
         """``map_k``, ``jvp_k`` and ``vjp_k`` of a block: F(u), ∂F/∂u · du, (∂F/∂u)ᵀ g."""
+        self._relevant = None
         ext = sorted(_block_reads(b) - {u.index for u in b.units})
         ext_names = [self.units[i].name for i in ext]
         unit_names = [u.name for u in b.units]
@@ -1251,6 +1284,8 @@ class ArrayProgram(CompiledProgram):
         self._has_cycles = bool(blocks)
         self._n_forms = len(forms)
         self._generator, self._saved, self._hvp = gen, saved, None
+        self._pruned: dict[frozenset[str], Any] = {}  # adjoints for some inputs only
+        self._all_inputs = frozenset(self._inputs)
 
     def _build_units(self, ir: ProgramIR) -> None:
         namer = _Namer()
@@ -1305,17 +1340,27 @@ class ArrayProgram(CompiledProgram):
             self._warn(values, None, batch)
         return value
 
-    def value_and_grad(self, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any):
-        """The output and ∂(Σ z_N)/∂x for every input; as `CompiledProgram.value_and_grad`."""
-        value, grad, *_ = self._both_passes(inputs, check_finite, options)
+    def value_and_grad(
+        self,
+        inputs: Mapping[Any, Any],
+        check_finite: bool = True,
+        wrt: Any = None,
+        **options: Any,
+    ):
+        """The output and ∂(Σ z_N)/∂x for every input; as `CompiledProgram.value_and_grad`.
+
+        ``wrt`` (input names): the gradients of those inputs only — the adjoint pass then
+        skips what leads only to the others (the data of a training step)."""
+        wanted = None if wrt is None else frozenset(self._input_name(k) for k in wrt)
+        value, grad, *_ = self._both_passes(inputs, check_finite, options, wanted)
         return value, grad
 
-    def _both_passes(self, inputs: Mapping[Any, Any], check_finite: bool, options: dict):
+    def _both_passes(self, inputs: Mapping[Any, Any], check_finite: bool, options: dict, wrt=None):
         arrays, leads, batch = self._check(inputs, check_finite)
         values, saved, ctx = self._forward(arrays, batch, options)
-        lam = self._adjoint(values, saved, ctx, batch)
+        lam = self._adjoint(values, saved, ctx, batch, wrt)
         value = self._output_value(values, batch)
-        grad = self._grads(lam, arrays, leads, batch)
+        grad = self._grads(lam, arrays, leads, batch, wrt)
         if not _all_finite(value, grad):
             self._warn(values, lam, batch)
         return value, grad, arrays, batch, values, saved, ctx, lam
@@ -1458,17 +1503,31 @@ class ArrayProgram(CompiledProgram):
             values, saved = self._functions["forward"](ctx, *self._inputs_internal(arrays))
         return values, saved, ctx
 
-    def _adjoint(self, values, saved, ctx, batch):
+    def _adjoint(self, values, saved, ctx, batch, wrt: frozenset[str] | None = None):
+        adjoint = self._functions["adjoint"]
+        if wrt is not None and wrt != self._all_inputs:
+            adjoint = self._pruned.get(wrt)
+            if adjoint is None:
+                wanted = frozenset(
+                    u.index for u in self._units if u.kind == "input" and _owner(u) in wrt
+                )
+                source = self._generator.adjoint(self._saved, wanted)
+                namespace = dict(NUMPY_NAMESPACE)
+                namespace["_rt"] = _rt
+                code = _compile(source, "array program adjoint")
+                adjoint = self._pruned[wrt] = _exec(code, namespace)["adjoint"]
         with np.errstate(all="ignore"):
-            return self._functions["adjoint"](ctx, tuple(batch), *values, *saved)
+            return adjoint(ctx, tuple(batch), *values, *saved)
 
     def _output_value(self, values: tuple, batch: tuple):
         v = np.asarray(values[self._output_unit.index])[..., 0, 0]
         return _shaped(v, batch)
 
-    def _grads(self, lam: tuple, arrays: dict, leads: dict, batch: tuple) -> dict:
+    def _grads(self, lam: tuple, arrays: dict, leads: dict, batch: tuple, wrt=None) -> dict:
         out = {}
         for name, var in self._inputs.items():
+            if wrt is not None and name not in wrt:
+                continue
             given = np.shape(arrays[name])
             lead = leads[name]
             if var.matrix is not None or var.shape == ():
@@ -1536,6 +1595,11 @@ class ArrayProgram(CompiledProgram):
                         stacklevel=3,
                     )
                     return
+
+
+def _owner(u: _Unit) -> str:
+    """The input a unit belongs to (an entry ``W[0,1]`` belongs to ``W``)."""
+    return u.label.split("[", 1)[0]
 
 
 def _steps(order: list) -> list[_Step]:

@@ -371,3 +371,17 @@ def test_random_array_programs_second_order(spec, seed):
     rng = np.random.default_rng(seed)
     inputs = {"x": rng.normal(size=(2, n)), "A": 0.5 * rng.normal(size=(n, n)), "s": 0.3}
     testing.check_grads(prog, inputs, modes=("rev",), order=2, rtol=1e-5, atol=1e-7)
+
+
+def test_gradients_with_respect_to_some_inputs_only():
+    rng = np.random.default_rng(12)
+    fn = _mlp().compile()
+    v = _mlp_inputs(rng, (6,))
+    _, full = fn.value_and_grad(v)
+    weights = ("W1", "b1", "W2", "b2")
+    value, part = fn.value_and_grad(v, wrt=weights)
+    assert set(part) == set(weights)
+    for name in weights:
+        np.testing.assert_array_equal(part[name], full[name])
+    with pytest.raises(lad.ProgramError, match="unknown input 'h'"):
+        fn.value_and_grad(v, wrt=["h"])
