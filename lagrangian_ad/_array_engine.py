@@ -627,9 +627,7 @@ class _Generator:
         acc.add(self.output.index, "numpy.ones(_batch + (1, 1))")
         for item in reversed(self.order):
             if isinstance(item, _Block):
-                names = [acc.take(u.index) for u in item.units]
-                lams = [w.fresh(f"_l_{u.name}") for u in item.units]
-                w.emit(f"{', '.join(lams)}, = _ctx.adjoint({item.index}, ({', '.join(names)},))")
+                lams = self._block_adjoint(w, item, acc)
                 for u, lam in zip(item.units, lams, strict=True):
                     acc.final[u.index] = lam
                 inside = {u.index for u in item.units}
@@ -677,14 +675,17 @@ class _Generator:
         dg: str | None = None,
         dacc: _Accumulators | None = None,
         dnode: dict[int, str | None] | None = None,
+        dskip: set[int] | None = None,
     ):
         """Contributions of constraint ``s`` with adjoint ``g`` to the units it reads
         (except those in ``skip``), node by node in reverse. With ``dacc`` (second
         order) also their tangents, from the tangent ``dg`` of g and the tangents
-        ``dnode`` of the nodes' values, into ``dacc``."""
+        ``dnode`` of the nodes' values, into ``dacc`` (except to ``dskip``, by default
+        ``skip``)."""
         if g == "None":
             return
         second = dacc is not None
+        dskip = skip if dskip is None else dskip
         adj: dict[int, list[str]] = {id(s.root): [g]}
         dadj: dict[int, list[str]] = {}
         if second and dg not in (None, "None"):
@@ -694,12 +695,12 @@ class _Generator:
         for n in reversed(s.nodes):
             parts, ent = adj.pop(id(n), None), entries.pop(id(n), None)
             dparts, dent = dadj.pop(id(n), None), dentries.pop(id(n), None)
-            if not parts and not ent:
+            if not (parts or ent or dparts or dent):
                 continue
             if n.op == "read":
-                if n.data.index in skip:
-                    continue
-                for target, ps, es in ((acc, parts, ent), (dacc, dparts, dent)):
+                for target, ps, es, no in ((acc, parts, ent, skip), (dacc, dparts, dent, dskip)):
+                    if n.data.index in no:
+                        continue
                     for p in ps or ():
                         target.add(n.data.index, p)
                     for gi, (i, j) in es or ():
@@ -723,7 +724,8 @@ class _Generator:
             relevant = self._relevant
             for into, into_entries, k, code, source in contributions:
                 child = n.args[k]
-                if child.op == "const" or (child.op == "read" and child.data.index in skip):
+                no = skip if into is adj else dskip
+                if child.op == "const" or (child.op == "read" and child.data.index in no):
                     continue
                 if relevant is not None and id(child) not in relevant:
                     continue
@@ -754,37 +756,57 @@ class _Generator:
         w, dot = self._tangent_writer(saved)
         dnode: dict[int, str | None] = {}
         for item in self.order:
-            if isinstance(item, _Block):
-                raise ProgramError(
-                    "second order (hvp, hessian) of array programs with cyclic blocks is not "
-                    "implemented yet"
-                )
-            dot[item.unit.index] = self._forward_tangent(w, item, dot, set(), keep=dnode)
+            if isinstance(item, _Block):  # ż of the block, then every node's tangent
+                self._block_tangent(w, item, dot)
+                for st in item.steps:
+                    self._forward_tangent(w, st, dot, set(), keep=dnode)
+            else:
+                dot[item.unit.index] = self._forward_tangent(w, item, dot, set(), keep=dnode)
         acc, dacc = _Accumulators(w, self.units), _Accumulators(w, self.units)
         acc.add(self.output.index, "numpy.ones(_batch + (1, 1))")
         for item in reversed(self.order):
-            g, dg = acc.take(item.unit.index), dacc.take(item.unit.index)
-            self._backward(w, item, g, acc, set(), dg=dg, dacc=dacc, dnode=dnode)
+            if not isinstance(item, _Block):
+                g, dg = acc.take(item.unit.index), dacc.take(item.unit.index)
+                self._backward(w, item, g, acc, set(), dg=dg, dacc=dacc, dnode=dnode)
+                continue
+            # A cyclic block: λ from (I − F_u)ᵀ λ = g; its tangent from
+            # (I − F_u)ᵀ λ̇ = ġ + (d/dt F_uᵀ) λ, where the last term is the tangent of the
+            # block's vector-Jacobian product with λ held fixed; then F_eᵀ λ̇ outward.
+            inside = {u.index for u in item.units}
+            lams = self._block_adjoint(w, item, acc)
+            for st, lam in zip(item.steps, lams, strict=True):
+                self._backward(w, st, lam, acc, inside, None, dacc, dnode, dskip=set())
+            dlams = self._block_adjoint(w, item, dacc, "_dl_")
+            for st, dlam in zip(item.steps, dlams, strict=True):
+                self._backward(w, st, dlam, dacc, inside)
         result = ", ".join(dacc.take(u.index) for u in self.inputs)
         args = ", ".join([u.name for u in self.units] + saved + [dot[u.index] for u in self.inputs])
         return w.function(f"hvp(_ctx, _batch, {args})", f"({result},)")
 
     # tangent ---------------------------------------------------------------
 
+    def _block_tangent(self, w: _Writer, b: _Block, dot: dict) -> None:
+        """ż of a block's unknowns from (I − F_u) ż = F_e ė, into ``dot``."""
+        inside = {u.index for u in b.units}
+        rhs = [self._forward_tangent(w, st, dot, skip=inside) or "0.0" for st in b.steps]
+        outs = [w.fresh(f"_d_{u.name}") for u in b.units]
+        w.emit(f"{', '.join(outs)}, = _ctx.tangent({b.index}, ({', '.join(rhs)},))")
+        for u, o in zip(b.units, outs, strict=True):
+            dot[u.index] = o
+
+    def _block_adjoint(self, w: _Writer, b: _Block, acc: _Accumulators, prefix: str = "_l_"):
+        """λ of a block's constraints from (I − F_u)ᵀ λ = g, g taken from ``acc``."""
+        names = [acc.take(u.index) for u in b.units]
+        lams = [w.fresh(f"{prefix}{u.name}") for u in b.units]
+        w.emit(f"{', '.join(lams)}, = _ctx.adjoint({b.index}, ({', '.join(names)},))")
+        return lams
+
     def tangent(self, saved: list[str]) -> str:
         """``tangent(_ctx, units…, saved…, input tangents…)`` -> the output's tangent."""
         w, dot = self._tangent_writer(saved)
         for item in self.order:
             if isinstance(item, _Block):
-                inside = {u.index for u in item.units}
-                rhs = []
-                for s in item.steps:
-                    d = self._forward_tangent(w, s, dot, skip=inside)
-                    rhs.append(d or "0.0")
-                outs = [w.fresh(f"_d_{u.name}") for u in item.units]
-                w.emit(f"{', '.join(outs)}, = _ctx.tangent({item.index}, ({', '.join(rhs)},))")
-                for u, o in zip(item.units, outs, strict=True):
-                    dot[u.index] = o
+                self._block_tangent(w, item, dot)
             else:
                 dot[item.unit.index] = self._forward_tangent(w, item, dot, skip=set())
         args = ", ".join([u.name for u in self.units] + saved + [dot[u.index] for u in self.inputs])

@@ -385,3 +385,24 @@ def test_gradients_with_respect_to_some_inputs_only():
         np.testing.assert_array_equal(part[name], full[name])
     with pytest.raises(lad.ProgramError, match="unknown input 'h'"):
         fn.value_and_grad(v, wrt=["h"])
+
+
+@pytest.mark.parametrize("n", [3, 130])
+def test_second_order_through_a_cyclic_array_block(n):
+    """hvp of an equilibrium layer (dense block and matrix-free block) against
+    differences of gradients; the Hessian of a small one against its hvps."""
+    rng = np.random.default_rng(n)
+    fn = _equilibrium(n).compile()
+    v = _equilibrium_inputs(rng, n, batch=2)
+    direction = {k: rng.normal(size=np.shape(a)) for k, a in v.items()}
+    hv = fn.hvp(v, direction)
+    eps = 1e-5
+    gp = fn.value_and_grad({k: a + eps * direction[k] for k, a in v.items()})[1]
+    gm = fn.value_and_grad({k: a - eps * direction[k] for k, a in v.items()})[1]
+    for a in v:
+        fd = (gp[a] - gm[a]) / (2 * eps)
+        np.testing.assert_allclose(hv[a], fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max(), err_msg=a)
+    if n <= 3:
+        H = fn.hessian(v)
+        by_hessian = sum(np.tensordot(H["b"][k], direction[k], axes=np.ndim(v[k])) for k in v)
+        np.testing.assert_allclose(by_hessian, hv["b"], rtol=1e-9, atol=1e-12)
