@@ -31,6 +31,7 @@ __all__ = [
     "Elementwise",
     "MatrixVariable",
     "apply",
+    "check_array_node",
     "cos",
     "exp",
     "is_array",
@@ -306,6 +307,40 @@ class ArraySum(sp.Expr):
 
     def _latex(self, printer: Any) -> str:
         return rf"\operatorname{{sum}}\left({printer._print(self.array)}\right)"
+
+
+_SUPPORTED = (
+    sp.MatrixSymbol,
+    sp.MatMul,
+    sp.MatAdd,
+    sp.Transpose,
+    sp.HadamardProduct,
+    sp.ImmutableMatrix,
+)
+
+
+def check_array_node(node: sp.Basic, label: str) -> None:
+    """A `ProgramError` naming constraint ``label`` if ``node`` is an array operation
+    the compiler has no rule for, or a scalar function applied to a whole array."""
+    if isinstance(node, (Elementwise, ArraySum, MatrixElement)):
+        return
+    if isinstance(node, sp.MatrixExpr):
+        if not isinstance(node, _SUPPORTED):
+            raise ProgramError(
+                f"constraint {label!r}: {type(node).__name__} ({_shown(node)}) is not an array "
+                "operation lagrangian_ad supports (@, +, -, numeric and scalar multiples, .T, "
+                "the elementwise functions lad.tanh … lad.apply, lad.sum and entries)"
+            )
+        return
+    if isinstance(node, sp.Expr):
+        arrays = [a for a in node.args if isinstance(a, sp.MatrixExpr)]
+        if arrays:
+            a = arrays[0]
+            raise ProgramError(
+                f"constraint {label!r}: {_shown(node)} applies a scalar operation to the "
+                f"array {_shown(a)} of shape {_shape(a)}; use the elementwise functions "
+                "(lad.sin(A), lad.apply(f, A)) or a scalar of it (lad.sum(A), A[i, j])"
+            )
 
 
 def apply(f: Callable[..., Any] | sp.Lambda, *args: Any) -> sp.MatrixExpr | sp.Matrix:

@@ -23,7 +23,7 @@ import numpy as np
 import sympy as sp
 from sympy.core.function import AppliedUndef
 
-from ._arrays import Elementwise, MatrixVariable, is_array
+from ._arrays import Elementwise, MatrixVariable, check_array_node, is_array
 from ._errors import ProgramError
 from ._progress import BuildProgress
 
@@ -287,6 +287,11 @@ class Program:
                         "lad.sum)"
                     )
                 sym = var.symbols[0]
+        elif isinstance(target, sp.MatrixSymbol):
+            raise ProgramError(
+                f"output: {target.name!r} is an array of shape {tuple(target.shape)}; the "
+                "output must be a scalar (define one, e.g. with lad.sum or an entry)"
+            )
         elif isinstance(target, sp.Symbol):
             sym = self._symbol(target)
             if sym is None:
@@ -578,6 +583,7 @@ class Program:
                     "evaluate it (.doit()) or write it out"
                 )
             else:
+                check_array_node(node, label)
                 stack.extend(node.args)
         mapping: dict[sp.Symbol, sp.Symbol] = {}
         unknown = []
@@ -734,6 +740,11 @@ def _flatten_expr(expr: Any, target: Any) -> tuple[tuple[sp.Expr, ...], tuple[in
             e = sp.sympify(e, strict=True)
         except (sp.SympifyError, TypeError) as err:
             raise ProgramError(f"define {label!r}: cannot use {e!r} as an expression") from err
+        if isinstance(e, sp.MatrixExpr):
+            raise ProgramError(
+                f"{label!r}: {e} is an array of shape {tuple(e.shape)}, not a scalar "
+                "expression (use an entry, lad.sum, or define an array variable)"
+            )
         if not isinstance(e, sp.Expr) or isinstance(e, sp.MatrixBase):
             raise ProgramError(
                 f"define {label!r}: {e} is a {type(e).__name__}, not a scalar expression"

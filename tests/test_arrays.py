@@ -406,3 +406,19 @@ def test_second_order_through_a_cyclic_array_block(n):
         H = fn.hessian(v)
         by_hessian = sum(np.tensordot(H["b"][k], direction[k], axes=np.ndim(v[k])) for k in v)
         np.testing.assert_allclose(by_hessian, hv["b"], rtol=1e-9, atol=1e-12)
+
+
+def test_array_operations_without_a_rule_are_refused_at_define():
+    prog = lad.Program()
+    W = prog.input("W", (3, 3), array=True)
+    x = prog.input("x", (3,), array=True)
+    with pytest.raises(lad.ProgramError, match=r"'q'.*scalar operation to the array W"):
+        prog.define("q", sp.sin(W))  # SymPy's sin of a matrix is not elementwise
+    with pytest.raises(lad.ProgramError, match=r"'r'.*Inverse"):
+        prog.define("r", W.I @ x)
+    with pytest.raises(lad.ProgramError, match="powers of arrays are elementwise"):
+        W**2
+    with pytest.raises(lad.ProgramError, match=r"'eq1'.*array of shape \(3, 1\)"):
+        prog.equation(x, 0)
+    with pytest.raises(lad.ProgramError, match=r"output: 'x' is an array"):
+        prog.output(x)
