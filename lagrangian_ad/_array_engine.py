@@ -65,6 +65,7 @@ from ._program import ProgramIR
 __all__ = ["ArrayProgram"]
 
 DENSE_MAX = 100  # cyclic blocks up to this many unknowns per sample: dense Newton
+FAST_RATE = 0.6  # matrix-free "auto": plain iteration while each change shrinks this much
 _RESERVED = {"numpy", "special", "math", "_lad", "_rt", "_ctx", "_batch"}
 
 # --------------------------------------------------------------------------- runtime
@@ -1112,9 +1113,14 @@ class _Krylov:
         for j, v in enumerate(inits):
             if v is not None:
                 Z[..., j] = v
-        method, iterations, inner = opts.method, 0, 0
-        if method in ("auto", "anderson", "fixed-point"):
-            Zt, iterations, res = self._iterate(Z, ext, opts, anderson=method != "fixed-point")
+        method, iterations, inner, Zt = opts.method, 0, 0, None
+        if method == "auto":  # plain iteration while it contracts fast, else Anderson
+            Zt, iterations, res = self._iterate(Z, ext, opts, anderson=False, slow=FAST_RATE)
+            if Zt is not None:
+                Z, method = Zt, "fixed-point"
+        if method in ("auto", "anderson", "fixed-point") and Zt is None:
+            Zt, more, res = self._iterate(Z, ext, opts, anderson=method != "fixed-point")
+            iterations += more
             if Zt is None and method != "auto":
                 raise ConvergenceError(
                     f"{'Anderson-accelerated ' if method == 'anderson' else ''}fixed-point "
@@ -1153,7 +1159,10 @@ class _Krylov:
         )
         return tuple(code.split(Z))
 
-    def _iterate(self, Z, ext, opts, anderson: bool):
+    def _iterate(self, Z, ext, opts, anderson: bool, slow: float | None = None):
+        """Fixed-point iteration z ← F(z) (Anderson-accelerated or plain) from Z: (the
+        solution or None, iterations, last change). A plain run given ``slow`` stops
+        (None) once the change shrinks by less than that factor per iteration."""
         code = self.code
         if anderson:
 
@@ -1162,15 +1171,19 @@ class _Krylov:
 
             Zt, it, res = _anderson(G, np.moveaxis(Z, -1, 0), opts.tol, opts.maxiter)
             return (None if Zt is None else np.ascontiguousarray(np.moveaxis(Zt, 0, -1))), it, res
+        last = math.inf
         for it in range(1, opts.maxiter + 1):
             F = code.F(Z, ext)
             change = np.abs(F - Z).max(axis=-1)
-            Z = F
-            if not np.all(np.isfinite(Z)):
+            if not np.all(np.isfinite(F)):
                 return None, it, math.inf
+            worst = float(change.max(initial=0.0))
+            if slow is not None and it > 3 and worst > slow * last:
+                return None, it, worst  # Z (not F): the caller goes on from here
+            Z, last = F, worst
             if np.all(change <= opts.tol * np.maximum(1.0, np.abs(Z).max(axis=-1))):
-                return Z, it, float(change.max(initial=0.0))
-        return None, opts.maxiter, float(change.max(initial=0.0))
+                return Z, it, worst
+        return None, opts.maxiter, last
 
     def _newton(self, Z, ext, opts):
         code, inner = self.code, 0
