@@ -588,6 +588,9 @@ class _Generator:
                     self._values(w, s, saved, final=False)
             else:
                 self._values(w, item, saved, final=True)
+        # the passes over the forward values (adjoint, tangent, hvp, stationarity) read
+        # these names; the blocks' own functions rename nodes locally
+        self._forward_names = {id(n): n.name for st in _steps(self.order) for n in st.nodes}
         units = ", ".join(u.name for u in self.units)
         header = f"forward(_ctx, {', '.join(u.name for u in self.inputs)})"
         return w.function(header, f"({units},), ({', '.join(saved)}{',' if saved else ''})"), saved
@@ -618,6 +621,7 @@ class _Generator:
         With ``wanted`` (indices of input units) only the contributions that lead to
         those inputs' gradients are computed: a gradient with respect to the weights
         alone never forms the one with respect to the data."""
+        self._over_forward_values()
         namer = _Namer()
         for u in self.units:
             namer.used.add(u.name)
@@ -738,8 +742,43 @@ class _Generator:
                     w.emit(f"{name} = {code}")
                     into.setdefault(id(child), []).append(name)
 
+    def stationarity(self, saved: list[str]) -> str:
+        """``stationarity(_ctx, _batch, units…, saved…, multipliers…)`` -> (∂L/∂z of every
+        intermediate unit…): [z = output] + Σ_consumers (∂F_c/∂z)ᵀ λ_c − λ_z, recomputed
+        from the given multipliers by the same rules (zero at a stationary point), and
+        the residual z − F(…) of every constraint (zero at the forward solution)."""
+        self._relevant = None
+        self._over_forward_values()
+        namer = _Namer()
+        namer.used.update(u.name for u in self.units)
+        namer.used.update(saved)
+        lams = {u.index: "_lam_" + u.name for u in self.units if u.kind != "input"}
+        namer.used.update(lams.values())
+        w = _Writer(namer)
+        acc = _Accumulators(w, self.units)
+        acc.add(self.output.index, "numpy.ones(_batch + (1, 1))")
+        for st in _steps(self.order):
+            self._backward(w, st, lams[st.unit.index], acc, skip=set())
+        dz, dlam = [], []
+        for st in _steps(self.order):
+            got = acc.take(st.unit.index)
+            lam = lams[st.unit.index]
+            dz.append(f"numpy.abs({lam})" if got == "None" else f"numpy.abs({got} - {lam})")
+            dlam.append(f"numpy.abs({st.unit.name} - {st.root.name})")
+        args = ", ".join([u.name for u in self.units] + saved + list(lams.values()))
+        return w.function(
+            f"stationarity(_ctx, _batch, {args})", f"({', '.join(dz)},), ({', '.join(dlam)},)"
+        )
+
+    def _over_forward_values(self) -> None:
+        """Give every node its name in the forward pass again (see `forward`)."""
+        for st in _steps(self.order):
+            for n in st.nodes:
+                n.name = self._forward_names[id(n)]
+
     def _tangent_writer(self, saved: list[str]) -> tuple[_Writer, dict[int, str | None]]:
         """A writer for a pass over the forward values and the inputs' tangents."""
+        self._over_forward_values()
         namer = _Namer()
         namer.used.update(u.name for u in self.units)
         namer.used.update(saved)
@@ -1320,6 +1359,7 @@ class ArrayProgram(CompiledProgram):
         self._n_forms = len(forms)
         self._generator, self._saved, self._hvp = gen, saved, None
         self._pruned: dict[frozenset[str], Any] = {}  # adjoints for some inputs only
+        self._stationarity = None
         self._all_inputs = frozenset(self._inputs)
 
     def _build_units(self, ir: ProgramIR) -> None:
@@ -1598,13 +1638,24 @@ class ArrayProgram(CompiledProgram):
         return _user_array(np.stack(parts, axis=-1).reshape(batch + var.shape))
 
     def _kkt(self, values, lam, saved, ctx, batch) -> dict:
-        """max |∂L/∂λ| (every residual, recomputed) and max |∂L/∂z| (λ against Fᵀλ)."""
-        worst = 0.0
-        for b in self._solvers.values():
-            Z = b.code.join([values[u.index] for u in b.code.block.units], batch)
-            ext = ctx.blocks[b.code.block.index][-1]
-            worst = max(worst, float(np.abs(Z - b.code.F(Z, ext)).max(initial=0.0)))
-        return {"max_dL_dlambda": worst, "max_dL_dz": 0.0}
+        """The certificate of stationarity, recomputed by a pass of its own (generated on
+        the first `solve`): max |∂L/∂λ| over every constraint's residual z − F(…) and max
+        |∂L/∂z| over every intermediate, at the returned values and multipliers."""
+        if self._stationarity is None:
+            source = self._generator.stationarity(self._saved)
+            namespace = dict(NUMPY_NAMESPACE)
+            namespace["_rt"] = _rt
+            code = _compile(source, "array program stationarity")
+            self._stationarity = _exec(code, namespace)["stationarity"]
+        lams = [
+            np.zeros(u.shape) if lam[u.index] is None else lam[u.index]
+            for u in self._units
+            if u.kind != "input"
+        ]
+        with np.errstate(all="ignore"):
+            dz, dlam = self._stationarity(None, tuple(batch), *values, *saved, *lams)
+        worst = lambda parts: max((float(np.max(p, initial=0.0)) for p in parts), default=0.0)  # noqa: E731
+        return {"max_dL_dlambda": worst(dlam), "max_dL_dz": worst(dz)}
 
     def _warn(self, values: tuple, lam: tuple | None, batch: tuple) -> None:
         import warnings

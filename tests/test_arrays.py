@@ -422,3 +422,15 @@ def test_array_operations_without_a_rule_are_refused_at_define():
         prog.equation(x, 0)
     with pytest.raises(lad.ProgramError, match=r"output: 'x' is an array"):
         prog.output(x)
+
+
+def test_the_certificate_of_stationarity_is_recomputed():
+    rng = np.random.default_rng(13)
+    fn = _equilibrium(130).compile()
+    v = _equilibrium_inputs(rng, 130, batch=2)
+    loose = fn.solve(v, tol=1e-4)
+    tight = fn.solve(v, tol=1e-13)
+    # the certificate measures the point returned: looser solves show larger residuals
+    assert tight.kkt["max_dL_dz"] < 1e-9
+    assert tight.kkt["max_dL_dlambda"] < 1e-12
+    assert loose.kkt["max_dL_dlambda"] > 10 * tight.kkt["max_dL_dlambda"]
