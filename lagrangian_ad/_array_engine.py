@@ -60,7 +60,7 @@ from ._compiled import (
 )
 from ._errors import ConvergenceError, NonFiniteWarning, ProgramError, SingularSystemError
 from ._forms import Form, FormTable, float_text, form_key, instantiate
-from ._program import ProgramIR
+from ._ir import ProgramIR
 
 __all__ = ["ArrayProgram"]
 

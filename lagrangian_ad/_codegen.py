@@ -37,7 +37,7 @@ from sympy.printing.precedence import PRECEDENCE
 from ._blocks import BlockSolver
 from ._forms import FormTable, float_text, form_key, instantiate
 from ._graph import Graph
-from ._program import ProgramIR
+from ._ir import ProgramIR
 
 __all__ = ["Generated", "generate"]
 

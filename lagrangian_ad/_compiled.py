@@ -25,7 +25,7 @@ from ._codegen import Passes, generate, hessian_functions, jvp_functions, kkt_fu
 from ._errors import LagrangianADError, NonFiniteWarning, ProgramError
 from ._graph import analyse
 from ._grouped import GroupedEngine, plan, worth_grouping
-from ._program import ProgramIR
+from ._ir import ProgramIR
 from ._progress import Progress
 
 __all__ = ["CompiledProgram", "Solution"]

@@ -25,7 +25,7 @@ import scipy.sparse as sps
 from scipy.sparse.csgraph import connected_components, maximum_bipartite_matching
 
 from ._errors import ProgramError
-from ._program import ProgramIR
+from ._ir import ProgramIR
 
 __all__ = ["Block", "Graph", "analyse"]
 

@@ -54,7 +54,8 @@ import sympy as sp
 
 from ._compiled import CompiledProgram
 from ._errors import ConvergenceError, ProgramError, SingularSystemError
-from ._program import Program, ProgramIR
+from ._ir import ProgramIR
+from ._program import Program
 
 __all__ = ["METHODS", "OptimizeResult", "maximize", "minimize"]
 

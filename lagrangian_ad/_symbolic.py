@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from ._program import ProgramIR
+from ._ir import ProgramIR
 
 __all__ = ["Conditions", "conditions", "lagrangian", "program_latex"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.printing.str import StrPrinter
 
-from ._program import ProgramIR
+from ._ir import ProgramIR
 
 __all__ = ["expr_to_text", "format_program"]
 

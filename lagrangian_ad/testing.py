@@ -41,7 +41,8 @@ import sympy as sp
 from ._compiled import CompiledProgram, _sum_to
 from ._errors import ProgramError
 from ._graph import analyse
-from ._program import Program, ProgramIR
+from ._ir import ProgramIR
+from ._program import Program
 
 __all__ = ["check_grads", "inline_output"]
 

@@ -1,0 +1,149 @@
+"""The frozen program: variables, constraints and the output, as the layers below read it.
+
+`ProgramIR` is the validated snapshot a `Program` (the builder) freezes; compiling,
+solving, printing and the symbolic layer read only this module, so none of them
+imports the builder (no import cycle: the builder calls down into them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sympy as sp
+
+from ._arrays import MatrixVariable
+from ._errors import ProgramError
+
+__all__ = ["Constraint", "ProgramIR", "Variable"]
+
+MULTIPLIER_PREFIX = "lambda_"
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A named variable: a scalar, an array of scalar entries in C order, or an array
+    variable (one `MatrixVariable` for the whole array).
+
+    Attributes
+    ----------
+    name : str
+    kind : {"input", "intermediate"}
+    shape : tuple of int
+        ``()`` for a scalar.
+    symbols : tuple of sympy.Symbol
+        The scalar entries, flattened in C order (none for an array variable).
+    matrix : MatrixVariable or None
+        The array variable itself (n×1 for shape (n,)), if declared with ``array=True``.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    symbols: tuple[sp.Symbol, ...]
+    matrix: MatrixVariable | None = None
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=int)) if self.matrix is not None else len(self.symbols)
+
+    def as_sympy(self) -> sp.Symbol | sp.Matrix | MatrixVariable:
+        """The Symbol of a scalar, a Matrix of Symbols (n×1 for shape (n,)), or the
+        MatrixVariable of an array variable."""
+        if self.matrix is not None:
+            return self.matrix
+        return _as_sympy(self.shape, self.symbols)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One scalar constraint and its multiplier.
+
+    Explicit constraints ``z_i = f_i(…)`` have ``target = z_i`` and ``expr = f_i``; their
+    residual is ``z_i − f_i``. An implicit equation has ``target = None`` and ``expr`` is
+    its residual ``c(z)`` itself.
+    """
+
+    label: str
+    target: sp.Symbol | MatrixVariable | None
+    expr: sp.Expr | sp.MatrixExpr
+
+    @property
+    def multiplier(self) -> sp.Symbol | sp.MatrixSymbol:
+        """λ of this constraint (made on demand: the numeric path never needs it); a
+        MatrixSymbol Λ of the target's shape for an array constraint."""
+        if isinstance(self.target, sp.MatrixSymbol):
+            return sp.MatrixSymbol(MULTIPLIER_PREFIX + self.label, *self.target.shape)
+        return sp.Symbol(MULTIPLIER_PREFIX + self.label, real=True)
+
+    @property
+    def residual(self) -> sp.Expr:
+        return self.expr if self.target is None else self.target - self.expr
+
+
+@dataclass(frozen=True)
+class ProgramIR:
+    """The frozen program: what compiling, solving and printing work from."""
+
+    inputs: tuple[Variable, ...]
+    intermediates: tuple[Variable, ...]
+    constraints: tuple[Constraint, ...]
+    output: sp.Symbol
+
+    @property
+    def has_arrays(self) -> bool:
+        """Whether any variable is an array variable (``array=True``)."""
+        return any(v.matrix is not None for v in (*self.inputs, *self.intermediates))
+
+    def validate(self) -> None:
+        """Check the invariants the builder guarantees; raise `ProgramError` if broken."""
+        seen: dict[sp.Basic, str] = {}
+        for var in (*self.inputs, *self.intermediates):
+            if var.size != int(np.prod(var.shape, dtype=int)):
+                raise ProgramError(
+                    f"variable {var.name!r}: {var.size} entries for shape {var.shape}"
+                )
+            for s in var.symbols if var.matrix is None else (var.matrix,):
+                if s in seen:
+                    raise ProgramError(f"symbol {s} belongs to both {seen[s]!r} and {var.name!r}")
+                seen[s] = var.name
+        defined: set[sp.Symbol] = set()
+        for c in self.constraints:
+            if c.target is not None:
+                if c.target in defined:
+                    raise ProgramError(f"variable {c.target} is defined twice")
+                defined.add(c.target)
+            unknown = [s for s in c.expr.free_symbols if s not in seen]
+            if unknown:
+                raise ProgramError(f"constraint {c.label!r} uses undefined {_names(unknown)}")
+        has_equations = any(c.target is None for c in self.constraints)
+        used = set().union(*(c.expr.free_symbols for c in self.constraints))
+        undefined = [
+            s
+            for v in self.intermediates
+            for s in (v.symbols if v.matrix is None else (v.matrix,))
+            if s not in defined and (not has_equations or s not in used)
+        ]
+        if undefined:
+            raise ProgramError(f"intermediate {_names(undefined)} declared but never defined")
+        if self.output not in {s for v in self.intermediates for s in v.symbols}:
+            raise ProgramError(f"the output {self.output} is not an intermediate")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_sympy(shape: tuple[int, ...], symbols: tuple[sp.Symbol, ...]) -> sp.Symbol | sp.Matrix:
+    if shape == ():
+        return symbols[0]
+    rows, cols = (shape[0], 1) if len(shape) == 1 else shape
+    return sp.Matrix(rows, cols, list(symbols))
+
+
+def _names(items: Iterable[Any]) -> str:
+    return ", ".join(sorted(str(i) for i in items))
