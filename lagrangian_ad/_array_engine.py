@@ -117,6 +117,8 @@ class _rt:
         g = np.asarray(g)
         if g.shape == shape:
             return g
+        if g.ndim < len(shape):  # the same contribution for every sample
+            return np.broadcast_to(g, shape)
         lead = g.ndim - len(shape)
         if lead > 0:
             g = g.sum(axis=tuple(range(lead)))
@@ -1313,6 +1315,7 @@ class ArrayProgram(CompiledProgram):
     """
 
     backend = "numpy"
+    engine = "arrays"
 
     def __init__(self, ir: ProgramIR, progress: Any = None):
         self.ir = ir

@@ -157,6 +157,13 @@ class CompiledProgram:
     # ----------------------------------------------------------------- inspection
 
     @property
+    def engine(self) -> str:
+        """Which engine runs this program: "entries" (per-scalar code), "grouped"
+        (per-scalar code, and for batches the grouped engine, constraints of one form
+        as one vectorized group) or "arrays" (`ArrayProgram`)."""
+        return "grouped" if self._grouped is not None else "entries"
+
+    @property
     def forward_source(self) -> str:
         """Python source of the generated forward pass."""
         return self._code.forward_source

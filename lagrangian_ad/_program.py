@@ -74,6 +74,7 @@ class Program:
         self._output: sp.Symbol | None = None
         self._frozen: ProgramIR | None = None
         self._compiled: CompiledProgram | None = None
+        self._compiled_key: tuple[str, str] | None = None
 
     # ----------------------------------------------------------------- declaring
 
@@ -262,7 +263,9 @@ class Program:
 
         return conditions(self.ir)
 
-    def compile(self, progress: Any = None, backend: str = "numpy") -> CompiledProgram:
+    def compile(
+        self, progress: Any = None, backend: str = "numpy", engine: str = "auto"
+    ) -> CompiledProgram:
         """Derive the partials once and generate numeric code; cached until a change.
 
         ``progress``: None shows a progress bar (tqdm) for compiles longer than two
@@ -272,22 +275,36 @@ class Program:
         an acyclic program run as one Numba loop over the batch (needs ``numba``; each
         kernel compiles on first use, seconds for long programs). Same results to
         rounding; see `CompiledProgram`.
+        ``engine``: "auto" (the default: the array engine for programs with array
+        variables, the entry-wise engine for the others), "arrays" (the array engine
+        for any program without implicit equations: every scalar is a 1×1 array there)
+        or "entries" (the entry-wise engine: per-scalar code, and the grouped engine for
+        batches of programs with repeated structure). ``fn.engine`` says which runs.
         """
         from ._compiled import CompiledProgram
 
-        if self._compiled is None or self._compiled.backend != backend:
+        if engine not in ("auto", "arrays", "entries"):
+            raise ProgramError(f"unknown engine {engine!r}: use 'auto', 'arrays' or 'entries'")
+        key = (backend, engine)
+        if self._compiled is None or self._compiled_key != key:
             ir = self.ir
-            if ir.has_arrays:
+            if engine == "entries" and ir.has_arrays:
+                raise ProgramError(
+                    "engine='entries': this program has array variables (array=True), which "
+                    "only the array engine runs"
+                )
+            if engine == "arrays" or (engine == "auto" and ir.has_arrays):
                 from ._array_engine import ArrayProgram
 
                 if backend != "numpy":
                     raise ProgramError(
-                        f"backend {backend!r}: array programs compile to NumPy only "
+                        f"backend {backend!r}: the array engine compiles to NumPy only "
                         "(backend='numpy')"
                     )
                 self._compiled = ArrayProgram(ir, progress=progress)
             else:
                 self._compiled = CompiledProgram(ir, progress=progress, backend=backend)
+            self._compiled_key = key
         return self._compiled
 
     def solve(self, inputs: Mapping[Any, Any], **options: Any) -> Solution:

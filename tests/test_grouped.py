@@ -151,7 +151,7 @@ def test_contraction_variants_against_finite_differences():
     s = prog.define("s", sum(sp.sin(u[i]) * v[i] + w[i] ** 2 for i in range(n)))
     prog.define("out", sum(s * x[j] for j in range(k)) / 10)
     fn = prog.compile()
-    assert fn._grouped is not None
+    assert fn.engine == "grouped"
     inp = {
         "x": rng.standard_normal((5, k)),
         "A": rng.standard_normal((n, k)) / 3,
@@ -250,7 +250,7 @@ def _ift(inp):
 def test_equilibrium_by_iteration_against_the_implicit_function_theorem(method):
     n, d = 30, 4
     fn = _equilibrium(n, d).compile()
-    assert fn._grouped is not None
+    assert fn.engine == "grouped"
     inp = _equilibrium_inputs(n, d, 40)
     H, lam, grads = _ift(inp)
     sol = fn.solve(inp, method=method)
@@ -274,7 +274,7 @@ def test_equilibrium_by_iteration_against_the_implicit_function_theorem(method):
 def test_equilibrium_other_methods_agree(method):
     n, d = 16, 3
     fn = _equilibrium(n, d).compile()
-    assert fn._grouped is not None
+    assert fn.engine == "grouped"
     inp = _equilibrium_inputs(n, d, 6, seed=4)
     _, _, grads = _ift(inp)
     _, grad = fn.value_and_grad(inp, method=method)
@@ -292,7 +292,7 @@ def test_non_contractive_block_falls_back_to_newton():
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     W = -3.0 * Q  # f′ = −3·diag(tanh′) Q: the plain iteration oscillates and grows
     fn = _equilibrium(n, d, numeric_W=np.round(W, 12)).compile()
-    assert fn._grouped is not None
+    assert fn.engine == "grouped"
     inp = _equilibrium_inputs(n, d, 3, seed=2)
     del inp["W"]
     inp["b"] = inp["b"] * 0
@@ -328,7 +328,7 @@ def test_chain_programs_are_not_grouped():
     z = x
     for k in range(40):
         z = prog.define(f"z{k}", sp.sin(z + x))
-    assert prog.compile()._grouped is None
+    assert prog.compile().engine == "entries"
 
 
 def test_adjoint_falls_back_to_the_factorization(monkeypatch):
@@ -347,7 +347,7 @@ def test_adjoint_falls_back_to_the_factorization(monkeypatch):
     monkeypatch.setattr(grouped, "_mixed_richardson", failing)
     n, d = 16, 3
     fn = _equilibrium(n, d).compile()
-    assert fn._grouped is not None
+    assert fn.engine == "grouped"
     inp = _equilibrium_inputs(n, d, 5, seed=8)
     _, grad = fn.value_and_grad(inp, method="anderson")  # the forward pass by Anderson
     assert calls
@@ -492,7 +492,7 @@ def _coupled(kind: str):
         prog.define(h, sp.Matrix([v[i] - k * (1 / (1 + (v[i] - x) ** 2) - e) for i in range(_N)]))
     prog.define("y", sp.Add(*h))
     fn = prog.compile()
-    assert fn._grouped is not None
+    assert fn.engine == "grouped"
     return fn
 
 
