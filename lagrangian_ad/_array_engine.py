@@ -179,10 +179,17 @@ class _Step:
     """One constraint: its unit, its nodes in evaluation order, its root."""
 
     label: str
-    unit: _Unit
+    unit: _Unit  # the unit it defines; for an implicit equation, its matched unknown
     nodes: list[Node]
     root: Node
     reads: set[int]  # indices of the units it reads
+    implicit: bool = False  # an equation c = 0 (its root is c), not z = F
+
+    @property
+    def sign(self) -> str:
+        """How λ enters the vector-Jacobian products of the root: L = … − λ (z − F) gives
+        +λ ∂F, L = … − λ c gives −λ ∂c."""
+        return "-" if self.implicit else ""
 
 
 class _Lowering:
@@ -192,7 +199,7 @@ class _Lowering:
         self.units = units
         self.forms = forms
 
-    def constraint(self, label: str, unit: _Unit, expr: sp.Basic) -> _Step:
+    def constraint(self, label: str, unit: _Unit, expr: sp.Basic, implicit: bool = False) -> _Step:
         self.label = label
         self.nodes: list[Node] = []
         self.memo: dict[sp.Basic, Node] = {}
@@ -210,7 +217,7 @@ class _Lowering:
                 f"constraint {label!r}: its value has shape {root.shape}, its variable {unit.shape}"
             )
         reads = {n.data.index for n in self.nodes if n.op == "read"}
-        return _Step(label, unit, self.nodes, root, reads)
+        return _Step(label, unit, self.nodes, root, reads, implicit)
 
     def node(self, op: str, args: tuple[Node, ...], shape: tuple[int, int], data: Any = None):
         n = Node(op, args, shape, data)
@@ -639,7 +646,7 @@ class _Generator:
                     acc.final[u.index] = lam
                 inside = {u.index for u in item.units}
                 for s in item.steps:
-                    self._backward(w, s, acc.final[s.unit.index], acc, skip=inside)
+                    self._backward(w, s, _signed(w, s, acc.final[s.unit.index]), acc, inside)
             else:
                 g = acc.take(item.unit.index)
                 acc.final[item.unit.index] = g
@@ -760,11 +767,15 @@ class _Generator:
         acc = _Accumulators(w, self.units)
         acc.add(self.output.index, "numpy.ones(_batch + (1, 1))")
         for st in _steps(self.order):
-            self._backward(w, st, lams[st.unit.index], acc, skip=set())
+            self._backward(w, st, _signed(w, st, lams[st.unit.index]), acc, skip=set())
         dz, dlam = [], []
         for st in _steps(self.order):
             got = acc.take(st.unit.index)
             lam = lams[st.unit.index]
+            if st.implicit:  # an unknown: ∂L/∂u has no λ of its own definition
+                dz.append("0.0" if got == "None" else f"numpy.abs({got})")
+                dlam.append(f"numpy.abs({st.root.name})")
+                continue
             dz.append(f"numpy.abs({lam})" if got == "None" else f"numpy.abs({got} - {lam})")
             dlam.append(f"numpy.abs({st.unit.name} - {st.root.name})")
         args = ", ".join([u.name for u in self.units] + saved + list(lams.values()))
@@ -817,10 +828,11 @@ class _Generator:
             inside = {u.index for u in item.units}
             lams = self._block_adjoint(w, item, acc)
             for st, lam in zip(item.steps, lams, strict=True):
-                self._backward(w, st, lam, acc, inside, None, dacc, dnode, dskip=set())
+                g = _signed(w, st, lam)
+                self._backward(w, st, g, acc, inside, None, dacc, dnode, dskip=set())
             dlams = self._block_adjoint(w, item, dacc, "_dl_")
             for st, dlam in zip(item.steps, dlams, strict=True):
-                self._backward(w, st, dlam, dacc, inside)
+                self._backward(w, st, _signed(w, st, dlam), dacc, inside)
         result = ", ".join(dacc.take(u.index) for u in self.inputs)
         args = ", ".join([u.name for u in self.units] + saved + [dot[u.index] for u in self.inputs])
         return w.function(f"hvp(_ctx, _batch, {args})", f"({result},)")
@@ -830,7 +842,10 @@ class _Generator:
     def _block_tangent(self, w: _Writer, b: _Block, dot: dict) -> None:
         """ż of a block's unknowns from (I − F_u) ż = F_e ė, into ``dot``."""
         inside = {u.index for u in b.units}
-        rhs = [self._forward_tangent(w, st, dot, skip=inside) or "0.0" for st in b.steps]
+        rhs = []  # −∂R/∂e ė: +∂F/∂e ė for z = F, −∂c/∂e ė for c = 0
+        for st in b.steps:
+            d = self._forward_tangent(w, st, dot, skip=inside)
+            rhs.append("0.0" if d is None else f"{st.sign}{d}")
         outs = [w.fresh(f"_d_{u.name}") for u in b.units]
         w.emit(f"{', '.join(outs)}, = _ctx.tangent({b.index}, ({', '.join(rhs)},))")
         for u, o in zip(b.units, outs, strict=True):
@@ -926,6 +941,15 @@ class _Generator:
         return "\n".join(sources)
 
 
+def _signed(w: _Writer, st: _Step, lam: str) -> str:
+    """``lam`` as the weight of the root's vector-Jacobian product (see `_Step.sign`)."""
+    if not st.implicit or lam == "None":
+        return lam
+    name = w.fresh("_n")
+    w.emit(f"{name} = -{lam}")
+    return name
+
+
 def _block_reads(b: _Block) -> set[int]:
     return set().union(*(s.reads for s in b.steps))
 
@@ -1019,6 +1043,12 @@ class _BlockCode:
         self.n = self.offsets[-1]
         shown = ", ".join(labels[:5]) + (f", … ({len(labels)})" if len(labels) > 5 else "")
         self.label = shown
+        # residual R = E z − σ M with M the blocks' map: z − F for a definition (E = 1,
+        # σ = 1), c for an implicit equation (E = 0, σ = −1)
+        sigma = [-1.0 if st.implicit else 1.0 for st in block.steps]
+        self.sigma = np.repeat(sigma, self.sizes)
+        self.explicit = (self.sigma > 0).astype(np.float64)
+        self.all_explicit = not any(st.implicit for st in block.steps)
 
     def split(self, Z: np.ndarray) -> list[np.ndarray]:
         lead = Z.shape[:-1]
@@ -1036,19 +1066,28 @@ class _BlockCode:
         return Z
 
     def F(self, Z: np.ndarray, ext: tuple) -> np.ndarray:
+        """The map z ↦ F(z) of a block of definitions (its fixed points solve it)."""
         return self.join(self.map(*self.split(Z), *ext), Z.shape[:-1])
 
+    def residual(self, Z: np.ndarray, ext: tuple) -> np.ndarray:
+        """R(z): z − F(z) for definitions, c(z) for implicit equations."""
+        if self.all_explicit:
+            return Z - self.F(Z, ext)
+        return self.explicit * Z - self.sigma * self.F(Z, ext)
+
     def Jv(self, Z: np.ndarray, V: np.ndarray, ext: tuple) -> np.ndarray:
-        """(I − ∂F/∂u) V, V of shape (…, batch…, n) (leading axes: several vectors)."""
+        """J V with J = ∂R/∂z (I − ∂F/∂u for definitions), V of shape (…, batch…, n)
+        (leading axes: several vectors)."""
         lead = np.broadcast_shapes(V.shape[:-1], Z.shape[:-1])
-        out = self.jvp_fn(*self.split(Z), *self.split(V), *ext)
-        return V - self.join(out, lead)
+        out = self.join(self.jvp_fn(*self.split(Z), *self.split(V), *ext), lead)
+        return V - out if self.all_explicit else self.explicit * V - self.sigma * out
 
     def JTv(self, Z: np.ndarray, G: np.ndarray, ext: tuple) -> np.ndarray:
-        """(I − ∂F/∂u)ᵀ G."""
-        out = self.vjp_fn(*self.split(Z), *self.split(G), *ext)
-        lead = G.shape[:-1]
-        return G - self.join([0.0 if o is None else o for o in out], lead)
+        """Jᵀ G."""
+        weights = G if self.all_explicit else self.sigma * G
+        out = self.vjp_fn(*self.split(Z), *self.split(weights), *ext)
+        back = self.join([0.0 if o is None else o for o in out], G.shape[:-1])
+        return G - back if self.all_explicit else self.explicit * G - back
 
 
 class _Dense:
@@ -1065,7 +1104,7 @@ class _Dense:
             self.variables,
             residual=self._residual,
             jacobian=self._jacobian,
-            fixed_map=self._map,
+            fixed_map=self._map if code.all_explicit else None,
             rows=rows,
             cols=cols,
         )
@@ -1076,7 +1115,7 @@ class _Dense:
     # of the batch shape and the block's own values in a holder (np.shape: ()).
 
     def _residual(self, R, Z, ext):
-        R[...] = Z - self.code.F(Z, ext[1].values)
+        R[...] = self.code.residual(Z, ext[1].values)
 
     def _map(self, F, Z, ext):
         F[...] = self.code.F(Z, ext[1].values)
@@ -1155,6 +1194,13 @@ class _Krylov:
             if v is not None:
                 Z[..., j] = v
         method, iterations, inner, Zt = opts.method, 0, 0, None
+        if not code.all_explicit and method in ("anderson", "fixed-point"):
+            raise ConvergenceError(
+                f"{method} iteration needs definitions z = f(z); the block {code.label} has "
+                "implicit equations: use method='newton'"
+            )
+        if not code.all_explicit:
+            method = "newton"
         if method == "auto":  # plain iteration while it contracts fast, else Anderson
             Zt, iterations, res = self._iterate(Z, ext, opts, anderson=False, slow=FAST_RATE)
             if Zt is not None:
@@ -1178,7 +1224,7 @@ class _Krylov:
             method = "newton-krylov"
         # The forward-error test: the Newton correction there, to 10 % (it is compared
         # with 10 tolerances; a few products, not a full solve), must be within tolerance.
-        R = Z - code.F(Z, ext)
+        R = code.residual(Z, ext)
         step, it_lin = self._gmres(lambda V: code.Jv(Z, V, ext), -R, 0.1)
         scale = np.maximum(1.0, np.abs(Z).max(axis=-1))
         if step is None or not np.all(np.abs(step).max(axis=-1) <= 10 * opts.tol * scale):
@@ -1188,7 +1234,7 @@ class _Krylov:
                 "there is not within tolerance"
             )
         Z = Z + step
-        residual = float(np.abs(Z - code.F(Z, ext)).max(initial=0.0))
+        residual = float(np.abs(code.residual(Z, ext)).max(initial=0.0))
         ctx.blocks[code.block.index] = (Z, ext)
         ctx.reports[code.block.index] = BlockReport(
             tuple(u.label for u in code.block.units),
@@ -1229,7 +1275,7 @@ class _Krylov:
     def _newton(self, Z, ext, opts):
         code, inner = self.code, 0
         for it in range(1, opts.maxiter + 1):
-            R = Z - code.F(Z, ext)
+            R = code.residual(Z, ext)
             scale = np.maximum(1.0, np.abs(Z).max(axis=-1))
             rnorm = np.abs(R).max(axis=-1)
             if np.all(rnorm <= opts.tol * scale):
@@ -1247,14 +1293,14 @@ class _Krylov:
             merit = np.sum(R * R)
             for _ in range(30):
                 Zt = Z + t * step
-                Rt = Zt - code.F(Zt, ext)
+                Rt = code.residual(Zt, ext)
                 if np.sum(Rt * Rt) <= (1 - 1e-4 * t) * merit:
                     break
                 t *= 0.5
             Z = Zt
         raise ConvergenceError(
             f"Newton-Krylov did not converge in the block {code.label}: max residual "
-            f"{float(np.abs(Z - code.F(Z, ext)).max()):.3e} after {opts.maxiter} iterations "
+            f"{float(np.abs(code.residual(Z, ext)).max()):.3e} after {opts.maxiter} iterations "
             f"(tol {opts.tol}); try a better init= or more maxiter"
         )
 
@@ -1321,16 +1367,15 @@ class ArrayProgram(CompiledProgram):
         self.ir = ir
         self._inputs = {v.name: v for v in ir.inputs}
         self._intermediates = {v.name: v for v in ir.intermediates}
-        if any(c.target is None for c in ir.constraints):
-            raise ProgramError(
-                "implicit equations (prog.equation) are not supported in array programs yet; "
-                "write the unknown as a definition u = f(u), or declare the arrays "
-                "entry-wise (without array=True)"
-            )
         self._build_units(ir)
         forms = FormTable(_Printer)
         low = _Lowering({u.key: u for u in self._units}, forms)
-        steps = [low.constraint(c.label, self._by_key[c.target], c.expr) for c in ir.constraints]
+        steps = [
+            low.constraint(c.label, self._by_key[c.target], c.expr)
+            for c in ir.constraints
+            if c.target is not None
+        ]
+        steps += self._equations(ir, low, steps)
         self._order = _order(steps, self._units)
         self._output_unit = self._by_key[ir.output]
         gen = _Generator(self._units, self._order, self._output_unit, forms)
@@ -1364,6 +1409,46 @@ class ArrayProgram(CompiledProgram):
         self._pruned: dict[frozenset[str], Any] = {}  # adjoints for some inputs only
         self._stationarity = None
         self._all_inputs = frozenset(self._inputs)
+
+    def _equations(self, ir: ProgramIR, low: _Lowering, steps: list[_Step]) -> list[_Step]:
+        """The implicit equations, each matched to an unknown it reads (SciPy's maximum
+        bipartite matching): the unknowns are the scalar units of the intermediates
+        declared and never defined."""
+        equations = [c for c in ir.constraints if c.target is None]
+        if not equations:
+            return []
+        defined = {st.unit.index for st in steps}
+        unknowns = [u for u in self._units if u.kind == "intermediate" and u.index not in defined]
+        arrays = [u.label for u in unknowns if u.shape != (1, 1)]
+        if arrays:
+            raise ProgramError(
+                f"array variable {arrays[0]!r} is never defined; implicit equations fix "
+                "scalar unknowns (define the array, or declare it entry-wise)"
+            )
+        column = {u.index: k for k, u in enumerate(unknowns)}
+        lowered = [low.constraint(c.label, unknowns[0], c.expr, implicit=True) for c in equations]
+        rows, cols = [], []
+        for e, st in enumerate(lowered):
+            for r in sorted(st.reads):
+                if r in column:
+                    rows.append(e)
+                    cols.append(column[r])
+        graph = coo_matrix(
+            (np.ones(len(rows)), (rows, cols)), shape=(len(equations), len(unknowns))
+        ).tocsr()
+        match = csgraph.maximum_bipartite_matching(graph, perm_type="column")
+        unmatched = [equations[e].label for e in range(len(equations)) if match[e] < 0]
+        used = {int(m) for m in match if m >= 0}
+        free = [u.label for k, u in enumerate(unknowns) if k not in used]
+        if unmatched or free:
+            raise ProgramError(
+                "the implicit equations and their unknowns do not match one to one "
+                f"(structurally singular): equations {', '.join(unmatched) or 'none'} without "
+                f"an unknown, unknowns {', '.join(free) or 'none'} without an equation"
+            )
+        for e, st in enumerate(lowered):
+            st.unit = unknowns[int(match[e])]
+        return lowered
 
     def _build_units(self, ir: ProgramIR) -> None:
         namer = _Namer()
@@ -1451,9 +1536,17 @@ class ArrayProgram(CompiledProgram):
         out_values = {n: v.copy() if isinstance(v, np.ndarray) else v for n, v in arrays.items()}
         out_values = {n: _user_array(np.array(a, dtype=np.float64)) for n, a in out_values.items()}
         multipliers = {}
+        defined = {c.label.split("[", 1)[0] for c in self.ir.constraints if c.target is not None}
         for var in self.ir.intermediates:
             out_values[var.name] = self._user_value(var, values, batch)
-            multipliers[var.name] = self._user_value(var, lam, batch, zero_missing=True)
+            if var.name in defined:  # an unknown's multiplier is its equation's
+                multipliers[var.name] = self._user_value(var, lam, batch, zero_missing=True)
+        for st in _steps(self._order):
+            if st.implicit:
+                g = lam[st.unit.index]
+                multipliers[st.label] = _shaped(
+                    0.0 if g is None else np.asarray(g)[..., 0, 0], batch
+                )
         kkt = self._kkt(values, lam, saved, ctx, batch)
         reports = tuple(ctx.reports[k] for k in sorted(ctx.reports))
         return Solution(value, grad, out_values, multipliers, reports, kkt)
