@@ -214,16 +214,24 @@ class CompiledProgram:
         return _shaped(z[self._output_index], batch)
 
     def value_and_grad(
-        self, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any
+        self,
+        inputs: Mapping[Any, Any],
+        check_finite: bool = True,
+        wrt: Any = None,
+        **options: Any,
     ) -> tuple[Array, dict[str, Array]]:
-        """The output and ∂(Σ z_N)/∂x for every input.
+        """The output and ∂(Σ z_N)/∂x for every input (``wrt``: for these inputs only;
+        the array engine then also skips the work that leads only to the others).
 
         ``check_finite`` as in `value`; a non-finite output or gradient is reported by a
         `NonFiniteWarning` naming the first constraint whose value or multiplier is not
         finite.
         """
+        wanted = None if wrt is None else [self._input_name(k) for k in wrt]
         arrays, leads, batch = self._check(inputs, check_finite)
         value, grad = self._value_and_grad(arrays, leads, batch, options)
+        if wanted is not None:
+            grad = {name: grad[name] for name in wanted}
         if not _all_finite(value, grad):
             self._warn_non_finite(arrays, leads, batch, options, adjoint=True)
         return value, grad

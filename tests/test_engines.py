@@ -109,3 +109,18 @@ def test_engine_choice_errors():
         prog.compile(engine="entries")
     with pytest.raises(lad.ProgramError, match="unknown engine 'fast'"):
         prog.compile(engine="fast")
+
+
+@pytest.mark.parametrize("engine", ["entries", "arrays"])
+def test_gradients_for_some_inputs_on_either_engine(engine):
+    prog = lad.Program()
+    x, w = prog.input("x"), prog.input("w", (2,))
+    prog.define("y", sp.exp(w[0] * x) + w[1] * x**2)
+    fn = prog.compile(engine=engine)
+    inputs = {"x": np.array([0.2, 0.4]), "w": np.array([1.5, -0.5])}
+    _, full = fn.value_and_grad(inputs)
+    _, part = fn.value_and_grad(inputs, wrt=["w"])
+    assert list(part) == ["w"]
+    _assert_same(part["w"], full["w"])
+    with pytest.raises(lad.ProgramError, match="unknown input 'q'"):
+        fn.value_and_grad(inputs, wrt=["q"])
