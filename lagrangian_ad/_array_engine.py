@@ -293,21 +293,19 @@ class _Lowering:
         """A scalar expression: its array parts (sums, entries, scalar units) become the
         operands of one elementwise form."""
         operands: dict[sp.Basic, sp.Dummy] = {}
-
-        def atoms(node: sp.Basic) -> sp.Basic:
+        stack = [e]
+        while stack:  # the array parts, not descending into them
+            node = stack.pop()
             if node in self.units or isinstance(node, (ArraySum, MatrixElement)):
                 if node not in operands:
                     operands[node] = sp.Dummy()
-                return operands[node]
-            if node.is_Symbol:
+            elif node.is_Symbol:
                 raise ProgramError(
                     f"constraint {self.label!r}: {node} is not a variable of this program"
                 )
-            if not node.args:
-                return node
-            return node.func(*(atoms(a) for a in node.args))
-
-        template = atoms(e)
+            else:
+                stack.extend(node.args)
+        template = e.xreplace(operands)
         if not operands:
             return self.node("const", (), (1, 1), float(sp.Float(template)))
         if template in operands.values():  # the expression is one array part
@@ -330,12 +328,14 @@ class _Lowering:
         flat: list[Node] = []
         slot: dict[int, sp.Symbol] = {}  # id(node) -> its placeholder
 
-        def placeholder(n: Node) -> sp.Symbol:
-            if id(n) not in slot:
-                slot[id(n)] = sp.Dummy()
+        def placeholder(n: Node, v: sp.Symbol | None = None) -> sp.Symbol:
+            if id(n) not in slot:  # the variable itself where it is free to serve
+                slot[id(n)] = v if v is not None and v not in taken else sp.Dummy()
+                taken.add(slot[id(n)])
                 flat.append(n)
             return slot[id(n)]
 
+        taken: set[sp.Symbol] = set()
         for v, n in zip(variables, nodes, strict=True):
             if n.op == "ew" and n.shape == shape and n.data[2] is not None:
                 child_template, child_vars = n.data[2]
@@ -344,8 +344,9 @@ class _Lowering:
             elif n.op == "const" and n.shape == (1, 1):
                 subs[v] = sp.Float(n.data)
             else:
-                subs[v] = placeholder(n)
-        body = template.xreplace(subs)
+                subs[v] = placeholder(n, v)
+        changed = {v: t for v, t in subs.items() if t is not v}
+        body = template.xreplace(changed) if changed else template
         if not flat:
             return self.node("const", (), (1, 1), float(sp.Float(body)))
         ps = [slot[id(n)] for n in flat]
@@ -393,15 +394,19 @@ class _Namer:
 
     def __init__(self) -> None:
         self.used = set(_RESERVED)
+        self._next: dict[str, int] = {}  # base -> the next suffix to try
 
     def take(self, hint: str) -> str:
         base = re.sub(r"\W", "_", hint)
         if not base.isidentifier():
             base = "_" + base
-        name, k = base, 1
+        name, k = base, self._next.get(base, 1)
+        if k > 1:
+            name = f"{base}_{k}"
         while name in self.used:
             k += 1
             name = f"{base}_{k}"
+        self._next[base] = k + 1
         self.used.add(name)
         return name
 
