@@ -38,11 +38,11 @@ from typing import Any
 
 import numpy as np
 import sympy as sp
-from sympy.core.parameters import distribute
 
 from ._errors import ParseError, ProgramError
 from ._program import Program
 from ._progress import Progress
+from ._text import MAX_LINE_CHARS
 
 __all__ = [
     "CONSTANTS",
@@ -57,10 +57,14 @@ __all__ = [
 
 MAX_FILE_BYTES = 5_000_000
 """Largest program text accepted, in bytes (UTF-8)."""
-MAX_LINE_CHARS = 20_000
-"""Longest line accepted, in characters."""
 MAX_DEPTH = 40
-"""Deepest expression nesting accepted (parentheses, calls, operators on the right)."""
+"""Deepest expression accepted, in levels of operations of the expression built (a
+function, a power, a product or a sum is one level over its arguments; ``x**x**x`` has
+two). The depth of the SymPy tree, not of the text, so the text `str` prints of any
+accepted program, whatever parentheses it adds, is accepted again."""
+MAX_NESTING = 3 * MAX_DEPTH
+"""Deepest nesting of the text accepted (parentheses, calls, signs and operands): a guard
+of the parser's own recursion, generous enough for anything printed within `MAX_DEPTH`."""
 MAX_NUMBER_DIGITS = 310
 """Numbers must stay within the range of float64: at most about 10**308 (or 10**-308)."""
 MAX_ARGS = 32
@@ -340,7 +344,8 @@ class _ExprParser:
         self.line = line
         self.source = source
         self.resolve = resolve
-        self.depth = 0
+        self.depth = 0  # of the text: the parser's own recursion
+        self.levels: dict[sp.Basic, int] = {}  # depth of each SymPy tree built
 
     # ---------------------------------------------------------------- helpers
 
@@ -367,11 +372,17 @@ class _ExprParser:
 
         A product keeps its factors: SymPy would distribute a number over a sum
         (3*(x + 3) -> 3*x + 9), but the printer writes ``-1/(3*(x + 3))`` for
-        ``Mul(-1/3, 1/(x + 3))``, and only the undistributed product gives that back.
-        A negation ``-(y - z)`` is distributed, as in Python.
+        ``Mul(-1/3, 1/(x + 3))``, and only the undistributed product gives that back
+        (see `_product`). A negation ``-(y - z)`` is distributed, as in Python.
         """
-        with distribute(False):
+        try:
             expr = self.expression(0)
+        except RecursionError:  # a safety net: MAX_DEPTH should make this unreachable
+            raise self.error(
+                "expression nested too deeply",
+                self.tokens[0],
+                "define inner parts as intermediates on lines of their own",
+            ) from None
         tok = self.peek()
         if tok.kind != "end":
             raise self._unexpected(tok)
@@ -400,9 +411,10 @@ class _ExprParser:
         """An expression whose operators all bind more tightly than ``min_bp``."""
         self.depth += 1
         try:
-            if self.depth > MAX_DEPTH:
+            if self.depth > MAX_NESTING:
                 raise self.error(
-                    f"expression nested too deeply (more than {MAX_DEPTH} levels)",
+                    f"expression nested too deeply (more than {MAX_NESTING} levels of "
+                    "parentheses, calls and operators)",
                     self.peek(),
                     "define inner parts as intermediates on lines of their own",
                 )
@@ -430,15 +442,17 @@ class _ExprParser:
                     right = self.power(right, sp.S.NegativeOne, tok)
                 factors.append(right)
             if len(factors) == 2 and factors[0] is sp.S.NegativeOne:
-                left = _negate(left)
+                left = self.shallow(_negate(left), tok)
             elif len(factors) > 1:
-                left = self.number_checked(sp.Mul(*factors), tok)
+                left = self.shallow(self.number_checked(_product(factors), tok), tok)
             terms = [left]
             while (tok := self.peek()).kind == "op" and tok.text in ("+", "-") and _BP_ADD > min_bp:
                 self.advance()
                 right = self.expression(_BP_ADD)
-                terms.append(right if tok.text == "+" else _negate(right))
-            return self.number_checked(sp.Add(*terms), tok) if len(terms) > 1 else left
+                terms.append(right if tok.text == "+" else self.shallow(_negate(right), tok))
+            if len(terms) == 1:
+                return left
+            return self.shallow(self.number_checked(sp.Add(*terms), tok), tok)
         finally:
             self.depth -= 1
 
@@ -539,7 +553,7 @@ class _ExprParser:
             raise self.error(f"cannot apply {name} here: {err}", tok) from None
         if all(a.is_number for a in args):
             self.check_real(result, tok, f"{name}(…)")
-        return result
+        return self.shallow(result, tok)
 
     def power(self, base: sp.Expr, exponent: sp.Expr, tok: _Token) -> sp.Expr:
         """``base**exponent``, refusing numbers too large to compute or to represent."""
@@ -562,7 +576,34 @@ class _ExprParser:
         result = base**exponent
         if numeric:
             self.check_real(result, tok, "the power")
-        return result
+        return self.shallow(result, tok)
+
+    def shallow(self, expr: sp.Expr, tok: _Token) -> sp.Expr:
+        """``expr``, if its tree is at most `MAX_DEPTH` levels deep (else a `ParseError`).
+
+        Depths are remembered for every subtree seen, so each construction costs about
+        its number of arguments (SymPy's flattening reuses the subtrees built before).
+        """
+        levels = self.levels
+        stack = [expr]
+        while stack:  # iterative post-order over the subtrees not seen yet
+            node = stack[-1]
+            if node in levels:
+                stack.pop()
+                continue
+            todo = [a for a in node.args if a not in levels]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            levels[node] = 1 + max((levels[a] for a in node.args), default=-1)
+        if levels[expr] > MAX_DEPTH:
+            raise self.error(
+                f"expression nested too deeply (more than {MAX_DEPTH} levels of operations)",
+                tok,
+                "define inner parts as intermediates on lines of their own",
+            )
+        return expr
 
     def check_real(self, value: sp.Expr, tok: _Token, what: str) -> None:
         if value.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
@@ -580,10 +621,32 @@ class _ExprParser:
         return value
 
 
+def _product(factors: list[sp.Expr]) -> sp.Expr:
+    """The product of ``factors``, a number not distributed over a sum: ``3*(x + 3)``.
+
+    SymPy distributes a number over a lone sum (``3*(x + 3)`` → ``3*x + 9``), and the
+    printer writes such unevaluated products (``-1/(3*(x + 3))`` is ``Mul(-1/3, 1/(x +
+    3))``), so only the undistributed one reads back the same. That one case is built
+    unevaluated; SymPy's ``distribute(False)`` context is not used, because functions
+    built under it may never finish (``sin(-x - 1)`` becomes ``-sin(-(-x - 1))``, and
+    the undistributed ``-(-x - 1)`` extracts a minus sign again, without end). A
+    negation ``-(x + 1)`` is distributed, as in Python.
+    """
+    numbers = [f for f in factors if f.is_Number]
+    rest = [f for f in factors if not f.is_Number]
+    if numbers and len(rest) == 1 and rest[0].is_Add:
+        coeff = sp.Mul(*numbers)
+        if coeff.is_zero or coeff is sp.S.One or coeff.is_finite is False:
+            return sp.Mul(coeff, rest[0])
+        if coeff is sp.S.NegativeOne:
+            return _negate(rest[0])
+        return sp.Mul(coeff, rest[0], evaluate=False)
+    return sp.Mul(*factors)
+
+
 def _negate(expr: sp.Expr) -> sp.Expr:
-    """``-expr``, distributed over a sum as Python and SymPy do by default."""
-    with distribute(True):
-        return -expr
+    """``-expr``, distributed over a sum as Python and SymPy do."""
+    return -expr
 
 
 def _log10_size(n: sp.Number) -> float:
