@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
+from ._constants import RANGE, ConstantError, constant_value, is_clamped
 from ._errors import ParseError, ProgramError
 from ._program import Program
 from ._progress import Progress
@@ -346,6 +347,7 @@ class _ExprParser:
         self.resolve = resolve
         self.depth = 0  # of the text: the parser's own recursion
         self.levels: dict[sp.Basic, int] = {}  # depth of each SymPy tree built
+        self.values: dict[sp.Basic, Any] = {}  # value of each constant subtree
 
     # ---------------------------------------------------------------- helpers
 
@@ -547,11 +549,14 @@ class _ExprParser:
                 else f"{func.min_args} to {func.max_args}"
             )
             raise self.error(f"{name}() takes {want} argument(s), got {len(args)}", tok)
+        numeric = all(a.is_number for a in args)
+        if numeric:
+            self.check_arguments(args, tok, f"{name}(…)")
         try:
             result = func.build(*args)
         except (TypeError, ValueError, ArithmeticError) as err:
             raise self.error(f"cannot apply {name} here: {err}", tok) from None
-        if all(a.is_number for a in args):
+        if numeric:
             self.check_real(result, tok, f"{name}(…)")
         return self.shallow(result, tok)
 
@@ -573,6 +578,8 @@ class _ExprParser:
                     )
             if base.is_zero and exponent.is_negative:
                 raise self.error("division by zero (0 to a negative power)", tok)
+        if numeric:
+            self.check_arguments((base, exponent), tok, "the power")
         result = base**exponent
         if numeric:
             self.check_real(result, tok, "the power")
@@ -605,11 +612,31 @@ class _ExprParser:
             )
         return expr
 
+    def value(self, expr: sp.Expr, tok: _Token) -> sp.Basic:
+        """The value of a constant (see `constant_value`); a `ParseError` if it has none."""
+        try:
+            return constant_value(expr, self.values)
+        except ConstantError as err:
+            raise self.error(str(err), tok) from None
+
+    def check_arguments(self, args: Any, tok: _Token, what: str) -> None:
+        """Refuse a constant function or power of a constant beyond the range of float64:
+        SymPy would evaluate it at full precision (``0.5**cosh(10**7)``: minutes)."""
+        for a in args:
+            if is_clamped(self.value(a, tok)):
+                raise self.error(
+                    f"{what} cannot be computed: its argument {_short(a)} is beyond the "
+                    f"range of float64 (more than 10**{RANGE} in size)",
+                    tok,
+                    "numbers must lie between about 1e-308 and 1e308",
+                )
+
     def check_real(self, value: sp.Expr, tok: _Token, what: str) -> None:
         if value.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
-            raise self.error(f"{what} is infinite or undefined ({value})", tok)
+            raise self.error(f"{what} is infinite or undefined ({_short(value)})", tok)
         if value.has(sp.I):
-            raise self.error(f"{what} is not a real number ({value})", tok)
+            raise self.error(f"{what} is not a real number ({_short(value)})", tok)
+        self.value(value, tok)  # not real (atanh(12)), or no value at all (erfinv(2))
         self.number_checked(value, tok)
 
     def number_checked(self, value: sp.Expr, tok: _Token) -> sp.Expr:
@@ -681,6 +708,11 @@ def _log10_int(n: int) -> float:
     if n.bit_length() < 1000:
         return math.log10(n)
     return n.bit_length() * math.log10(2)
+
+
+def _short(expr: sp.Basic, width: int = 60) -> str:
+    text = str(expr)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _rough(x: float) -> str:
@@ -984,7 +1016,8 @@ def parse(text: str | bytes, *, filename: str | None = None, progress: Any = Non
     ------
     ParseError
         With ``line`` and ``column`` set; the message shows the line and a caret under
-        the spot, and a hint where one helps.
+        the spot, and a hint where one helps. (Also, with no line, for a ``text`` that
+        is neither str nor bytes.)
 
     Examples
     --------
@@ -1007,8 +1040,9 @@ def parse(text: str | bytes, *, filename: str | None = None, progress: Any = Non
             )
         text = _decode(bytes(text), filename)
     if not isinstance(text, str):
-        raise TypeError(
-            f"parse() takes the program text as str or bytes, not {type(text).__name__}"
+        raise ParseError(
+            f"parse() takes the program text as str or bytes, not {type(text).__name__}; "
+            "use lad.load(path) to read a file"
         )
     source = _split_lines(text, filename)
     try:
