@@ -113,6 +113,21 @@ class _Printer(NumPyPrinter):
     def _print_Minimum(self, expr: sp.Expr) -> str:
         return self._lattice([self._print(a) for a in expr.args], "numpy.minimum")
 
+    # A sum or product of many terms printed flat is a left-deep chain of binary
+    # operations, which Python's compiler walks recursively (a RecursionError from about
+    # 3,000 terms): wide ones are printed as a balanced tree of parenthesized halves.
+    def _print_Add(self, expr: sp.Add, order: Any = None) -> str:
+        if len(expr.args) <= _WIDE:
+            return super()._print_Add(expr, order)
+        a, b = _halves(sp.Add, expr.args)
+        return f"({self._print(a)}) + ({self._print(b)})"
+
+    def _print_Mul(self, expr: sp.Mul) -> str:
+        if len(expr.args) <= _WIDE:
+            return super()._print_Mul(expr)
+        a, b = _halves(sp.Mul, expr.args)
+        return f"({self._print(a)})*({self._print(b)})"
+
     def _print_Times(self, expr: sp.Expr) -> str:
         a, b = (self.parenthesize(a, PRECEDENCE["Mul"]) for a in expr.args)
         return f"{a}*{b}"
@@ -122,6 +137,14 @@ class _Printer(NumPyPrinter):
 
     def _print_SincSecond(self, expr: sp.Expr) -> str:
         return self._call("_lad.sinc_second", expr)
+
+
+_WIDE = 256  # most terms of a sum or product printed as one flat chain
+
+
+def _halves(op: Any, args: tuple) -> tuple[sp.Expr, sp.Expr]:
+    half = len(args) // 2
+    return op(*args[:half], evaluate=False), op(*args[half:], evaluate=False)
 
 
 # SymPy function -> scipy.special function of the same name and arguments (the generated

@@ -17,40 +17,17 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import sympy as sp
 from sympy.core.function import ArgumentIndexError
 from sympy.printing.numpy import NumPyPrinter
 
+from ._constants import ConstantError, bottom_up, constant_value
 from ._errors import ProgramError
 
 __all__ = ["Form", "FormTable", "float_text", "form_key", "instantiate"]
 
 _PLACEHOLDER = re.compile(r"«(\w+)»")
-
-
-def bottom_up(
-    expr: sp.Basic,
-    combine: Callable[[sp.Basic, list], Any],
-    memo: dict[sp.Basic, Any] | None = None,
-) -> Any:
-    """``combine(node, [results of its arguments])`` for each distinct subtree of ``expr``,
-    arguments first; the result at ``expr``. Iterative (any depth), and each shared
-    subtree is combined once; ``memo`` (node -> result) may be kept across calls, and
-    may be seeded: a seeded node is taken as it is, its arguments never visited."""
-    memo = {} if memo is None else memo
-    stack: list[tuple[sp.Basic, bool]] = [(expr, False)]
-    while stack:
-        node, ready = stack.pop()
-        if node in memo:
-            continue
-        if ready or not node.args:
-            memo[node] = combine(node, [memo[a] for a in node.args])
-        else:
-            stack.append((node, True))
-            stack.extend((a, False) for a in node.args if a not in memo)
-    return memo[expr]
 
 
 def form_key(expr: sp.Expr, rank: dict[sp.Symbol, int]) -> tuple[str, tuple[sp.Float, ...]]:
@@ -650,18 +627,6 @@ def _print(printer: NumPyPrinter, expr: sp.Expr, label: str) -> str:
         ) from err
 
 
-# Constant subexpressions are evaluated node by node, bottom-up, with SymPy's evalf:
-# exact where SymPy is exact, else to _DIGITS significant digits (more for large
-# arguments, so that cos(99999999999999999999) is the cosine of that integer). A value
-# beyond 10**±_RANGE is already ±inf or 0 in double precision: it is clamped there, so
-# that no evaluation meets an astronomically large argument (0.5**cosh(10**7) would
-# keep mpmath busy for minutes; clamped, cosh(10**7) is oo and the power is 0).
-_DIGITS = 30
-_RANGE = 400
-_HUGE = sp.Integer(10) ** _RANGE
-_NON_REAL = (sp.I, sp.zoo)
-
-
 def fold_constants(expr: sp.Expr, label: str) -> sp.Expr:
     """``expr`` with each constant subexpression replaced by its value (a Float or an
     exact number), so generated code never computes with Python integers or constants
@@ -669,7 +634,7 @@ def fold_constants(expr: sp.Expr, label: str) -> sp.Expr:
     Python integer to ``numpy.cos``). A non-real constant is a `ProgramError`."""
 
     def constant(node: sp.Basic, inside: list[bool]) -> bool:
-        if node in _NON_REAL:
+        if node in (sp.I, sp.zoo):
             raise ProgramError(f"constraint {label!r}: the constant {node} is not real")
         return all(inside) if node.args else not node.is_Symbol
 
@@ -683,34 +648,10 @@ def fold_constants(expr: sp.Expr, label: str) -> sp.Expr:
         node = stack.pop()
         if const[node] and isinstance(node, sp.Expr):
             if node.args and node not in tops:
-                tops[node] = _constant_value(node, label)
+                try:
+                    tops[node] = constant_value(node)
+                except ConstantError as err:
+                    raise ProgramError(f"constraint {label!r}: {err}") from None
         else:
             stack.extend(node.args)
     return expr.xreplace(tops) if tops else expr
-
-
-def _constant_value(expr: sp.Expr, label: str) -> sp.Expr:
-    """The value of a constant expression: bottom-up, each node from its children's values."""
-    if not isinstance(expr, sp.Expr):
-        return expr
-
-    def evaluate(node: sp.Basic, args: list) -> sp.Basic:
-        if not node.args:
-            return node
-        v = node.func(*args)
-        if not v.is_Number:
-            v = v.evalf(_DIGITS)
-            if v.is_Number and abs(v) > 10**_DIGITS and abs(v) < _HUGE:
-                digits = _DIGITS + len(str(int(abs(v))))  # cos(10**20 + …): all of it
-                v = node.func(*args).evalf(digits)
-        if not v.is_Number:
-            if v.is_real is False or v.has(*_NON_REAL):
-                raise ProgramError(f"constraint {label!r}: the constant {node} is not real ({v})")
-            raise ProgramError(f"constraint {label!r}: cannot evaluate the constant {node}")
-        if v.is_finite and abs(v) > _HUGE:
-            return sp.oo if v > 0 else -sp.oo
-        if v.is_finite and v != 0 and abs(v) < 1 / _HUGE:
-            return sp.Float(0.0)
-        return v
-
-    return bottom_up(expr, evaluate)

@@ -38,11 +38,12 @@ from typing import Any
 
 import numpy as np
 import sympy as sp
-from sympy.core.parameters import distribute
 
+from ._constants import RANGE, ConstantError, constant_value, is_clamped
 from ._errors import ParseError, ProgramError
 from ._program import Program
 from ._progress import Progress
+from ._text import MAX_LINE_CHARS
 
 __all__ = [
     "CONSTANTS",
@@ -57,10 +58,14 @@ __all__ = [
 
 MAX_FILE_BYTES = 5_000_000
 """Largest program text accepted, in bytes (UTF-8)."""
-MAX_LINE_CHARS = 20_000
-"""Longest line accepted, in characters."""
 MAX_DEPTH = 40
-"""Deepest expression nesting accepted (parentheses, calls, operators on the right)."""
+"""Deepest expression accepted, in levels of operations of the expression built (a
+function, a power, a product or a sum is one level over its arguments; ``x**x**x`` has
+two). The depth of the SymPy tree, not of the text, so the text `str` prints of any
+accepted program, whatever parentheses it adds, is accepted again."""
+MAX_NESTING = 3 * MAX_DEPTH
+"""Deepest nesting of the text accepted (parentheses, calls, signs and operands): a guard
+of the parser's own recursion, generous enough for anything printed within `MAX_DEPTH`."""
 MAX_NUMBER_DIGITS = 310
 """Numbers must stay within the range of float64: at most about 10**308 (or 10**-308)."""
 MAX_ARGS = 32
@@ -340,7 +345,9 @@ class _ExprParser:
         self.line = line
         self.source = source
         self.resolve = resolve
-        self.depth = 0
+        self.depth = 0  # of the text: the parser's own recursion
+        self.levels: dict[sp.Basic, int] = {}  # depth of each SymPy tree built
+        self.values: dict[sp.Basic, Any] = {}  # value of each constant subtree
 
     # ---------------------------------------------------------------- helpers
 
@@ -367,11 +374,17 @@ class _ExprParser:
 
         A product keeps its factors: SymPy would distribute a number over a sum
         (3*(x + 3) -> 3*x + 9), but the printer writes ``-1/(3*(x + 3))`` for
-        ``Mul(-1/3, 1/(x + 3))``, and only the undistributed product gives that back.
-        A negation ``-(y - z)`` is distributed, as in Python.
+        ``Mul(-1/3, 1/(x + 3))``, and only the undistributed product gives that back
+        (see `_product`). A negation ``-(y - z)`` is distributed, as in Python.
         """
-        with distribute(False):
+        try:
             expr = self.expression(0)
+        except RecursionError:  # a safety net: MAX_DEPTH should make this unreachable
+            raise self.error(
+                "expression nested too deeply",
+                self.tokens[0],
+                "define inner parts as intermediates on lines of their own",
+            ) from None
         tok = self.peek()
         if tok.kind != "end":
             raise self._unexpected(tok)
@@ -400,9 +413,10 @@ class _ExprParser:
         """An expression whose operators all bind more tightly than ``min_bp``."""
         self.depth += 1
         try:
-            if self.depth > MAX_DEPTH:
+            if self.depth > MAX_NESTING:
                 raise self.error(
-                    f"expression nested too deeply (more than {MAX_DEPTH} levels)",
+                    f"expression nested too deeply (more than {MAX_NESTING} levels of "
+                    "parentheses, calls and operators)",
                     self.peek(),
                     "define inner parts as intermediates on lines of their own",
                 )
@@ -430,15 +444,17 @@ class _ExprParser:
                     right = self.power(right, sp.S.NegativeOne, tok)
                 factors.append(right)
             if len(factors) == 2 and factors[0] is sp.S.NegativeOne:
-                left = _negate(left)
+                left = self.shallow(_negate(left), tok)
             elif len(factors) > 1:
-                left = self.number_checked(sp.Mul(*factors), tok)
+                left = self.shallow(self.number_checked(_product(factors), tok), tok)
             terms = [left]
             while (tok := self.peek()).kind == "op" and tok.text in ("+", "-") and _BP_ADD > min_bp:
                 self.advance()
                 right = self.expression(_BP_ADD)
-                terms.append(right if tok.text == "+" else _negate(right))
-            return self.number_checked(sp.Add(*terms), tok) if len(terms) > 1 else left
+                terms.append(right if tok.text == "+" else self.shallow(_negate(right), tok))
+            if len(terms) == 1:
+                return left
+            return self.shallow(self.number_checked(sp.Add(*terms), tok), tok)
         finally:
             self.depth -= 1
 
@@ -533,13 +549,16 @@ class _ExprParser:
                 else f"{func.min_args} to {func.max_args}"
             )
             raise self.error(f"{name}() takes {want} argument(s), got {len(args)}", tok)
+        numeric = all(a.is_number for a in args)
+        if numeric:
+            self.check_arguments(args, tok, f"{name}(…)")
         try:
             result = func.build(*args)
         except (TypeError, ValueError, ArithmeticError) as err:
             raise self.error(f"cannot apply {name} here: {err}", tok) from None
-        if all(a.is_number for a in args):
+        if numeric:
             self.check_real(result, tok, f"{name}(…)")
-        return result
+        return self.shallow(result, tok)
 
     def power(self, base: sp.Expr, exponent: sp.Expr, tok: _Token) -> sp.Expr:
         """``base**exponent``, refusing numbers too large to compute or to represent."""
@@ -559,16 +578,65 @@ class _ExprParser:
                     )
             if base.is_zero and exponent.is_negative:
                 raise self.error("division by zero (0 to a negative power)", tok)
+        if numeric:
+            self.check_arguments((base, exponent), tok, "the power")
         result = base**exponent
         if numeric:
             self.check_real(result, tok, "the power")
-        return result
+        return self.shallow(result, tok)
+
+    def shallow(self, expr: sp.Expr, tok: _Token) -> sp.Expr:
+        """``expr``, if its tree is at most `MAX_DEPTH` levels deep (else a `ParseError`).
+
+        Depths are remembered for every subtree seen, so each construction costs about
+        its number of arguments (SymPy's flattening reuses the subtrees built before).
+        """
+        levels = self.levels
+        stack = [expr]
+        while stack:  # iterative post-order over the subtrees not seen yet
+            node = stack[-1]
+            if node in levels:
+                stack.pop()
+                continue
+            todo = [a for a in node.args if a not in levels]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            levels[node] = 1 + max((levels[a] for a in node.args), default=-1)
+        if levels[expr] > MAX_DEPTH:
+            raise self.error(
+                f"expression nested too deeply (more than {MAX_DEPTH} levels of operations)",
+                tok,
+                "define inner parts as intermediates on lines of their own",
+            )
+        return expr
+
+    def value(self, expr: sp.Expr, tok: _Token) -> sp.Basic:
+        """The value of a constant (see `constant_value`); a `ParseError` if it has none."""
+        try:
+            return constant_value(expr, self.values)
+        except ConstantError as err:
+            raise self.error(str(err), tok) from None
+
+    def check_arguments(self, args: Any, tok: _Token, what: str) -> None:
+        """Refuse a constant function or power of a constant beyond the range of float64:
+        SymPy would evaluate it at full precision (``0.5**cosh(10**7)``: minutes)."""
+        for a in args:
+            if is_clamped(self.value(a, tok)):
+                raise self.error(
+                    f"{what} cannot be computed: its argument {_short(a)} is beyond the "
+                    f"range of float64 (more than 10**{RANGE} in size)",
+                    tok,
+                    "numbers must lie between about 1e-308 and 1e308",
+                )
 
     def check_real(self, value: sp.Expr, tok: _Token, what: str) -> None:
         if value.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
-            raise self.error(f"{what} is infinite or undefined ({value})", tok)
+            raise self.error(f"{what} is infinite or undefined ({_short(value)})", tok)
         if value.has(sp.I):
-            raise self.error(f"{what} is not a real number ({value})", tok)
+            raise self.error(f"{what} is not a real number ({_short(value)})", tok)
+        self.value(value, tok)  # not real (atanh(12)), or no value at all (erfinv(2))
         self.number_checked(value, tok)
 
     def number_checked(self, value: sp.Expr, tok: _Token) -> sp.Expr:
@@ -580,10 +648,32 @@ class _ExprParser:
         return value
 
 
+def _product(factors: list[sp.Expr]) -> sp.Expr:
+    """The product of ``factors``, a number not distributed over a sum: ``3*(x + 3)``.
+
+    SymPy distributes a number over a lone sum (``3*(x + 3)`` → ``3*x + 9``), and the
+    printer writes such unevaluated products (``-1/(3*(x + 3))`` is ``Mul(-1/3, 1/(x +
+    3))``), so only the undistributed one reads back the same. That one case is built
+    unevaluated; SymPy's ``distribute(False)`` context is not used, because functions
+    built under it may never finish (``sin(-x - 1)`` becomes ``-sin(-(-x - 1))``, and
+    the undistributed ``-(-x - 1)`` extracts a minus sign again, without end). A
+    negation ``-(x + 1)`` is distributed, as in Python.
+    """
+    numbers = [f for f in factors if f.is_Number]
+    rest = [f for f in factors if not f.is_Number]
+    if numbers and len(rest) == 1 and rest[0].is_Add:
+        coeff = sp.Mul(*numbers)
+        if coeff.is_zero or coeff is sp.S.One or coeff.is_finite is False:
+            return sp.Mul(coeff, rest[0])
+        if coeff is sp.S.NegativeOne:
+            return _negate(rest[0])
+        return sp.Mul(coeff, rest[0], evaluate=False)
+    return sp.Mul(*factors)
+
+
 def _negate(expr: sp.Expr) -> sp.Expr:
-    """``-expr``, distributed over a sum as Python and SymPy do by default."""
-    with distribute(True):
-        return -expr
+    """``-expr``, distributed over a sum as Python and SymPy do."""
+    return -expr
 
 
 def _log10_size(n: sp.Number) -> float:
@@ -618,6 +708,11 @@ def _log10_int(n: int) -> float:
     if n.bit_length() < 1000:
         return math.log10(n)
     return n.bit_length() * math.log10(2)
+
+
+def _short(expr: sp.Basic, width: int = 60) -> str:
+    text = str(expr)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _rough(x: float) -> str:
@@ -921,7 +1016,8 @@ def parse(text: str | bytes, *, filename: str | None = None, progress: Any = Non
     ------
     ParseError
         With ``line`` and ``column`` set; the message shows the line and a caret under
-        the spot, and a hint where one helps.
+        the spot, and a hint where one helps. (Also, with no line, for a ``text`` that
+        is neither str nor bytes.)
 
     Examples
     --------
@@ -944,8 +1040,9 @@ def parse(text: str | bytes, *, filename: str | None = None, progress: Any = Non
             )
         text = _decode(bytes(text), filename)
     if not isinstance(text, str):
-        raise TypeError(
-            f"parse() takes the program text as str or bytes, not {type(text).__name__}"
+        raise ParseError(
+            f"parse() takes the program text as str or bytes, not {type(text).__name__}; "
+            "use lad.load(path) to read a file"
         )
     source = _split_lines(text, filename)
     try:

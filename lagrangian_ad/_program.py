@@ -23,6 +23,7 @@ import sympy as sp
 from sympy.core.function import AppliedUndef
 
 from ._arrays import Elementwise, MatrixVariable, check_array_node, is_array
+from ._constants import bottom_up
 from ._errors import ProgramError
 from ._ir import MULTIPLIER_PREFIX, Constraint, ProgramIR, Variable, _as_sympy, _names
 from ._progress import BuildProgress
@@ -36,6 +37,15 @@ __all__ = ["Constraint", "Program", "ProgramIR", "Variable"]
 _MULTIPLIER_PREFIX = MULTIPLIER_PREFIX
 _NOT_REAL = frozenset({sp.I, sp.zoo, sp.nan})
 _UNEVALUATED = (sp.Derivative, sp.Integral, sp.Sum, sp.Product, sp.Subs)
+MAX_EXPRESSION_DEPTH = 100
+"""Deepest expression `Program.define` accepts, in levels of operations: SymPy's
+differentiation, assumptions and printing recurse on the tree, and at Python's default
+recursion limit they fail from about 120 levels (sin nested 1,200 times failed in
+``free_symbols``). `decompose` takes any depth: one constraint per operation."""
+
+
+def _depth(node: sp.Basic, below: list[int]) -> int:
+    return 1 + max(below, default=-1)
 
 
 # --------------------------------------------------------------------------- builder
@@ -457,7 +467,16 @@ class Program:
 
     def _bind(self, expr: sp.Expr, label: str) -> sp.Expr:
         """Check ``expr`` for constraint ``label`` and map its symbols to ours (one walk)."""
+        depth = bottom_up(expr, _depth)
+        if depth > MAX_EXPRESSION_DEPTH:
+            raise ProgramError(
+                f"constraint {label!r}: the expression is nested {depth} levels deep (at most "
+                f"{MAX_EXPRESSION_DEPTH}), too deep for SymPy's recursive algorithms; split it "
+                "into elementary constraints with lad.decompose(expr, inputs=[…]), or define "
+                "inner parts as intermediates of their own"
+            )
         symbols = set()
+        seen = {expr}
         stack = [expr]
         while stack:
             node = stack.pop()
@@ -488,7 +507,9 @@ class Program:
                 )
             else:
                 check_array_node(node, label)
-                stack.extend(node.args)
+                fresh = [a for a in node.args if a not in seen]
+                seen.update(fresh)
+                stack.extend(fresh)
         mapping: dict[sp.Symbol, sp.Symbol] = {}
         unknown = []
         for sym in symbols:

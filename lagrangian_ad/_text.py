@@ -20,7 +20,11 @@ from sympy.printing.str import StrPrinter
 
 from ._ir import ProgramIR
 
-__all__ = ["expr_to_text", "format_program"]
+__all__ = ["MAX_LINE_CHARS", "expr_to_text", "format_program"]
+
+MAX_LINE_CHARS = 20_000
+"""Longest line accepted by the parser, in characters; printed lines that would be longer
+are printed without spaces (no space is needed between tokens of the format)."""
 
 
 class _TextPrinter(StrPrinter):
@@ -60,8 +64,9 @@ def format_program(ir: ProgramIR) -> str:
     ]
     for c in ir.constraints:
         if c.target is None:
-            lines.append(f"{expr_to_text(c.expr)} = 0")
+            line = f"{expr_to_text(c.expr)} = 0"
         else:
-            lines.append(f"{c.target} = {expr_to_text(c.expr)}")
+            line = f"{c.target} = {expr_to_text(c.expr)}"
+        lines.append(line if len(line) <= MAX_LINE_CHARS else line.replace(" ", ""))
     lines.append(f"output {ir.output}")
     return "\n".join(lines) + "\n"

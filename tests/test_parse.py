@@ -590,6 +590,65 @@ def test_depth_limit_is_generous_enough_for_real_expressions():
     assert _expr(text) == expected
 
 
+_THRICE = sp.Mul(3, x + 3, evaluate=False)  # as printed: a number times a sum, kept
+
+# Functions of a sum whose terms are all negative: SymPy rewrites sin(-x - 1) as
+# -sin(x + 1), which never ended under distribute(False) (a RecursionError, reported as
+# "nested too deeply" with no line). Each parses to what SymPy builds by default.
+_NEGATIVE_SUMS = [
+    ("sin(-x - 1)", sp.sin(-x - 1)),
+    ("tanh(-0.5*x - 1)", sp.tanh(-0.5 * x - 1)),
+    ("cos(-x - 1)", sp.cos(-x - 1)),
+    ("tan(-x - 1)", sp.tan(-x - 1)),
+    ("sinh(-x - y)", sp.sinh(-x - y)),
+    ("atan(-2*x - 1)", sp.atan(-2 * x - 1)),
+    ("abs(-x - 1)", sp.Abs(-x - 1)),
+    ("sin(pi*x - x - 1)", sp.sin(sp.pi * x - x - 1)),
+    ("x**(-(x + 1))*sin(-(y + 1))", x ** (-x - 1) * sp.sin(-y - 1)),
+    ("3*(x + 3)*sin(-3*(x + 3))", -_THRICE * sp.sin(_THRICE)),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), _NEGATIVE_SUMS, ids=[t for t, _ in _NEGATIVE_SUMS])
+def test_functions_of_negative_sums(text, expected):
+    assert _expr(text) == expected
+    prog = lad.parse(f"input x\ninput y\nf = {text}\n")
+    again = lad.parse(str(prog))
+    _program_eq(again, prog)
+    at = {"x": 0.3, "y": -0.7}
+    grad = prog.solve(at).grad
+    for s in (x, y):
+        want = float(sp.diff(expected, s).subs({x: at["x"], y: at["y"]}))
+        assert grad[s.name] == pytest.approx(want, rel=1e-13, abs=1e-15)
+
+
+def test_printed_towers_of_powers_parse_back():
+    # x**x**…**x prints with a parenthesis per level, x**(x**(…)): that doubled the
+    # text's nesting past the parser's limit. The limit counts levels of the expression.
+    for n in (21, MAX_DEPTH):
+        prog = lad.parse("input x\nq = x" + "**x" * n + "\n")
+        assert str(prog).count("(") == n - 1
+        _program_eq(lad.parse(str(prog)), prog)
+        assert prog.solve({"x": 1.0}).grad["x"] == pytest.approx(1.0, rel=1e-13)
+    with pytest.raises(lad.ParseError, match=f"more than {MAX_DEPTH} levels") as info:
+        lad.parse("input x\nq = x" + "**x" * (MAX_DEPTH + 1) + "\n")
+    assert (info.value.line, info.value.column) == (2, 6)
+
+
+def test_a_sum_of_three_thousand_terms_on_one_line():
+    # The generated x0 + x1 + … was one left-deep chain: a RecursionError in Python's
+    # compiler. Printed back it stays within the line limit.
+    n = 3000
+    text = "".join(f"input x{k}\n" for k in range(n)) + "y = " + "+".join(f"x{k}" for k in range(n))
+    prog = lad.parse(text + "\n")
+    _program_eq(lad.parse(str(prog)), prog)
+    at = {f"x{k}": float(k) for k in range(n)}
+    value, grad = prog.compile().value_and_grad(at)
+    assert value == n * (n - 1) / 2 and set(grad.values()) == {1.0}
+    negated = lad.parse("input x\ny = " + "-".join(f"{k}*x" for k in range(1, n)) + "\n")
+    assert negated.solve({"x": 1.0}).grad["x"] == 1 - (n * (n - 1) // 2 - 1)
+
+
 # --------------------------------------------------------------------------- fuzzing
 
 _SAMPLE = "\n".join(p.read_text() for p in EXAMPLE_FILES) + str(_arrays()) + str(_implicit())
