@@ -17,7 +17,7 @@ import numpy as np
 
 from . import array_models
 from .implementations import Bench, Memory
-from .problems import Inputs, Problem
+from .problems import Inputs, Problem, deq_steps
 
 LABEL = "JAX jit"
 
@@ -118,4 +118,38 @@ def equilibrium(problem: Problem, inputs: Inputs, batch: int) -> Bench:
     )
 
 
-BUILDERS = {"blog": blog, "mlp": mlp, "chain": chain, "equilibrium": equilibrium}
+def mlp784(problem: Problem, inputs: Inputs, batch: int) -> Bench:
+    jax = _jax()
+
+    def lse(y):
+        return jax.nn.logsumexp(y, axis=-1)
+
+    return _bench(
+        lambda **a: array_models.mlp_softmax(jax.numpy, lse, **a),
+        inputs,
+        note="matrix ops, jax.nn.logsumexp",
+    )
+
+
+def deq(problem: Problem, inputs: Inputs, batch: int) -> Bench:
+    jax = _jax()
+    steps = deq_steps(inputs)
+
+    def loop(step, h, n):
+        return jax.lax.fori_loop(0, n, lambda _, h: step(h), h)
+
+    return _bench(
+        lambda **a: array_models.deq_unrolled(jax.numpy, steps=steps, loop=loop, **a),
+        inputs,
+        note=f"backprop through {steps} iterations (lax.fori_loop; the forward tolerance)",
+    )
+
+
+BUILDERS = {
+    "blog": blog,
+    "mlp": mlp,
+    "chain": chain,
+    "equilibrium": equilibrium,
+    "mlp784": mlp784,
+    "deq": deq,
+}

@@ -5,10 +5,15 @@ writing a PyTorch function is not); the cold time is ``prog.compile()`` plus the
 ``value_and_grad`` call. A problem the engine cannot solve yet (the cyclic equilibrium
 model until the cyclic solver lands) raises one of the package's errors, which becomes
 "not supported yet" in the table; the row fills in by itself once the engine solves it.
+The array problems (``problem.arrays``) are written against the array API of DESIGN.md
+("Array programs (contract)": ``array=True`` inputs, ``lad.tanh``, ``lad.sum`` …);
+where this lagrangian_ad does not have it yet, their cells read "not supported yet"
+(with the missing piece in the notes) instead of failing.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
@@ -33,6 +38,21 @@ def version() -> str:
     return lagrangian_ad.__version__
 
 
+ARRAY_API = ("tanh", "exp", "log", "sum", "mul")  # the helpers the array problems use
+
+
+def missing_array_api() -> str:
+    """What of DESIGN.md's array API this lagrangian_ad lacks ("" if nothing)."""
+    import lagrangian_ad as lad
+
+    missing = [f"lad.{name}" for name in ARRAY_API if not hasattr(lad, name)]
+    for method in ("input", "var"):
+        params = inspect.signature(getattr(lad.Program, method)).parameters
+        if "array" not in params:
+            missing.append(f"Program.{method}(..., array=True)")
+    return ", ".join(missing)
+
+
 def program(problem: Problem) -> tuple[Any, float]:
     """The problem's `Program`, built once, and the seconds SymPy took to build it."""
     if problem.key not in _programs:
@@ -53,7 +73,16 @@ def _not_supported(err: Exception) -> bool:
 
 
 def build(problem: Problem, inputs: Inputs, batch: int) -> Bench:
-    prog, seconds = program(problem)
+    if problem.arrays and (missing := missing_array_api()):
+        raise Unsupported("not supported yet") from NotImplementedError(
+            f"array programs need {missing}"
+        )
+    try:
+        prog, seconds = program(problem)
+    except Exception as err:
+        if _not_supported(err):
+            raise Unsupported("not supported yet") from err
+        raise
     try:
         fn = prog.compile()
     except Exception as err:
@@ -87,4 +116,6 @@ BUILDERS = {
     "mlp": build,
     "chain": build,
     "equilibrium": build,
+    "mlp784": build,
+    "deq": build,
 }

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import array_models
 from .implementations import Bench, Memory
-from .problems import Inputs, Problem
+from .problems import Inputs, Problem, deq_steps
 
 LABEL = "PyTorch eager"
 
@@ -147,4 +147,34 @@ def equilibrium(problem: Problem, inputs: Inputs, batch: int) -> Bench:
     )
 
 
-BUILDERS = {"blog": blog, "mlp": mlp, "chain": chain, "equilibrium": equilibrium}
+def mlp784(problem: Problem, inputs: Inputs, batch: int) -> Bench:
+    torch = _torch()
+
+    def lse(y):
+        return torch.logsumexp(y, dim=-1)
+
+    return _bench(
+        lambda **a: array_models.mlp_softmax(torch, lse, **a),
+        inputs,
+        note="matrix ops, torch.logsumexp",
+    )
+
+
+def deq(problem: Problem, inputs: Inputs, batch: int) -> Bench:
+    torch = _torch()
+    steps = deq_steps(inputs)
+    return _bench(
+        lambda **a: array_models.deq_unrolled(torch, steps=steps, **a),
+        inputs,
+        note=f"backprop through {steps} unrolled iterations (the forward tolerance)",
+    )
+
+
+BUILDERS = {
+    "blog": blog,
+    "mlp": mlp,
+    "chain": chain,
+    "equilibrium": equilibrium,
+    "mlp784": mlp784,
+    "deq": deq,
+}

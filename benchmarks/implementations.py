@@ -1,7 +1,9 @@
 """The implementations under test, and the small record each one hands to the runner.
 
 An implementation is a module with a ``LABEL``, an ``available()`` check (the peers are
-optional), a ``version()`` and a table ``BUILDERS`` keyed by problem name. A builder takes
+optional), a ``version()`` and a table ``BUILDERS`` keyed by problem family
+(`Problem.kind`: the name, or for the equilibrium models of several sizes their family,
+"deq"). A builder takes
 the problem and its inputs (NumPy arrays in lagrangian_ad's shapes), converts them once to
 the library's own arrays, and returns a `Bench`: two closures to time and a converter
 back to NumPy for the gradient check.
@@ -84,6 +86,7 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         Implementation("numpy", "benchmarks.impl_numpy", "NumPy by hand"),
         Implementation("torch", "benchmarks.impl_torch", "PyTorch eager"),
         Implementation("jax", "benchmarks.impl_jax", "JAX jit"),
+        Implementation("jax_root", "benchmarks.impl_jax_root", "JAX custom_root"),
         Implementation("casadi", "benchmarks.impl_casadi", "CasADi"),
     )
 }
