@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -57,6 +57,10 @@ class Bench:
         Measures the peak memory of one value_and_grad call.
     note : str
         How this implementation does the problem (e.g. ``lax.scan``), for the table notes.
+    setup : dict
+        Measurements of the setup, by name (lagrangian_ad: ``build_s``, ``compile_s``
+        and their peak resident memory ``build_rss``, ``compile_rss`` in bytes), for
+        the report and ``results.json``.
     """
 
     value: Callable[[], Any]
@@ -64,6 +68,7 @@ class Bench:
     to_numpy: Callable[[Any], tuple[np.ndarray, dict[str, np.ndarray]]]
     memory: Callable[[], Memory] | None = None
     note: str = ""
+    setup: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ class Cell:
     checked_against: str = ""
     note: str = ""
     detail: str = ""
+    setup: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
@@ -150,7 +151,7 @@ def _setup(name: str, module, problem, inputs, batch) -> tuple[Cell, Bench | Non
         return Cell(name, "unsupported", str(exc), detail=detail[:300]), None, None
     except Exception as exc:  # a broken peer must not stop the run
         return Cell(name, "error", "error", detail=f"{type(exc).__name__}: {exc}"[:300]), None, None
-    return Cell(name, "ok", cold=cold, note=bench.note), bench, result
+    return Cell(name, "ok", cold=cold, note=bench.note, setup=dict(bench.setup)), bench, result
 
 
 def _memory(bench: Bench, seconds: float) -> Memory:

@@ -311,3 +311,42 @@ def test_compile_curve_counts_couplings(tmp_path):
     compile_curve.main(["--max", "5000", "--out", str(out)])
     text = out.read_text()
     assert "| chain | 500 |" in text and "compile time ∝ couplings^" in text
+
+
+def test_report_ratios_and_issue12_targets():
+    """The ratio table and issue 12's verdicts, from hand-made cells with known times."""
+    from benchmarks import report
+    from benchmarks.runner import Cell, Row
+    from benchmarks.timing import Timing
+
+    def ok(impl, seconds, **setup):
+        t = Timing(seconds, 5, 1, 1.0)
+        return Cell(impl, "ok", value=t, value_and_grad=t, cold=1.0, setup=setup)
+
+    mlp, deq1000 = problems.mlp784(), problems.deq(1_000)
+    rows = []
+    for batch, lad_s in ((1, 1.0), (128, 3.5), (10_000, 2.0)):
+        row = Row(mlp, batch)
+        setup = {"build_s": 0.3, "build_rss": 50e6, "compile_s": 0.4, "compile_rss": 90e6}
+        row.cells = {"lad": ok("lad", lad_s, **setup), "torch": ok("torch", 4.0)}
+        row.cells["jax"] = ok("jax", 3.0)
+        rows.append(row)
+    row = Row(deq1000, 100)
+    row.cells = {
+        "lad": ok("lad", 5.0, build_s=0.1, build_rss=1e6, compile_s=2.5, compile_rss=1e6),
+        "jax_root": ok("jax_root", 4.0),
+    }
+    rows.append(row)
+    text = "\n".join(report._issue12_targets(rows))
+    assert "batch 128, JAX jit: met" in text  # 3.5 ≤ 1.2 × 3.0, and JAX is the faster peer
+    assert "batch 10,000, JAX jit: met" in text
+    assert "batch 1, PyTorch eager: met" in text and "batch 1, JAX jit: met" in text
+    assert "n = 1,000, JAX custom_root: MISSED" in text
+    assert "n = 500, JAX custom_root: not measured in this run" in text
+    assert "mlp784: met — build+compile 0.70 s, peak RSS Δ 90 MB" in text
+    assert "deq1000: MISSED — compile 2.50 s" in text
+    ratios = report._ratios(rows, ["lad", "torch", "jax", "jax_root"])
+    assert ratios[3].endswith("| 128 | 1.17 | 1.33 | 1.00 | — |")
+    assert ratios[-1].endswith("| 100 | 1.25 | — | — | 1.00 |")
+    rows[1].cells["jax"] = Cell("jax", "wrong", "WRONG")  # then PyTorch is the faster peer
+    assert "batch 128, PyTorch eager: met" in "\n".join(report._issue12_targets(rows))
