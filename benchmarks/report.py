@@ -106,15 +106,21 @@ def _cell_time(cell: Cell | None) -> str:
     return cell.text
 
 
-def _summary(rows: list[Row], impls: list[str]) -> list[str]:
+def _table_head(impls: list[str]) -> list[str]:
+    """The head of a table with a row per problem and batch, a column per implementation."""
     labels = [IMPLEMENTATIONS[n].label for n in impls]
-    lines = [
-        "| problem | batch | " + " | ".join(labels) + " |",
-        "|---|---:|" + "---:|" * len(impls),
-    ]
+    return ["| problem | batch | " + " | ".join(labels) + " |", "|---|---:|" + "---:|" * len(impls)]
+
+
+def _row_line(row: Row, cells: list[str]) -> str:
+    return f"| {row.problem.title} | {row.batch:,} | " + " | ".join(cells) + " |"
+
+
+def _summary(rows: list[Row], impls: list[str]) -> list[str]:
+    lines = _table_head(impls)
     for row in rows:
         cells = [_cell_time(row.cells.get(n)) for n in impls]
-        lines.append(f"| {row.problem.title} | {row.batch:,} | " + " | ".join(cells) + " |")
+        lines.append(_row_line(row, cells))
     return lines
 
 
@@ -275,18 +281,14 @@ def _issue12_section(rows: list[Row]) -> list[str]:
 
 def _ratios(rows: list[Row], impls: list[str]) -> list[str]:
     """Each cell's value_and_grad time over the fastest in its row (1.00 = fastest)."""
-    labels = [IMPLEMENTATIONS[n].label for n in impls]
-    lines = [
-        "| problem | batch | " + " | ".join(labels) + " |",
-        "|---|---:|" + "---:|" * len(impls),
-    ]
+    lines = _table_head(impls)
     for row in rows:
         times = {n: t for n in impls if (t := _vag(row, n)) is not None}
         if not times:
             continue
         best = min(times.values())
         cells = [f"{times[n] / best:.2f}" if n in times else "—" for n in impls]
-        lines.append(f"| {row.problem.title} | {row.batch:,} | " + " | ".join(cells) + " |")
+        lines.append(_row_line(row, cells))
     return lines
 
 
