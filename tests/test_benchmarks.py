@@ -350,3 +350,25 @@ def test_report_ratios_and_issue12_targets():
     assert ratios[-1].endswith("| 100 | 1.25 | — | — | 1.00 |")
     rows[1].cells["jax"] = Cell("jax", "wrong", "WRONG")  # then PyTorch is the faster peer
     assert "batch 128, PyTorch eager: met" in "\n".join(report._issue12_targets(rows))
+
+
+def test_compile_curve_of_the_array_programs_at_a_tiny_size(tmp_path):
+    """One array point per family, in this process: lagrangian_ad's build and compile
+    (or why not), JAX's cold start beside it; and a point run in a fresh process."""
+    from benchmarks import compile_curve, impl_jax, impl_lad
+
+    jax_ok, _ = impl_jax.available()
+    rows = [compile_curve.measure_array("mlp784", 8), compile_curve.measure_array("deq", 12)]
+    assert rows[0]["parameters"] == 8 * 784 + 8 + 8 * 8 + 8 + 10 * 8 + 10
+    assert rows[1]["parameters"] == 12 * 12 + 12 * 50 + 12 + 12
+    for r in rows:
+        if impl_lad.missing_array_api():
+            assert r["lad"].startswith("not supported yet (needs ")
+        else:
+            assert r["build"] > 0 and r["compile"] > 0, r
+        assert (r["jax_cold"] > 0) == jax_ok
+    table = compile_curve.array_table(rows)
+    assert table[2].startswith("| mlp784 | 8 | 6,442 | ")
+    assert table[3].startswith("| deq | 12 | 768 | ")
+    fresh = compile_curve._run_point("deq", 12, timeout=120)
+    assert fresh["family"] == "deq" and fresh["parameters"] == rows[1]["parameters"]
