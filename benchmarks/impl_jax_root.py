@@ -7,7 +7,8 @@ implicit function theorem, as custom_root defines it: the tangent system
 (I − D W) ḣ = … and, under reverse mode, its transpose (I − Wᵀ D) λ = c, solved
 matrix-free by ``lax.custom_linear_solve`` with a Richardson (fixed-point) iteration
 x ← b + (x − g(x)) to a relative residual of 1e-12, the solve and its transpose alike.
-No n × n matrix is formed. Jitted, float64, one thread, as `impl_jax`.
+No n × n matrix is formed. Jitted, float64, one thread, as `impl_jax`. The entry-wise
+equilibrium problem (output Σ h, no c) runs the same code.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def deq(problem: Problem, inputs: Inputs, batch: int) -> Bench:
     jax = _jax()
     jnp, lax = jax.numpy, jax.lax
 
-    def model(W, U, b, c, x):
+    def model(W, U, b, x, c=None):
         C = x @ U.T + b
 
         def f(H):
@@ -68,7 +69,7 @@ def deq(problem: Problem, inputs: Inputs, batch: int) -> Bench:
             return lax.custom_linear_solve(g, y, _richardson, transpose_solve=_richardson)
 
         H = lax.custom_root(f, jnp.zeros_like(C), solve, tangent_solve)
-        return H @ c
+        return H.sum(-1) if c is None else H @ c
 
     return _bench(
         model,
@@ -77,4 +78,4 @@ def deq(problem: Problem, inputs: Inputs, batch: int) -> Bench:
     )
 
 
-BUILDERS = {"deq": deq}
+BUILDERS = {"deq": deq, "equilibrium": deq}

@@ -304,7 +304,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out",
         type=Path,
         default=None,
-        help="the Markdown report (default: benchmarks/RESULTS.md for a full run); the "
+        help="the Markdown report (default: benchmarks/RESULTS.md for a full run — every "
+        "problem, implementation and default batch — and no file otherwise); the "
         f"same measurements go, as JSON, to {JSON_NAME} in the same folder",
     )
     args = parser.parse_args(argv)
@@ -331,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         batches = {p.name: p.quick_batches if args.quick else p.batches for p in problem_list}
     out = args.out
-    if out is None and not args.quick:
-        out = Path(__file__).resolve().parent / "RESULTS.md"
+    full = args.problems == list(problems_mod.PROBLEMS) and args.impls == list(IMPLEMENTATIONS)
+    if out is None and full and not args.quick and not args.batches:
+        out = Path(__file__).resolve().parent / "RESULTS.md"  # only a full run replaces it
     machine = report.machine_info()
     print(report.header_text(machine, args.quick), flush=True)
     t0 = time.perf_counter()
