@@ -106,7 +106,7 @@ def measure_array(family: str, size: int) -> dict:
     }
     missing = impl_lad.missing_array_api()
     if missing:
-        out["lad"] = f"not supported yet (needs {missing})"
+        out["lad"], out["lad_detail"] = "not supported yet", f"needs {missing}"
     else:
         try:
             t0 = time.perf_counter()
@@ -115,7 +115,7 @@ def measure_array(family: str, size: int) -> dict:
             _, out["compile_rss"] = rss_peak_during(prog.compile)
             out["build"], out["compile"] = t1 - t0, time.perf_counter() - t1
         except Exception as err:  # a point that fails is a cell, not a crash
-            out["lad"] = f"{type(err).__name__}: {err}"[:200]
+            out["lad"], out["lad_detail"] = "error", f"{type(err).__name__}: {err}"[:300]
     ok, _ = impl_jax.available()
     if ok:  # jax.jit, then its first call: tracing, XLA compilation and one run
         builder = (impl_jax_root if family == "deq" else impl_jax).BUILDERS[family]
@@ -137,10 +137,10 @@ def _run_point(family: str, size: int, timeout: float) -> dict:
             cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE.parent, env=env
         )
     except subprocess.TimeoutExpired:
-        return {"family": family, "size": size, "lad": f"over {timeout:g} s: stopped"}
+        return {"family": family, "size": size, "lad": f"stopped after {timeout:g} s"}
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"family": family, "size": size, "lad": f"failed: {last[:200]}"}
+        return {"family": family, "size": size, "lad": "failed", "lad_detail": last[:300]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -191,6 +191,8 @@ def main_arrays(args: argparse.Namespace) -> None:
         *array_table(rows),
         "",
     ]
+    details = dict.fromkeys(f"{r['lad']}: {r['lad_detail']}" for r in rows if "lad_detail" in r)
+    lines += [f"- lagrangian_ad {d}" for d in details] + ([""] if details else [])
     Path(args.out).write_text("\n".join(lines), encoding="utf-8")
     print(f"written to {args.out}")
 

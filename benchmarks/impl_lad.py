@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .implementations import Bench, Memory, Unsupported
-from .problems import Inputs, Problem
+from .problems import DEQ_TOL, Inputs, Problem
 from .timing import rss_peak_during, tracemalloc_peak
 
 LABEL = "lagrangian_ad"
@@ -99,9 +99,12 @@ def build(problem: Problem, inputs: Inputs, batch: int) -> Bench:
             raise Unsupported("not supported yet") from err
         raise
 
+    # The equilibrium models: the tolerance every implementation stops at, said explicitly.
+    options = {"tol": DEQ_TOL} if problem.kind == "deq" else {}
+
     def value_and_grad():
         try:
-            return fn.value_and_grad(inputs)
+            return fn.value_and_grad(inputs, **options)
         except Exception as err:
             if _not_supported(err):
                 raise Unsupported("not supported yet") from err
@@ -112,7 +115,7 @@ def build(problem: Problem, inputs: Inputs, batch: int) -> Bench:
         return np.asarray(v), {k: np.asarray(a) for k, a in g.items()}
 
     return Bench(
-        value=lambda: fn.value(inputs),
+        value=lambda: fn.value(inputs, **options),
         value_and_grad=value_and_grad,
         to_numpy=to_numpy,
         memory=lambda: Memory(tracemalloc_peak(value_and_grad), "tracemalloc"),
