@@ -45,7 +45,7 @@ import numpy as np
 
 import lagrangian_ad as lad
 
-from . import problems
+from . import impl_jax, problems
 
 HERE = Path(__file__).resolve().parent
 
@@ -93,7 +93,7 @@ def array_problem(family: str, size: int) -> problems.Problem:
 
 def measure_array(family: str, size: int) -> dict:
     """One point of the array curves, in this process (`main` runs it in a fresh one)."""
-    from . import impl_jax, impl_jax_root, impl_lad
+    from . import impl_jax_root, impl_lad
     from .timing import rss_peak_during
 
     problem = array_problem(family, size)
@@ -119,6 +119,7 @@ def measure_array(family: str, size: int) -> dict:
     ok, _ = impl_jax.available()
     if ok:  # jax.jit, then its first call: tracing, XLA compilation and one run
         builder = (impl_jax_root if family == "deq" else impl_jax).BUILDERS[family]
+        impl_jax._jax()  # importing JAX is not part of the cold start
 
         def cold():
             builder(problem, inputs, batch).value_and_grad()
@@ -132,6 +133,7 @@ def measure_array(family: str, size: int) -> dict:
 def _run_point(family: str, size: int, timeout: float) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.compile_curve", "--point", f"{family}:{size}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    env.setdefault("XLA_FLAGS", impl_jax.SINGLE_THREAD_FLAGS)
     try:
         done = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE.parent, env=env
@@ -186,7 +188,8 @@ def main_arrays(args: argparse.Namespace) -> None:
         "in under 2 s. RSS Δ is the peak resident memory above the level before the step. "
         f"JAX: jit and first value_and_grad call at batch {ARRAY_BATCH['mlp784']} (MLP) and "
         f"{ARRAY_BATCH['deq']} (equilibrium: `jax.lax.custom_root`, as in the benchmark), "
-        "the inputs put on the device included.",
+        "putting the inputs on the device included, importing JAX not (the first jit of a "
+        "fresh process also sets up XLA's compiler: most of its 80-odd MB).",
         "",
         *array_table(rows),
         "",
@@ -210,7 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per array point")
     parser.add_argument("--point", help=argparse.SUPPRESS)  # FAMILY:SIZE, one array point
     args = parser.parse_args(argv)
-    if args.point:
+    if args.point:  # one CPU, as `python -m benchmarks` runs
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
         family, size = args.point.split(":")
         print(json.dumps(measure_array(family, int(size))))
         return
