@@ -74,7 +74,7 @@ def deq(problem: Problem, inputs: Inputs, batch: int) -> Bench:
     return _bench(
         model,
         inputs,
-        note="implicit: fixed point to 1e-12, adjoint (I − Wᵀ D) λ = c by Richardson",
+        note="implicit: fixed point to 1e-12, adjoint (I − Wᵀ D) λ = ∂out/∂h by Richardson",
     )
 
 
