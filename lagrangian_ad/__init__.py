@@ -5,6 +5,7 @@ L = z_N − Σ λ_i (z_i − f_i) is stationary at the forward values, at multip
 to backprop's adjoints, and there ∂L/∂x is the gradient of the output z_N.
 """
 
+from ._arrays import apply, cos, exp, log, mul, sigmoid, sin, softplus, sqrt, sum, tanh
 from ._compiled import CompiledProgram, Solution
 from ._decompose import decompose
 from ._errors import (
@@ -34,11 +35,22 @@ __all__ = [
     "ProgramError",
     "SingularSystemError",
     "Solution",
+    "apply",
+    "cos",
     "decompose",
+    "exp",
     "load",
+    "log",
     "maximize",
     "minimize",
+    "mul",
     "parse",
+    "sigmoid",
+    "sin",
+    "softplus",
+    "sqrt",
+    "sum",
+    "tanh",
 ]
 
 __version__ = "0.1.0"

@@ -591,6 +591,13 @@ class CompiledProgram:
         batch shape, which an ``init`` must broadcast to)."""
         if not options and not self._has_cycles:
             return self._no_context  # nothing to set or record without cyclic blocks
+        return _Context(self._solve_options(options, batch))
+
+    def _solve_options(
+        self, options: dict[str, Any], batch: tuple[int, ...] | None
+    ) -> SolveOptions:
+        """The solve options checked, ``init`` keyed by the unknowns' flat indices
+        (``self._cyclic_vars``: variable name -> its indices)."""
         unknown = set(options) - {"init", "method", "tol", "maxiter"}
         if unknown:
             raise ProgramError(
@@ -639,9 +646,7 @@ class CompiledProgram:
             raise ProgramError(f"tol must be a positive number, not {tol!r}")
         if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
             raise ProgramError(f"maxiter must be a positive integer, not {maxiter!r}")
-        return _Context(
-            SolveOptions(method=method, tol=float(tol), maxiter=int(maxiter), init=init)
-        )
+        return SolveOptions(method=method, tol=float(tol), maxiter=int(maxiter), init=init)
 
     # ----------------------------------------------------------------- inputs
 
@@ -688,7 +693,7 @@ class CompiledProgram:
                 arrays[name], leads[name] = value, ()
                 continue
             arr = _as_float_array(value, f"input {name!r}")
-            if check_finite and not np.isfinite(arr).all():
+            if check_finite and not _finite(arr):
                 raise _not_finite(f"input {name!r}", arr)
             nd = len(var.shape)
             if arr.ndim < nd or arr.shape[arr.ndim - nd :] != var.shape:
@@ -807,8 +812,14 @@ def _not_finite(what: str, value: Any) -> ProgramError:
 
 
 def _finite(v: Any) -> bool:
-    """Whether a float, or every entry of an array, is finite."""
-    return math.isfinite(v) if type(v) is float else bool(np.isfinite(v).all())
+    """Whether a float, or every entry of an array, is finite.
+
+    An array's sum is finite only if every entry is (a NaN or an inf carries through),
+    and summing needs no temporary array; a sum that overflows is checked entry by entry.
+    """
+    if type(v) is float:
+        return math.isfinite(v)
+    return math.isfinite(np.sum(v)) or bool(np.isfinite(v).all())
 
 
 def _all_finite(value: Array, grad: dict[str, Array]) -> bool:

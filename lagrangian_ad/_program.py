@@ -23,6 +23,7 @@ import numpy as np
 import sympy as sp
 from sympy.core.function import AppliedUndef
 
+from ._arrays import Elementwise, MatrixVariable, is_array
 from ._errors import ProgramError
 from ._progress import BuildProgress
 
@@ -42,7 +43,8 @@ _UNEVALUATED = (sp.Derivative, sp.Integral, sp.Sum, sp.Product, sp.Subs)
 
 @dataclass(frozen=True)
 class Variable:
-    """A named variable: a scalar, or an array of scalar entries in C order.
+    """A named variable: a scalar, an array of scalar entries in C order, or an array
+    variable (one `MatrixVariable` for the whole array).
 
     Attributes
     ----------
@@ -51,20 +53,26 @@ class Variable:
     shape : tuple of int
         ``()`` for a scalar.
     symbols : tuple of sympy.Symbol
-        The scalar entries, flattened in C order.
+        The scalar entries, flattened in C order (none for an array variable).
+    matrix : MatrixVariable or None
+        The array variable itself (n×1 for shape (n,)), if declared with ``array=True``.
     """
 
     name: str
     kind: str
     shape: tuple[int, ...]
     symbols: tuple[sp.Symbol, ...]
+    matrix: MatrixVariable | None = None
 
     @property
     def size(self) -> int:
-        return len(self.symbols)
+        return int(np.prod(self.shape, dtype=int)) if self.matrix is not None else len(self.symbols)
 
-    def as_sympy(self) -> sp.Symbol | sp.Matrix:
-        """The Symbol of a scalar, or a Matrix of Symbols (n×1 for shape (n,))."""
+    def as_sympy(self) -> sp.Symbol | sp.Matrix | MatrixVariable:
+        """The Symbol of a scalar, a Matrix of Symbols (n×1 for shape (n,)), or the
+        MatrixVariable of an array variable."""
+        if self.matrix is not None:
+            return self.matrix
         return _as_sympy(self.shape, self.symbols)
 
 
@@ -78,12 +86,15 @@ class Constraint:
     """
 
     label: str
-    target: sp.Symbol | None
-    expr: sp.Expr
+    target: sp.Symbol | MatrixVariable | None
+    expr: sp.Expr | sp.MatrixExpr
 
     @property
-    def multiplier(self) -> sp.Symbol:
-        """λ of this constraint (made on demand: the numeric path never needs it)."""
+    def multiplier(self) -> sp.Symbol | sp.MatrixSymbol:
+        """λ of this constraint (made on demand: the numeric path never needs it); a
+        MatrixSymbol Λ of the target's shape for an array constraint."""
+        if isinstance(self.target, sp.MatrixSymbol):
+            return sp.MatrixSymbol(_MULTIPLIER_PREFIX + self.label, *self.target.shape)
         return sp.Symbol(_MULTIPLIER_PREFIX + self.label, real=True)
 
     @property
@@ -100,15 +111,20 @@ class ProgramIR:
     constraints: tuple[Constraint, ...]
     output: sp.Symbol
 
+    @property
+    def has_arrays(self) -> bool:
+        """Whether any variable is an array variable (``array=True``)."""
+        return any(v.matrix is not None for v in (*self.inputs, *self.intermediates))
+
     def validate(self) -> None:
         """Check the invariants the builder guarantees; raise `ProgramError` if broken."""
-        seen: dict[sp.Symbol, str] = {}
+        seen: dict[sp.Basic, str] = {}
         for var in (*self.inputs, *self.intermediates):
             if var.size != int(np.prod(var.shape, dtype=int)):
                 raise ProgramError(
                     f"variable {var.name!r}: {var.size} entries for shape {var.shape}"
                 )
-            for s in var.symbols:
+            for s in var.symbols if var.matrix is None else (var.matrix,):
                 if s in seen:
                     raise ProgramError(f"symbol {s} belongs to both {seen[s]!r} and {var.name!r}")
                 seen[s] = var.name
@@ -126,7 +142,7 @@ class ProgramIR:
         undefined = [
             s
             for v in self.intermediates
-            for s in v.symbols
+            for s in (v.symbols if v.matrix is None else (v.matrix,))
             if s not in defined and (not has_equations or s not in used)
         ]
         if undefined:
@@ -174,21 +190,35 @@ class Program:
 
     # ----------------------------------------------------------------- declaring
 
-    def input(self, name: str, shape: tuple[int, ...] | int = ()) -> sp.Symbol | sp.Matrix:
-        """Declare an input; returns its Symbol, or a Matrix of Symbols for an array."""
-        return self._declare(name, "input", shape).as_sympy()
+    def input(
+        self, name: str, shape: tuple[int, ...] | int = (), array: bool = False
+    ) -> sp.Symbol | sp.Matrix | MatrixVariable:
+        """Declare an input; returns its Symbol, or a Matrix of Symbols for an array.
 
-    def var(self, name: str, shape: tuple[int, ...] | int = ()) -> sp.Symbol | sp.Matrix:
-        """Declare an intermediate to be defined later, so it can be used before (cycles)."""
-        return self._declare(name, "intermediate", shape).as_sympy()
+        With ``array=True`` the array is one variable, a `MatrixVariable` (a
+        ``sympy.MatrixSymbol``, n×1 for shape (n,)), used in matrix expressions and the
+        elementwise functions of `lagrangian_ad` (``lad.tanh(W @ x + b)``).
+        """
+        return self._declare(name, "input", shape, array).as_sympy()
+
+    def var(
+        self, name: str, shape: tuple[int, ...] | int = (), array: bool = False
+    ) -> sp.Symbol | sp.Matrix | MatrixVariable:
+        """Declare an intermediate to be defined later, so it can be used before (cycles);
+        ``array=True`` as for `input`."""
+        return self._declare(name, "intermediate", shape, array).as_sympy()
 
     def define(self, target: str | sp.Symbol | sp.MatrixBase, expr: Any) -> sp.Symbol | sp.Matrix:
         """Define an intermediate ``target = expr``; returns its Symbol or Matrix of Symbols.
 
         ``target`` is a new name, or a variable declared with `var`. A Matrix ``expr``
         defines an array: one column gives shape ``(n,)``, otherwise ``(rows, cols)``.
-        Every symbol in ``expr`` must already be declared.
+        Every symbol in ``expr`` must already be declared. A matrix expression over array
+        variables (``W @ x + b``, ``lad.tanh(…)``) defines an array variable: one
+        constraint for the whole array.
         """
+        if is_array(expr) or self._is_array_target(target):
+            return self._define_array(target, expr)
         exprs, shape = _flatten_expr(expr, target)
         if isinstance(target, str):
             name = target
@@ -250,9 +280,11 @@ class Program:
                 if var is None:
                     raise ProgramError(f"output: no variable named {target!r}")
                 if var.shape != ():
+                    example = f"{target}[0, 0]" if var.matrix is not None else var.symbols[0]
                     raise ProgramError(
                         f"output: {target!r} has shape {var.shape}; the output must be a "
-                        f"scalar (choose an entry such as {var.symbols[0]})"
+                        f"scalar (define one, e.g. from an entry such as {example} or "
+                        "lad.sum)"
                     )
                 sym = var.symbols[0]
         elif isinstance(target, sp.Symbol):
@@ -309,6 +341,10 @@ class Program:
         if var is not None and var.kind == "input":
             raise ProgramError(f"{target!r} is an input: it has no constraint, no multiplier")
         by_target = {c.target: c.multiplier for c in self.ir.constraints}
+        if var is not None and var.matrix is not None:
+            if var.matrix not in by_target:
+                raise ProgramError(f"{target!r} is not defined by a constraint: no multiplier")
+            return by_target[var.matrix]
         if var is not None:
             if not all(s in by_target for s in var.symbols):
                 raise ProgramError(
@@ -322,7 +358,8 @@ class Program:
         return by_target[sym]
 
     def lagrangian(self) -> sp.Expr:
-        """L = z_N − Σ_i λ_i (z_i − f_i) as a SymPy expression."""
+        """L = z_N − Σ_i λ_i (z_i − f_i) as a SymPy expression (for an array constraint
+        the term is the Frobenius inner product ⟨Λ_i, Z_i − F_i⟩)."""
         from ._symbolic import lagrangian
 
         return lagrangian(self.ir)
@@ -347,7 +384,18 @@ class Program:
         from ._compiled import CompiledProgram
 
         if self._compiled is None or self._compiled.backend != backend:
-            self._compiled = CompiledProgram(self.ir, progress=progress, backend=backend)
+            ir = self.ir
+            if ir.has_arrays:
+                from ._array_engine import ArrayProgram
+
+                if backend != "numpy":
+                    raise ProgramError(
+                        f"backend {backend!r}: array programs compile to NumPy only "
+                        "(backend='numpy')"
+                    )
+                self._compiled = ArrayProgram(ir, progress=progress)
+            else:
+                self._compiled = CompiledProgram(ir, progress=progress, backend=backend)
         return self._compiled
 
     def solve(self, inputs: Mapping[Any, Any], **options: Any) -> Solution:
@@ -375,13 +423,28 @@ class Program:
         self._frozen = None
         self._compiled = None
 
-    def _declare(self, name: str, kind: str, shape: Any) -> Variable:
+    def _declare(self, name: str, kind: str, shape: Any, array: bool = False) -> Variable:
         _check_name(name)
         if name in self._vars:
             raise ProgramError(f"variable {name!r} is declared twice")
         if name in self._equations:
             raise ProgramError(f"{name!r} already names an equation")
         shape = _check_shape(name, shape)
+        if not isinstance(array, bool):
+            raise ProgramError(f"variable {name!r}: array must be True or False, not {array!r}")
+        if array:
+            if shape == ():
+                raise ProgramError(
+                    f"variable {name!r}: array=True needs a shape, (n,) or (rows, cols); "
+                    "a scalar is declared without it"
+                )
+            if name in self._by_entry_name:
+                raise ProgramError(f"variable {name!r}: the name is already an entry name")
+            rows, cols = (shape[0], 1) if len(shape) == 1 else shape
+            var = Variable(name, kind, shape, (), MatrixVariable(name, rows, cols))
+            self._vars[name] = var
+            self._changed()
+            return var
         if shape == ():
             names = [name]
         else:
@@ -397,6 +460,53 @@ class Program:
             self._by_entry_name[n] = s
         self._changed()
         return var
+
+    def _is_array_target(self, target: Any) -> bool:
+        if isinstance(target, sp.MatrixSymbol):
+            return True
+        var = self._vars.get(target) if isinstance(target, str) else None
+        return var is not None and var.matrix is not None
+
+    def _define_array(self, target: Any, expr: Any) -> MatrixVariable:
+        """``target = expr`` for an array variable: one constraint for the whole array."""
+        label = target if isinstance(target, str) else getattr(target, "name", str(target))
+        if not is_array(expr):
+            raise ProgramError(
+                f"define {label!r}: {label!r} is an array variable; its definition must be "
+                f"a matrix expression, not {type(expr).__name__} {expr}"
+            )
+        rows, cols = (int(d) for d in expr.shape)
+        shape = (rows,) if cols == 1 else (rows, cols)
+        if isinstance(target, str) and target not in self._vars:
+            var = self._declare(target, "intermediate", shape, array=True)
+        elif isinstance(target, str):
+            var = self._vars[target]
+        else:
+            var = self._vars.get(target.name)
+            if var is None or var.matrix != target:
+                raise ProgramError(
+                    f"define: {target} was not declared; pass a name, or declare it with "
+                    "prog.var(name, shape, array=True)"
+                )
+        name = var.name
+        if var.kind == "input":
+            raise ProgramError(f"{name!r} is an input; inputs are given, not defined")
+        if name in self._definitions:
+            raise ProgramError(f"variable {name!r} is defined twice")
+        if var.matrix is None:
+            raise ProgramError(
+                f"define {name!r}: it was declared entry-wise (without array=True); define "
+                "it with a Matrix of entries, or declare it with array=True"
+            )
+        if var.shape != shape:
+            raise ProgramError(
+                f"define {name!r}: declared with shape {var.shape}, but its definition "
+                f"{expr} has shape {shape}"
+            )
+        self._definitions[name] = (self._bind(expr, name),)
+        self._changed()
+        self._building.step(1)
+        return var.matrix
 
     def _symbol(self, s: sp.Symbol) -> sp.Symbol | None:
         """This program's symbol for ``s``: itself, or the one of the same name."""
@@ -442,7 +552,18 @@ class Program:
         stack = [expr]
         while stack:
             node = stack.pop()
-            if node.is_Symbol:
+            if isinstance(node, sp.MatrixSymbol):
+                var = self._vars.get(node.name)
+                if var is None or var.matrix != node:
+                    raise ProgramError(
+                        f"constraint {label!r}: the array {node.name} of shape "
+                        f"{tuple(node.shape)} is not a variable of this program; declare it "
+                        "with prog.input(name, shape, array=True)"
+                    )
+            elif isinstance(node, Elementwise):
+                stack.extend(node.operands)
+                stack.append(node.function.expr.xreplace({v: 1 for v in node.function.variables}))
+            elif node.is_Symbol:
                 symbols.add(node)
             elif node in _NOT_REAL:
                 raise ProgramError(f"constraint {label!r}: expression {expr} is not real-valued")
@@ -482,7 +603,10 @@ class Program:
             for n, v in self._vars.items()
             if v.kind == "intermediate"
             and n not in self._definitions
-            and (not self._equations or not used.intersection(v.symbols))
+            and (
+                not self._equations
+                or not used.intersection(v.symbols if v.matrix is None else (v.matrix,))
+            )
         ]
         if undefined:
             raise ProgramError(
@@ -503,6 +627,9 @@ class Program:
         constraints = []
         for name, exprs in self._definitions.items():
             var = self._vars[name]
+            if var.matrix is not None:
+                constraints.append(Constraint(name, var.matrix, exprs[0]))
+                continue
             for sym, expr in zip(var.symbols, exprs, strict=True):
                 constraints.append(Constraint(sym.name, sym, expr))
         for label, residual in self._equations.items():

@@ -165,10 +165,16 @@ def check_grads(
         numeric = _derivative(lambda t: np.sum(fn.jvp(moved(t, u), v, **opts)[1]), step)
         compare("fwd, order 2: uᵀ H v, two random directions", "hessian", analytic, numeric)
 
-    acyclic = not fn.graph.cyclic_blocks
+    arrays = fn.ir.has_arrays  # no flat scalar expression to compare with
+    acyclic = not arrays and not fn.graph.cyclic_blocks
     if symbolic is None:
         symbolic = acyclic and len(fn.ir.constraints) <= 300
     if symbolic:
+        if arrays:
+            raise ProgramError(
+                "check_grads: the symbolic comparison needs an entry-wise program "
+                "(its array variables are never expanded into entries)"
+            )
         if not acyclic:
             raise ProgramError("check_grads: the symbolic comparison needs an acyclic program")
         _check_symbolic(fn.ir, sol, given, symbolic_rtol, atol)

@@ -1,0 +1,1643 @@
+"""Array programs: one constraint per layer, lowered to array operations and compiled.
+
+A program with array variables (``array=True``) runs here, never expanded into scalar
+entries. Every variable is a *unit*: an array variable, or one scalar (a scalar
+variable, or one entry of an entry-wise array). Each constraint ``Z = F(…)`` is lowered
+once to a small graph of `Node` s:
+
+    read     a unit's value                  matmul   A @ B
+    const    a number                        T        transpose
+    ew       an elementwise form f(p0, …)    sum      sum of all entries (a scalar)
+             (scalars broadcast)             entry    A[i, j] (a scalar)
+
+Elementwise forms are derived by SymPy once per form, on scalar placeholders, by the
+form machinery of `_forms` (the same that serves entry-wise programs); the other
+operations have their rules written once, in `_Rules`: value, vector-Jacobian product
+and Jacobian-vector product. Each pass is one walk over the constraints in order
+(forward, tangent) or in reverse (adjoint) that prints those rules as NumPy code:
+a few calls per constraint, readable in ``fn.source``.
+
+Values live in one layout inside the generated code: batch axes first, then exactly two
+axes (a vector of shape (n,) is n×1, a scalar 1×1), so elementwise broadcasting is
+NumPy's own, and ``ndim == 2`` means "the same for every sample" (a parameter). Only
+the boundary (`ArrayProgram`) converts to the declared shapes.
+
+Cyclic blocks (``h = tanh(W h + U x + b)``) are solved as systems in the block's
+unknowns, flattened per sample: up to DENSE_MAX unknowns by `_blocks.BlockSolver`
+(Newton with the dense block Jacobian, built from Jacobian-vector products, and the
+certification of the solution described there); beyond that matrix-free (`_Krylov`):
+Newton-Krylov or Anderson forward and GMRES for the multipliers, both on the
+Jacobian-vector and vector-Jacobian products of the rules, so no n × n matrix is formed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from graphlib import TopologicalSorter
+from typing import Any
+
+import numpy as np
+import scipy.sparse.csgraph as csgraph
+import scipy.sparse.linalg as spla
+import sympy as sp
+from scipy.sparse import coo_matrix
+from sympy.matrices.expressions.matexpr import MatrixElement
+
+from ._arrays import ArraySum, Elementwise, is_array
+from ._blocks import BlockReport, BlockSolver, SolveOptions, _anderson
+from ._codegen import NUMPY_NAMESPACE, _compile, _exec, _Printer
+from ._compiled import (
+    CompiledProgram,
+    Solution,
+    _all_finite,
+    _as_float_array,
+    _finite,
+    _shaped,
+    _user_array,
+)
+from ._errors import ConvergenceError, NonFiniteWarning, ProgramError, SingularSystemError
+from ._forms import Form, FormTable, float_text, form_key, instantiate
+from ._program import ProgramIR
+
+__all__ = ["ArrayProgram"]
+
+DENSE_MAX = 100  # cyclic blocks up to this many unknowns per sample: dense Newton
+_RESERVED = {"numpy", "special", "math", "_lad", "_rt", "_ctx", "_batch"}
+
+# --------------------------------------------------------------------------- runtime
+
+
+class _rt:
+    """The array operations of the generated code that are more than one NumPy call.
+
+    Every value has two trailing axes; ``ndim == 2`` is a value shared by all samples.
+    Each vector-Jacobian product returns the gradient with the shape of the operand it
+    is for: the batch is summed out where the operand has none.
+    """
+
+    @staticmethod
+    def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if a.ndim == 2 and b.ndim > 2 and b.shape[-1] == 1:  # a batch of vectors: one GEMM
+            return (b[..., 0] @ a.T)[..., None]
+        return a @ b
+
+    @staticmethod
+    def matmul_ga(g: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """∂/∂a of ⟨g, a @ b⟩ = g @ bᵀ, summed to a's shape."""
+        if g.ndim == 2 and b.ndim == 2 and g.shape[1] == 1:  # one sample: an outer product
+            return g * b.T
+        if a.ndim == 2 and (g.ndim > 2 or b.ndim > 2):
+            r, c, k = g.shape[-2], g.shape[-1], b.shape[-2]
+            if b.ndim > 2 and g.shape[:-2] == b.shape[:-2]:  # Σ_samples g bᵀ: one GEMM
+                return np.swapaxes(g, -1, -2).reshape(-1, r).T @ np.swapaxes(b, -1, -2).reshape(
+                    -1, k
+                )
+            if b.ndim == 2:
+                return g.reshape(-1, r, c).sum(axis=0) @ b.T
+        return _rt.sum_to(g @ np.swapaxes(b, -1, -2), a.shape)
+
+    @staticmethod
+    def matmul_gb(g: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """∂/∂b of ⟨g, a @ b⟩ = aᵀ @ g, summed to b's shape."""
+        if a.ndim == 2:
+            if b.ndim == 2 and g.ndim > 2:
+                return a.T @ g.reshape(-1, *g.shape[-2:]).sum(axis=0)
+            if g.shape[-1] == 1 and g.ndim > 2:
+                return _rt.sum_to((g[..., 0] @ a)[..., None], b.shape)
+            return _rt.sum_to(a.T @ g, b.shape)
+        return _rt.sum_to(np.swapaxes(a, -1, -2) @ g, b.shape)
+
+    @staticmethod
+    def sum_to(g: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """``g`` summed over the axes along which a value of ``shape`` was broadcast."""
+        g = np.asarray(g)
+        if g.shape == shape:
+            return g
+        lead = g.ndim - len(shape)
+        if lead > 0:
+            g = g.sum(axis=tuple(range(lead)))
+        pairs = enumerate(zip(g.shape, shape, strict=True))
+        axes = tuple(k for k, (s, t) in pairs if t == 1 and s != 1)
+        if axes:
+            g = g.sum(axis=axes, keepdims=True)
+        return g if g.shape == shape else np.broadcast_to(g, shape)
+
+    @staticmethod
+    def total(a: np.ndarray) -> np.ndarray:
+        return a.sum(axis=(-2, -1), keepdims=True)
+
+    @staticmethod
+    def total_vjp(g: np.ndarray, a: np.ndarray) -> np.ndarray:
+        if a.ndim == 2 and g.ndim > 2:
+            g = g.reshape(-1).sum()
+        return np.broadcast_to(g, np.broadcast_shapes(np.shape(g), a.shape))
+
+    @staticmethod
+    def add_entry(acc: Any, g: np.ndarray, shape: tuple[int, int], i: int, j: int) -> np.ndarray:
+        """``acc`` (None or an array of this module's own) plus ``g`` at entry (i, j)."""
+        if acc is None:
+            acc = np.zeros(g.shape[:-2] + shape)
+        elif acc.shape[:-2] != g.shape[:-2] and g.ndim > 2:
+            acc = acc + np.zeros(g.shape[:-2] + shape)
+        acc[..., i : i + 1, j : j + 1] += g
+        return acc
+
+
+# --------------------------------------------------------------------------- lowering
+
+
+class Node:
+    """One array operation of a constraint (see the module docstring)."""
+
+    __slots__ = ("args", "data", "name", "op", "shape")
+
+    def __init__(self, op: str, args: tuple[Node, ...], shape: tuple[int, int], data: Any = None):
+        self.op, self.args, self.shape, self.data = op, args, shape, data
+        self.name: str | None = None
+
+
+@dataclass
+class _Unit:
+    """A variable of the generated code: an array variable or one scalar."""
+
+    index: int
+    key: sp.Basic  # the MatrixSymbol or Symbol
+    label: str  # as the user knows it: "h", "x", "W[0,1]"
+    name: str  # its identifier in the generated code
+    shape: tuple[int, int]
+    kind: str  # "input" or "intermediate"
+
+
+@dataclass
+class _Step:
+    """One constraint: its unit, its nodes in evaluation order, its root."""
+
+    label: str
+    unit: _Unit
+    nodes: list[Node]
+    root: Node
+    reads: set[int]  # indices of the units it reads
+
+
+class _Lowering:
+    """SymPy expressions of one program to nodes; forms derived once per form."""
+
+    def __init__(self, units: dict[sp.Basic, _Unit], forms: FormTable):
+        self.units = units
+        self.forms = forms
+
+    def constraint(self, label: str, unit: _Unit, expr: sp.Basic) -> _Step:
+        self.label = label
+        self.nodes: list[Node] = []
+        self.memo: dict[sp.Basic, Node] = {}
+        root = self.lower(expr)
+        live: set[int] = set()  # nodes merged into a parent's form are dropped
+        stack = [root]
+        while stack:
+            n = stack.pop()
+            if id(n) not in live:
+                live.add(id(n))
+                stack.extend(n.args)
+        self.nodes = [n for n in self.nodes if id(n) in live]
+        if root.shape != unit.shape:
+            raise ProgramError(
+                f"constraint {label!r}: its value has shape {root.shape}, its variable {unit.shape}"
+            )
+        reads = {n.data.index for n in self.nodes if n.op == "read"}
+        return _Step(label, unit, self.nodes, root, reads)
+
+    def node(self, op: str, args: tuple[Node, ...], shape: tuple[int, int], data: Any = None):
+        n = Node(op, args, shape, data)
+        self.nodes.append(n)
+        return n
+
+    def lower(self, e: sp.Basic) -> Node:
+        done = self.memo.get(e)
+        if done is None:
+            done = self.memo[e] = self._lower(e)
+        return done
+
+    def _lower(self, e: sp.Basic) -> Node:
+        unit = self.units.get(e)
+        if unit is not None:
+            return self.node("read", (), unit.shape, unit)
+        if isinstance(e, sp.MatrixSymbol):
+            raise ProgramError(f"constraint {self.label!r}: {e} is not a variable of this program")
+        if isinstance(e, Elementwise):
+            return self.elementwise(e.function.expr, e.function.variables, e.operands)
+        if isinstance(e, sp.MatAdd):
+            dummies = [sp.Dummy() for _ in e.args]
+            return self.elementwise(sp.Add(*dummies), dummies, e.args)
+        if isinstance(e, sp.MatMul):
+            return self.product(e)
+        if isinstance(e, sp.Transpose):
+            a = self.lower(e.arg)
+            return self.node("T", (a,), (a.shape[1], a.shape[0]))
+        if isinstance(e, sp.HadamardProduct):
+            dummies = [sp.Dummy() for _ in e.args]
+            return self.elementwise(sp.Mul(*dummies), dummies, e.args)
+        if isinstance(e, sp.MatrixBase):
+            return self.matrix_constant(e)
+        if isinstance(e, ArraySum):
+            a = self.lower(e.array)
+            return self.node("sum", (a,), (1, 1))
+        if isinstance(e, MatrixElement):
+            a = self.lower(e.parent)
+            return self.node("entry", (a,), (1, 1), (int(e.i), int(e.j)))
+        if is_array(e):
+            raise ProgramError(
+                f"constraint {self.label!r}: {type(e).__name__} ({e}) is not an array "
+                "operation lagrangian_ad supports (matmul, +, -, multiples, .T, the "
+                "elementwise functions, lad.sum and entries)"
+            )
+        if isinstance(e, sp.Expr):
+            return self.scalar(e)
+        raise ProgramError(f"constraint {self.label!r}: cannot use {e} ({type(e).__name__})")
+
+    def product(self, e: sp.MatMul) -> Node:
+        scalars = [a for a in e.args if not isinstance(a, (sp.MatrixExpr, sp.MatrixBase))]
+        matrices = [self.lower(a) for a in e.args if isinstance(a, (sp.MatrixExpr, sp.MatrixBase))]
+        chain = _chain(matrices, self)
+        if not scalars:
+            return chain
+        factor, d = sp.Mul(*scalars), sp.Dummy()
+        if factor.is_Number:
+            return self.elementwise(factor * d, [d], [chain])
+        f = sp.Dummy()
+        return self.elementwise(f * d, [f, d], [factor, chain])
+
+    def matrix_constant(self, e: sp.MatrixBase) -> Node:
+        try:
+            value = np.array(e.tolist(), dtype=np.float64)
+        except TypeError:
+            raise ProgramError(
+                f"constraint {self.label!r}: an explicit Matrix of symbols inside an array "
+                "expression; declare the array with array=True, or write its entries out"
+            ) from None
+        return self.node("const", (), tuple(value.shape), value)
+
+    def scalar(self, e: sp.Expr) -> Node:
+        """A scalar expression: its array parts (sums, entries, scalar units) become the
+        operands of one elementwise form."""
+        operands: dict[sp.Basic, sp.Dummy] = {}
+
+        def atoms(node: sp.Basic) -> sp.Basic:
+            if node in self.units or isinstance(node, (ArraySum, MatrixElement)):
+                if node not in operands:
+                    operands[node] = sp.Dummy()
+                return operands[node]
+            if node.is_Symbol:
+                raise ProgramError(
+                    f"constraint {self.label!r}: {node} is not a variable of this program"
+                )
+            if not node.args:
+                return node
+            return node.func(*(atoms(a) for a in node.args))
+
+        template = atoms(e)
+        if not operands:
+            return self.node("const", (), (1, 1), float(sp.Float(template)))
+        if template in operands.values():  # the expression is one array part
+            return self.lower(next(iter(operands)))
+        return self.elementwise(template, list(operands.values()), list(operands))
+
+    def elementwise(self, template: sp.Expr, variables: Any, operands: Any) -> Node:
+        """An ew node of ``template`` (in ``variables``) over the lowered ``operands``;
+        operands that are themselves ew nodes of the same shape are merged in."""
+        nodes = [o if isinstance(o, Node) else self.lower(o) for o in operands]
+        shapes = {n.shape for n in nodes} - {(1, 1)}
+        if len(shapes) > 1:
+            raise ProgramError(
+                f"constraint {self.label!r}: an elementwise operation on shapes "
+                f"{sorted(shapes)} (arrays must have one shape; scalars broadcast)"
+            )
+        shape = shapes.pop() if shapes else (1, 1)
+        # flatten: a child ew of the output's shape is substituted into this template
+        subs: dict[sp.Basic, sp.Expr] = {}
+        flat: list[Node] = []
+        slot: dict[int, sp.Symbol] = {}  # id(node) -> its placeholder
+
+        def placeholder(n: Node) -> sp.Symbol:
+            if id(n) not in slot:
+                slot[id(n)] = sp.Dummy()
+                flat.append(n)
+            return slot[id(n)]
+
+        for v, n in zip(variables, nodes, strict=True):
+            if n.op == "ew" and n.shape == shape and n.data[2] is not None:
+                child_template, child_vars = n.data[2]
+                inner = {cv: placeholder(cn) for cv, cn in zip(child_vars, n.args, strict=True)}
+                subs[v] = child_template.xreplace(inner)
+            elif n.op == "const" and n.shape == (1, 1):
+                subs[v] = sp.Float(n.data)
+            else:
+                subs[v] = placeholder(n)
+        body = template.xreplace(subs)
+        if not flat:
+            return self.node("const", (), (1, 1), float(sp.Float(body)))
+        ps = [slot[id(n)] for n in flat]
+        key, floats = form_key(body, {p: k for k, p in enumerate(ps)})
+        form = self.forms.get(key, body, tuple(ps), floats, _OUT, self.label)
+        return self.node("ew", tuple(flat), shape, (form, floats, (body, ps)))
+
+
+_OUT = sp.Symbol("«out»", real=True)
+
+
+def _chain(matrices: list[Node], low: _Lowering) -> Node:
+    """The product of matrices in the cheapest order (matrix-chain DP on flops)."""
+    n = len(matrices)
+    if n == 1:
+        return matrices[0]
+    dims = [matrices[0].shape[0], *(m.shape[1] for m in matrices)]
+    cost = [[0.0] * n for _ in range(n)]
+    split = [[0] * n for _ in range(n)]
+    for length in range(2, n + 1):
+        for i in range(n - length + 1):
+            j = i + length - 1
+            cost[i][j] = math.inf
+            for k in range(i, j):
+                c = cost[i][k] + cost[k + 1][j] + dims[i] * dims[k + 1] * dims[j + 1]
+                if c < cost[i][j]:
+                    cost[i][j], split[i][j] = c, k
+
+    def build(i: int, j: int) -> Node:
+        if i == j:
+            return matrices[i]
+        k = split[i][j]
+        a, b = build(i, k), build(k + 1, j)
+        return low.node("matmul", (a, b), (a.shape[0], b.shape[1]))
+
+    return build(0, n - 1)
+
+
+# --------------------------------------------------------------------------- code
+
+
+class _Namer:
+    """Identifiers of the generated code: the units' own names where they are
+    identifiers, fresh ``_t1``, ``_g_h`` … for the rest; never two alike."""
+
+    def __init__(self) -> None:
+        self.used = set(_RESERVED)
+
+    def take(self, hint: str) -> str:
+        base = re.sub(r"\W", "_", hint)
+        if not base.isidentifier():
+            base = "_" + base
+        name, k = base, 1
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name
+
+
+class _Writer:
+    """Lines of one generated function."""
+
+    def __init__(self, namer: _Namer):
+        self.namer = namer
+        self.lines: list[str] = []
+
+    def fresh(self, hint: str) -> str:
+        return self.namer.take(hint)
+
+    def emit(self, line: str) -> None:
+        self.lines.append(line)
+
+    def function(self, header: str, result: str) -> str:
+        body = "\n".join("    " + ln for ln in self.lines) or "    pass"
+        return f"def {header}:\n{body}\n    return {result}\n"
+
+
+def _names(form: Form, node: Node, operand_names: list[str]) -> dict[str, str]:
+    names = {f"p{k}": v for k, v in enumerate(operand_names)}
+    names.update((f"c{k}", float_text(f)) for k, f in enumerate(node.data[1]))
+    return names
+
+
+class _Rules:
+    """Value, vector-Jacobian and Jacobian-vector rules of each operation, as code."""
+
+    def __init__(self, forms: FormTable):
+        self.forms = forms
+
+    # value -----------------------------------------------------------------
+
+    @staticmethod
+    def value(n: Node, a: list[str]) -> str:
+        if n.op == "ew":
+            return instantiate(n.data[0].forward, _names(n.data[0], n, a))
+        if n.op == "matmul":
+            return f"_rt.matmul({a[0]}, {a[1]})"
+        if n.op == "T":
+            return f"numpy.swapaxes({a[0]}, -1, -2)"
+        if n.op == "sum":
+            return f"_rt.total({a[0]})"
+        if n.op == "entry":
+            i, j = n.data
+            return f"{a[0]}[..., {i}:{i + 1}, {j}:{j + 1}]"
+        raise AssertionError(n.op)
+
+    # vector-Jacobian ------------------------------------------------------
+
+    def vjp(self, w: _Writer, n: Node, g: str, a: list[str], out: str, label: str):
+        """Code of the contribution of ``g`` (the adjoint of n) to each operand:
+        a list of (operand position, code or None for an entry update)."""
+        if n.op == "ew":
+            form: Form = n.data[0]
+            names = _names(form, n, a)
+            names.update(l=g, t=out)
+            for t in form.temps:
+                tmp, _, code = t.partition(" = ")
+                names[tmp.strip("«»")] = w.fresh("_s")
+                w.emit(f"{names[tmp.strip('«»')]} = {instantiate(code, names)}")
+            return [
+                (k, f"_rt.sum_to({instantiate(term, names)}, {a[k]}.shape)")
+                for (k, _), term in zip(form.partials, form.terms, strict=True)
+            ]
+        if n.op == "matmul":
+            return [
+                (0, f"_rt.matmul_ga({g}, {a[0]}, {a[1]})"),
+                (1, f"_rt.matmul_gb({g}, {a[0]}, {a[1]})"),
+            ]
+        if n.op == "T":
+            return [(0, f"numpy.swapaxes({g}, -1, -2)")]
+        if n.op == "sum":
+            return [(0, f"_rt.total_vjp({g}, {a[0]})")]
+        if n.op == "entry":
+            return [(0, None)]
+        raise AssertionError(n.op)
+
+    def vjp_tangent(self, w: _Writer, n: Node, g: str, dg: str | None, a: list[str], da: list):
+        """The tangents of `vjp`'s contributions (second order): for each operand the code
+        of d(contribution) from the tangent ``dg`` of g and ``da`` of the operands (None:
+        zero); entries (code None) take ``dg`` at their position."""
+        out: dict[int, list[str]] = {}
+        if n.op == "ew":
+            form: Form = n.data[0]
+            if dg is not None:
+                for k, code in self.vjp(w, n, dg, a, n.name, ""):
+                    out.setdefault(k, []).append(code)
+            if any(d is not None for d in da):
+                names = _names(form, n, a)
+                names.update(l=g, t=n.name)
+                temps, seconds = self.forms.second_derivatives(form, "")
+                for t in temps:
+                    tmp, _, code = t.partition(" = ")
+                    names[tmp.strip("«»")] = w.fresh("_s")
+                    w.emit(f"{names[tmp.strip('«»')]} = {instantiate(code, names)}")
+                for i, j, code in seconds:
+                    c = instantiate(code, names)
+                    for k, other in ((i, j), (j, i)) if i != j else ((i, j),):
+                        if da[other] is not None:
+                            out.setdefault(k, []).append(
+                                f"_rt.sum_to(({c}) * {da[other]}, {a[k]}.shape)"
+                            )
+            return [(k, " + ".join(v)) for k, v in out.items()]
+        if n.op == "matmul":
+            terms_a = [] if dg is None else [f"_rt.matmul_ga({dg}, {a[0]}, {a[1]})"]
+            terms_b = [] if dg is None else [f"_rt.matmul_gb({dg}, {a[0]}, {a[1]})"]
+            if da[1] is not None:
+                terms_a.append(f"_rt.matmul_ga({g}, {a[0]}, {da[1]})")
+            if da[0] is not None:
+                terms_b.append(f"_rt.matmul_gb({g}, {da[0]}, {a[1]})")
+            return [(k, " + ".join(t)) for k, t in ((0, terms_a), (1, terms_b)) if t]
+        if dg is None:  # transpose, sum and entries: linear in g alone
+            return []
+        return self.vjp(w, n, dg, a, n.name, "")
+
+    # Jacobian-vector ------------------------------------------------------
+
+    def jvp(self, w: _Writer, n: Node, a: list[str], d: list[str | None], out: str, label: str):
+        """Code of the tangent of n from the operands' tangents ``d`` (None: zero)."""
+        if n.op == "ew":
+            form: Form = n.data[0]
+            names = _names(form, n, a)
+            names.update(t=out)
+            temps, codes = self.forms.jacobian(form, label)
+            terms = []
+            for t in temps:
+                tmp, _, code = t.partition(" = ")
+                names[tmp.strip("«»")] = w.fresh("_s")
+                w.emit(f"{names[tmp.strip('«»')]} = {instantiate(code, names)}")
+            for (k, _), code in zip(form.partials, codes, strict=True):
+                if d[k] is not None:
+                    terms.append(f"({instantiate(code, names)}) * {d[k]}")
+            return " + ".join(terms) if terms else None
+        if n.op == "matmul":
+            terms = []
+            if d[0] is not None:
+                terms.append(f"_rt.matmul({d[0]}, {a[1]})")
+            if d[1] is not None:
+                terms.append(f"_rt.matmul({a[0]}, {d[1]})")
+            return " + ".join(terms) if terms else None
+        if d[0] is None:
+            return None
+        return self.value(n, [d[0]])  # transpose, sum and entries are linear
+
+
+# --------------------------------------------------------------------------- passes
+
+
+@dataclass
+class _Block:
+    """A cyclic block: its steps and unknown units, and its position in the order."""
+
+    index: int
+    steps: list[_Step]
+    units: list[_Unit]
+
+    @property
+    def size(self) -> int:
+        return sum(u.shape[0] * u.shape[1] for u in self.units)
+
+
+class _Generator:
+    """The passes of one program, printed from the rules (one walk each)."""
+
+    def __init__(self, units: list[_Unit], order: list[_Step | _Block], output: _Unit, forms):
+        self.units = units
+        self.order = order
+        self.output = output
+        self.rules = _Rules(forms)
+        self.inputs = [u for u in units if u.kind == "input"]
+        self._relevant: set[int] | None = None  # see `adjoint`
+
+    # forward ---------------------------------------------------------------
+
+    def forward(self) -> tuple[str, list[str]]:
+        """``forward(_ctx, inputs…)`` -> (unit values…, saved node values…)."""
+        namer = _Namer()
+        for u in self.units:
+            namer.used.add(u.name)
+        w = _Writer(namer)
+        saved: list[str] = []
+        for item in self.order:
+            if isinstance(item, _Block):
+                ext = sorted(_block_reads(item) - {u.index for u in item.units})
+                args = ", ".join(self.units[i].name for i in ext)
+                targets = ", ".join(u.name for u in item.units)
+                w.emit(f"{targets}, = _ctx.solve({item.index}, ({args}{',' if ext else ''}))")
+                for s in item.steps:  # the node values at the solution, for the adjoint
+                    self._values(w, s, saved, final=False)
+            else:
+                self._values(w, item, saved, final=True)
+        units = ", ".join(u.name for u in self.units)
+        header = f"forward(_ctx, {', '.join(u.name for u in self.inputs)})"
+        return w.function(header, f"({units},), ({', '.join(saved)}{',' if saved else ''})"), saved
+
+    def _values(self, w: _Writer, s: _Step, saved: list[str] | None, final: bool) -> None:
+        """Names and code of each node of ``s``; the root is the unit when ``final``."""
+        for n in s.nodes:
+            if n.op == "read":
+                n.name = n.data.name
+            elif n.op == "const":
+                n.name = w.fresh("_c")
+                w.emit(f"{n.name} = numpy.asarray({_const_code(n.data)}).reshape({n.shape})")
+                if saved is not None:
+                    saved.append(n.name)
+            else:
+                n.name = s.unit.name if (n is s.root and final) else w.fresh("_t")
+                w.emit(f"{n.name} = {self.rules.value(n, [a.name for a in n.args])}")
+                if saved is not None and n.name != s.unit.name:
+                    saved.append(n.name)
+        if final and s.root.op in ("read", "const"):
+            w.emit(f"{s.unit.name} = {s.root.name}")
+
+    # adjoint ---------------------------------------------------------------
+
+    def adjoint(self, saved: list[str], wanted: frozenset[int] | None = None) -> str:
+        """``adjoint(_ctx, _batch, units…, saved…)`` -> (multipliers of every unit…).
+
+        With ``wanted`` (indices of input units) only the contributions that lead to
+        those inputs' gradients are computed: a gradient with respect to the weights
+        alone never forms the one with respect to the data."""
+        namer = _Namer()
+        for u in self.units:
+            namer.used.add(u.name)
+        namer.used.update(saved)
+        w = _Writer(namer)
+        acc = _Accumulators(w, self.units)
+        self._relevant = None if wanted is None else self._leads_to(wanted)
+        acc.add(self.output.index, "numpy.ones(_batch + (1, 1))")
+        for item in reversed(self.order):
+            if isinstance(item, _Block):
+                names = [acc.take(u.index) for u in item.units]
+                lams = [w.fresh(f"_l_{u.name}") for u in item.units]
+                w.emit(f"{', '.join(lams)}, = _ctx.adjoint({item.index}, ({', '.join(names)},))")
+                for u, lam in zip(item.units, lams, strict=True):
+                    acc.final[u.index] = lam
+                inside = {u.index for u in item.units}
+                for s in item.steps:
+                    self._backward(w, s, acc.final[s.unit.index], acc, skip=inside)
+            else:
+                g = acc.take(item.unit.index)
+                acc.final[item.unit.index] = g
+                self._backward(w, item, g, acc, skip=set())
+        for u in self.inputs:
+            acc.final[u.index] = acc.take(u.index)
+        result = ", ".join(acc.final.get(u.index, "None") for u in self.units)
+        args = ", ".join([u.name for u in self.units] + saved)
+        return w.function(f"adjoint(_ctx, _batch, {args})", f"({result},)")
+
+    def _leads_to(self, wanted: frozenset[int]) -> set[int]:
+        """ids of the nodes (and indices of the units) from which a wanted input is
+        reached by following the operands: the only adjoints worth computing."""
+        relevant: set[int] = set(wanted)
+        for item in self.order:
+            steps = item.steps if isinstance(item, _Block) else [item]
+            for _ in range(2 if isinstance(item, _Block) else 1):  # a cycle: twice
+                for st in steps:
+                    for n in st.nodes:
+                        if n.op == "read":
+                            hit = n.data.index in relevant
+                        else:
+                            hit = any(id(a) in relevant for a in n.args)
+                        if hit:
+                            relevant.add(id(n))
+                    if id(st.root) in relevant:
+                        relevant.add(st.unit.index)
+            if isinstance(item, _Block) and any(u.index in relevant for u in item.units):
+                relevant.update(u.index for u in item.units)
+                relevant.update(id(n) for st in steps for n in st.nodes)
+        return relevant
+
+    def _backward(
+        self,
+        w: _Writer,
+        s: _Step,
+        g: str,
+        acc: _Accumulators,
+        skip: set[int],
+        dg: str | None = None,
+        dacc: _Accumulators | None = None,
+        dnode: dict[int, str | None] | None = None,
+    ):
+        """Contributions of constraint ``s`` with adjoint ``g`` to the units it reads
+        (except those in ``skip``), node by node in reverse. With ``dacc`` (second
+        order) also their tangents, from the tangent ``dg`` of g and the tangents
+        ``dnode`` of the nodes' values, into ``dacc``."""
+        if g == "None":
+            return
+        second = dacc is not None
+        adj: dict[int, list[str]] = {id(s.root): [g]}
+        dadj: dict[int, list[str]] = {}
+        if second and dg not in (None, "None"):
+            dadj[id(s.root)] = [dg]
+        entries: dict[int, list[tuple[str, tuple[int, int]]]] = {}
+        dentries: dict[int, list[tuple[str, tuple[int, int]]]] = {}
+        for n in reversed(s.nodes):
+            parts, ent = adj.pop(id(n), None), entries.pop(id(n), None)
+            dparts, dent = dadj.pop(id(n), None), dentries.pop(id(n), None)
+            if not parts and not ent:
+                continue
+            if n.op == "read":
+                if n.data.index in skip:
+                    continue
+                for target, ps, es in ((acc, parts, ent), (dacc, dparts, dent)):
+                    for p in ps or ():
+                        target.add(n.data.index, p)
+                    for gi, (i, j) in es or ():
+                        target.entry(n.data.index, gi, n.shape, i, j)
+                continue
+            if n.op == "const":
+                continue
+            gname = _sum_code(w, parts or [], ent or [], n.shape)
+            dgname = _sum_code(w, dparts or [], dent or [], n.shape) if dparts or dent else None
+            a = [x.name for x in n.args]
+            contributions = [
+                (adj, entries, k, c, gname)
+                for k, c in self.rules.vjp(w, n, gname, a, n.name, s.label)
+            ]
+            if second:
+                da = [dnode.get(id(x)) for x in n.args]
+                contributions += [
+                    (dadj, dentries, k, c, dgname)
+                    for k, c in self.rules.vjp_tangent(w, n, gname, dgname, a, da)
+                ]
+            relevant = self._relevant
+            for into, into_entries, k, code, source in contributions:
+                child = n.args[k]
+                if child.op == "const" or (child.op == "read" and child.data.index in skip):
+                    continue
+                if relevant is not None and id(child) not in relevant:
+                    continue
+                if code is None:  # an entry: its parent gets g at (i, j)
+                    if source is not None:
+                        into_entries.setdefault(id(child), []).append((source, n.data))
+                else:
+                    name = w.fresh("_g")
+                    w.emit(f"{name} = {code}")
+                    into.setdefault(id(child), []).append(name)
+
+    def _tangent_writer(self, saved: list[str]) -> tuple[_Writer, dict[int, str | None]]:
+        """A writer for a pass over the forward values and the inputs' tangents."""
+        namer = _Namer()
+        namer.used.update(u.name for u in self.units)
+        namer.used.update(saved)
+        dot: dict[int, str | None] = {u.index: "_d_" + u.name for u in self.inputs}
+        namer.used.update(dot.values())
+        return _Writer(namer), dot
+
+    # second order ------------------------------------------------------------
+
+    def hvp(self, saved: list[str]) -> str:
+        """``hvp(_ctx, _batch, units…, saved…, input tangents…)`` -> (H v per input…):
+        the tangent of the adjoint pass along the forward tangents (forward over
+        reverse), with the second partials of each elementwise form."""
+        self._relevant = None
+        w, dot = self._tangent_writer(saved)
+        dnode: dict[int, str | None] = {}
+        for item in self.order:
+            if isinstance(item, _Block):
+                raise ProgramError(
+                    "second order (hvp, hessian) of array programs with cyclic blocks is not "
+                    "implemented yet"
+                )
+            dot[item.unit.index] = self._forward_tangent(w, item, dot, set(), keep=dnode)
+        acc, dacc = _Accumulators(w, self.units), _Accumulators(w, self.units)
+        acc.add(self.output.index, "numpy.ones(_batch + (1, 1))")
+        for item in reversed(self.order):
+            g, dg = acc.take(item.unit.index), dacc.take(item.unit.index)
+            self._backward(w, item, g, acc, set(), dg=dg, dacc=dacc, dnode=dnode)
+        result = ", ".join(dacc.take(u.index) for u in self.inputs)
+        args = ", ".join([u.name for u in self.units] + saved + [dot[u.index] for u in self.inputs])
+        return w.function(f"hvp(_ctx, _batch, {args})", f"({result},)")
+
+    # tangent ---------------------------------------------------------------
+
+    def tangent(self, saved: list[str]) -> str:
+        """``tangent(_ctx, units…, saved…, input tangents…)`` -> the output's tangent."""
+        w, dot = self._tangent_writer(saved)
+        for item in self.order:
+            if isinstance(item, _Block):
+                inside = {u.index for u in item.units}
+                rhs = []
+                for s in item.steps:
+                    d = self._forward_tangent(w, s, dot, skip=inside)
+                    rhs.append(d or "0.0")
+                outs = [w.fresh(f"_d_{u.name}") for u in item.units]
+                w.emit(f"{', '.join(outs)}, = _ctx.tangent({item.index}, ({', '.join(rhs)},))")
+                for u, o in zip(item.units, outs, strict=True):
+                    dot[u.index] = o
+            else:
+                dot[item.unit.index] = self._forward_tangent(w, item, dot, skip=set())
+        args = ", ".join([u.name for u in self.units] + saved + [dot[u.index] for u in self.inputs])
+        return w.function(f"tangent(_ctx, {args})", dot.get(self.output.index) or "0.0")
+
+    def _forward_tangent(
+        self, w: _Writer, s: _Step, dot: dict, skip: set[int], keep: dict | None = None
+    ) -> str | None:
+        d: dict[int, str | None] = {} if keep is None else keep
+        for n in s.nodes:
+            if n.op == "read":
+                d[id(n)] = None if n.data.index in skip else dot.get(n.data.index)
+            elif n.op == "const":
+                d[id(n)] = None
+            else:
+                code = self.rules.jvp(
+                    w, n, [a.name for a in n.args], [d[id(a)] for a in n.args], n.name, s.label
+                )
+                if code is None:
+                    d[id(n)] = None
+                else:
+                    name = w.fresh("_d")
+                    w.emit(f"{name} = {code}")
+                    d[id(n)] = name
+        return d[id(s.root)]
+
+    # blocks ----------------------------------------------------------------
+
+    def block_functions(self, b: _Block) -> str:
+        """``map_k``, ``jvp_k`` and ``vjp_k`` of a block: F(u), ∂F/∂u · du, (∂F/∂u)ᵀ g."""
+        self._relevant = None
+        ext = sorted(_block_reads(b) - {u.index for u in b.units})
+        ext_names = [self.units[i].name for i in ext]
+        unit_names = [u.name for u in b.units]
+        inside = {u.index for u in b.units}
+        sources = []
+        # the map
+        namer = _Namer()
+        namer.used.update(unit_names + ext_names)
+        w = _Writer(namer)
+        for s in b.steps:
+            self._values(w, s, None, final=False)
+        results = [s.root.name for s in b.steps]
+        args = ", ".join(unit_names + ext_names)
+        sources.append(w.function(f"map_{b.index}({args})", f"({', '.join(results)},)"))
+        # the tangent in the unknowns
+        namer = _Namer()
+        namer.used.update(unit_names + ext_names)
+        w = _Writer(namer)
+        for s in b.steps:
+            self._values(w, s, None, final=False)
+        dot = {u.index: "_d_" + u.name for u in b.units}
+        namer.used.update(dot.values())
+        outs = []
+        for s in b.steps:
+            d = self._forward_tangent(w, s, dot, skip=set(ext))
+            outs.append(d or "0.0")
+        dargs = ", ".join(unit_names + [dot[u.index] for u in b.units] + ext_names)
+        sources.append(w.function(f"jvp_{b.index}({dargs})", f"({', '.join(outs)},)"))
+        # the transposed product
+        namer = _Namer()
+        namer.used.update(unit_names + ext_names)
+        w = _Writer(namer)
+        for s in b.steps:
+            self._values(w, s, None, final=False)
+        acc = _Accumulators(w, self.units)
+        gs = ["_g_" + u.name for u in b.units]
+        namer.used.update(gs)
+        for s, g in zip(b.steps, gs, strict=True):
+            self._backward(w, s, g, acc, skip=set(ext))
+        res = [acc.take(u.index) for u in b.units]
+        vargs = ", ".join(unit_names + gs + ext_names)
+        sources.append(w.function(f"vjp_{b.index}({vargs})", f"({', '.join(res)},)"))
+        del inside
+        return "\n".join(sources)
+
+
+def _block_reads(b: _Block) -> set[int]:
+    return set().union(*(s.reads for s in b.steps))
+
+
+def _const_code(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return repr(value.tolist())
+    return float_text(sp.Float(value))
+
+
+def _sum_code(w: _Writer, parts: list[str], entries: list, shape: tuple[int, int]) -> str:
+    """One name for the sum of the contributions ``parts`` and ``entries`` to a node."""
+    if len(parts) == 1 and not entries:
+        return parts[0]
+    name = w.fresh("_g")
+    expr = " + ".join(parts) if parts else "None"
+    if entries:
+        buf = "None"
+        for g, (i, j) in entries:
+            w.emit(f"{name}_e = _rt.add_entry({buf}, {g}, {shape}, {i}, {j})")
+            buf = f"{name}_e"
+        expr = f"{expr} + {buf}" if parts else buf
+    w.emit(f"{name} = {expr}")
+    return name
+
+
+class _Accumulators:
+    """The adjoint of each unit as a sum of contributions, emitted when it is taken."""
+
+    def __init__(self, w: _Writer, units: list[_Unit]):
+        self.w = w
+        self.units = units
+        self.parts: dict[int, list[str]] = {}
+        self.entries: dict[int, list] = {}
+        self.final: dict[int, str] = {}
+
+    def add(self, index: int, code: str) -> None:
+        self.parts.setdefault(index, []).append(code)
+
+    def entry(self, index: int, g: str, shape: tuple[int, int], i: int, j: int) -> None:
+        self.entries.setdefault(index, []).append((g, (i, j)))
+
+    def take(self, index: int) -> str:
+        parts, entries = self.parts.pop(index, []), self.entries.pop(index, [])
+        if not parts and not entries:
+            return "None"
+        u = self.units[index]
+        name = self.w.fresh("_g_" + u.name)
+        if len(parts) == 1 and not entries:
+            self.w.emit(f"{name} = {parts[0]}")
+            return name
+        got = _sum_code(self.w, parts, entries, u.shape)
+        self.w.emit(f"{name} = {got}")
+        return name
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+class _Context:
+    """Per-call state of the generated code: options, block solvers, their records."""
+
+    def __init__(self, program: ArrayProgram, options: SolveOptions):
+        self.program = program
+        self.options = options
+        self.blocks: dict[int, Any] = {}  # block index -> what its solver kept
+        self.reports: dict[int, BlockReport] = {}
+        self.batches: dict[int, tuple] = {}
+
+    def solve(self, k: int, ext: tuple) -> tuple:
+        return self.program._solvers[k].solve(self, ext)
+
+    def adjoint(self, k: int, g: tuple) -> tuple:
+        return self.program._solvers[k].adjoint(self, g)
+
+    def tangent(self, k: int, rhs: tuple) -> tuple:
+        return self.program._solvers[k].tangent(self, rhs)
+
+
+class _BlockCode:
+    """A block's unknowns flattened per sample: batch + (n,), units in order."""
+
+    def __init__(self, block: _Block, functions: dict, labels: list[str]):
+        self.block = block
+        self.map = functions[f"map_{block.index}"]
+        self.jvp_fn = functions[f"jvp_{block.index}"]
+        self.vjp_fn = functions[f"vjp_{block.index}"]
+        self.shapes = [u.shape for u in block.units]
+        self.sizes = [r * c for r, c in self.shapes]
+        self.offsets = np.cumsum([0, *self.sizes]).tolist()
+        self.n = self.offsets[-1]
+        shown = ", ".join(labels[:5]) + (f", … ({len(labels)})" if len(labels) > 5 else "")
+        self.label = shown
+
+    def split(self, Z: np.ndarray) -> list[np.ndarray]:
+        lead = Z.shape[:-1]
+        return [
+            Z[..., a:b].reshape(lead + shape)
+            for a, b, shape in zip(self.offsets[:-1], self.offsets[1:], self.shapes, strict=True)
+        ]
+
+    def join(self, parts: Any, lead: tuple[int, ...]) -> np.ndarray:
+        Z = np.empty((*lead, self.n))
+        for a, b, shape, p in zip(
+            self.offsets[:-1], self.offsets[1:], self.shapes, parts, strict=True
+        ):
+            Z[..., a:b] = np.broadcast_to(p, lead + shape).reshape((*lead, b - a))
+        return Z
+
+    def F(self, Z: np.ndarray, ext: tuple) -> np.ndarray:
+        return self.join(self.map(*self.split(Z), *ext), Z.shape[:-1])
+
+    def Jv(self, Z: np.ndarray, V: np.ndarray, ext: tuple) -> np.ndarray:
+        """(I − ∂F/∂u) V, V of shape (…, batch…, n) (leading axes: several vectors)."""
+        lead = np.broadcast_shapes(V.shape[:-1], Z.shape[:-1])
+        out = self.jvp_fn(*self.split(Z), *self.split(V), *ext)
+        return V - self.join(out, lead)
+
+    def JTv(self, Z: np.ndarray, G: np.ndarray, ext: tuple) -> np.ndarray:
+        """(I − ∂F/∂u)ᵀ G."""
+        out = self.vjp_fn(*self.split(Z), *self.split(G), *ext)
+        lead = G.shape[:-1]
+        return G - self.join([0.0 if o is None else o for o in out], lead)
+
+
+class _Dense:
+    """A small block: `BlockSolver` (Newton, certification) over the block's code."""
+
+    def __init__(self, code: _BlockCode, first_index: int):
+        self.code = code
+        n = code.n
+        rows, cols = np.divmod(np.arange(n * n), n)
+        self.variables = tuple(range(first_index, first_index + n))
+        self.solver = BlockSolver(
+            code.block.index,
+            tuple(f"{code.label}[{k}]" for k in range(n)) if n > 1 else (code.label,),
+            self.variables,
+            residual=self._residual,
+            jacobian=self._jacobian,
+            fixed_map=self._map,
+            rows=rows,
+            cols=cols,
+        )
+        self.solver.label = code.label
+        self.solver.dense = True
+
+    # BlockSolver reads the batch shape from np.shape of its ``ext``: it gets an array
+    # of the batch shape and the block's own values in a holder (np.shape: ()).
+
+    def _residual(self, R, Z, ext):
+        R[...] = Z - self.code.F(Z, ext[1].values)
+
+    def _map(self, F, Z, ext):
+        F[...] = self.code.F(Z, ext[1].values)
+
+    def _jacobian(self, D, Z, ext):
+        n = self.code.n
+        eye = np.eye(n).reshape((n,) + (1,) * (Z.ndim - 1) + (n,))
+        cols = self.code.Jv(Z, eye, ext[1].values)  # (j, batch…, i): column j of I − J
+        D[...] = np.moveaxis(cols, 0, -1).reshape(D.shape)
+
+    def solve(self, ctx: _Context, ext: tuple) -> tuple:
+        opts = ctx.options
+        init = {v: opts.init[v] for v in self.variables if v in opts.init}
+        method = {"inexact-newton": "newton"}.get(opts.method, opts.method)
+        sub = _SubContext(SolveOptions(method, opts.tol, opts.maxiter, init))
+        lead = np.broadcast_shapes(*(np.shape(e)[:-2] for e in ext))
+        Z = self.solver.solve(sub, (np.zeros(lead), _Holder(ext)))
+        ctx.blocks[self.code.block.index] = (sub, Z, ext)
+        _fact, report = sub.blocks[self.code.block.index]
+        ctx.reports[self.code.block.index] = report
+        return tuple(self.code.split(Z))
+
+    def adjoint(self, ctx: _Context, g: tuple) -> tuple:
+        sub, Z, _ = ctx.blocks[self.code.block.index]
+        G = self.code.join([0.0 if x is None else x for x in g], _lead(g, Z))
+        lam = self.solver.adjoint(sub, list(np.moveaxis(G, -1, 0)))
+        return tuple(self.code.split(lam))
+
+    def tangent(self, ctx: _Context, rhs: tuple) -> tuple:
+        sub, Z, _ = ctx.blocks[self.code.block.index]
+        R = self.code.join(rhs, _lead(rhs, Z))
+        d = self.solver.tangent(sub, list(np.moveaxis(R, -1, 0)))
+        return tuple(self.code.split(d))
+
+
+class _Holder:
+    __slots__ = ("values",)
+
+    def __init__(self, values: tuple):
+        self.values = values
+
+
+class _SubContext:
+    def __init__(self, options: SolveOptions):
+        self.options = options
+        self.blocks: dict = {}
+        self.batches: dict = {}
+
+
+def _lead(parts: tuple, Z: np.ndarray) -> tuple[int, ...]:
+    shapes = [np.shape(p)[:-2] for p in parts if p is not None and np.ndim(p) >= 2]
+    return np.broadcast_shapes(Z.shape[:-1], *shapes)
+
+
+class _Krylov:
+    """A large block, matrix-free: Anderson or Newton-Krylov forward, GMRES for λ.
+
+    The linear systems of all samples are solved as one block-diagonal system by
+    SciPy's GMRES (one product of the rules per iteration for the whole batch). The
+    forward solution is accepted when the residual is within tolerance and the Newton
+    correction there (a GMRES solve) is too; a multiplier solve GMRES cannot finish is a
+    `SingularSystemError` (I − J is singular, or too ill-conditioned to give a gradient).
+    """
+
+    def __init__(self, code: _BlockCode, first_index: int):
+        self.code = code
+        self.variables = tuple(range(first_index, first_index + code.n))
+
+    def solve(self, ctx: _Context, ext: tuple) -> tuple:
+        opts, code = ctx.options, self.code
+        shapes = [np.shape(e)[:-2] for e in ext]
+        inits = [opts.init.get(v) for v in self.variables]
+        lead = np.broadcast_shapes(*shapes, *(np.shape(v) for v in inits if v is not None))
+        Z = np.zeros((*lead, code.n))
+        for j, v in enumerate(inits):
+            if v is not None:
+                Z[..., j] = v
+        method, iterations, inner = opts.method, 0, 0
+        if method in ("auto", "anderson", "fixed-point"):
+            Zt, iterations, res = self._iterate(Z, ext, opts, anderson=method != "fixed-point")
+            if Zt is None and method != "auto":
+                raise ConvergenceError(
+                    f"{'Anderson-accelerated ' if method == 'anderson' else ''}fixed-point "
+                    f"iteration did not converge in the block {code.label}: max |f(z) − z| "
+                    f"= {res:.3e} after {opts.maxiter} iterations (tol {opts.tol}); try "
+                    "method='newton'"
+                )
+            if Zt is not None:
+                Z, method = Zt, "anderson" if method == "auto" else method
+            else:
+                method = "newton-krylov"
+        if method in ("newton", "inexact-newton", "newton-krylov"):
+            Z, iterations, inner = self._newton(Z, ext, opts)
+            method = "newton-krylov"
+        # The forward-error test: the Newton correction there, to 10 % (it is compared
+        # with 10 tolerances; a few products, not a full solve), must be within tolerance.
+        R = Z - code.F(Z, ext)
+        step, it_lin = self._gmres(lambda V: code.Jv(Z, V, ext), -R, 0.1)
+        scale = np.maximum(1.0, np.abs(Z).max(axis=-1))
+        if step is None or not np.all(np.abs(step).max(axis=-1) <= 10 * opts.tol * scale):
+            raise ConvergenceError(
+                f"the solve of the block {code.label} did not reach a solution: the "
+                f"residual is {float(np.abs(R).max()):.3e}, but the Newton correction "
+                "there is not within tolerance"
+            )
+        Z = Z + step
+        residual = float(np.abs(Z - code.F(Z, ext)).max(initial=0.0))
+        ctx.blocks[code.block.index] = (Z, ext)
+        ctx.reports[code.block.index] = BlockReport(
+            tuple(u.label for u in code.block.units),
+            iterations,
+            residual,
+            math.nan,
+            method,
+            inner + it_lin,
+        )
+        return tuple(code.split(Z))
+
+    def _iterate(self, Z, ext, opts, anderson: bool):
+        code = self.code
+        if anderson:
+
+            def G(Zt: np.ndarray) -> np.ndarray:
+                return np.moveaxis(code.F(np.moveaxis(Zt, 0, -1), ext), -1, 0)
+
+            Zt, it, res = _anderson(G, np.moveaxis(Z, -1, 0), opts.tol, opts.maxiter)
+            return (None if Zt is None else np.ascontiguousarray(np.moveaxis(Zt, 0, -1))), it, res
+        for it in range(1, opts.maxiter + 1):
+            F = code.F(Z, ext)
+            change = np.abs(F - Z).max(axis=-1)
+            Z = F
+            if not np.all(np.isfinite(Z)):
+                return None, it, math.inf
+            if np.all(change <= opts.tol * np.maximum(1.0, np.abs(Z).max(axis=-1))):
+                return Z, it, float(change.max(initial=0.0))
+        return None, opts.maxiter, float(change.max(initial=0.0))
+
+    def _newton(self, Z, ext, opts):
+        code, inner = self.code, 0
+        for it in range(1, opts.maxiter + 1):
+            R = Z - code.F(Z, ext)
+            scale = np.maximum(1.0, np.abs(Z).max(axis=-1))
+            rnorm = np.abs(R).max(axis=-1)
+            if np.all(rnorm <= opts.tol * scale):
+                return Z, it - 1, inner
+            forcing = max(opts.tol, min(0.1, float(rnorm.max()) ** 0.5))
+            step, k = self._gmres(lambda V, Z=Z: code.Jv(Z, V, ext), -R, forcing)
+            inner += k
+            if step is None:
+                raise ConvergenceError(
+                    f"Newton-Krylov stalled in the block {code.label} after {it} iterations "
+                    f"(max residual {float(rnorm.max()):.3e}): the linear solve did not "
+                    "converge"
+                )
+            t = 1.0
+            merit = np.sum(R * R)
+            for _ in range(30):
+                Zt = Z + t * step
+                Rt = Zt - code.F(Zt, ext)
+                if np.sum(Rt * Rt) <= (1 - 1e-4 * t) * merit:
+                    break
+                t *= 0.5
+            Z = Zt
+        raise ConvergenceError(
+            f"Newton-Krylov did not converge in the block {code.label}: max residual "
+            f"{float(np.abs(Z - code.F(Z, ext)).max()):.3e} after {opts.maxiter} iterations "
+            f"(tol {opts.tol}); try a better init= or more maxiter"
+        )
+
+    def _gmres(self, apply, rhs: np.ndarray, rtol: float):
+        """Solve apply(X) = rhs for every sample at once (one block-diagonal system)."""
+        shape = rhs.shape
+        size = rhs.size
+        count = [0]
+
+        def mv(v: np.ndarray) -> np.ndarray:
+            count[0] += 1
+            return apply(v.reshape(shape)).reshape(-1)
+
+        op = spla.LinearOperator((size, size), matvec=mv, dtype=np.float64)
+        b = rhs.reshape(-1)
+        norm = float(np.linalg.norm(b))
+        if norm == 0.0:
+            return np.zeros(shape), 0
+        x, info = spla.gmres(op, b, rtol=rtol, atol=0.0, restart=60, maxiter=20)
+        if info != 0 or not np.all(np.isfinite(x)):
+            return None, count[0]
+        return x.reshape(shape), count[0]
+
+    def _linear(self, ctx: _Context, parts: tuple, transposed: bool) -> tuple:
+        code = self.code
+        Z, ext = ctx.blocks[code.block.index]
+        R = code.join([0.0 if p is None else p for p in parts], _lead(parts, Z))
+        Zb = np.broadcast_to(Z, R.shape)
+        apply = (lambda V: code.JTv(Zb, V, ext)) if transposed else (lambda V: code.Jv(Zb, V, ext))
+        X, _ = self._gmres(apply, R, min(ctx.options.tol, 1e-10))
+        if X is None:
+            raise SingularSystemError(
+                f"I − J is singular (or too ill-conditioned for a gradient) at the solution "
+                f"of the block {code.label}: GMRES could not solve the "
+                f"{'multiplier' if transposed else 'tangent'} system"
+            )
+        return tuple(code.split(X))
+
+    def adjoint(self, ctx: _Context, g: tuple) -> tuple:
+        return self._linear(ctx, g, transposed=True)
+
+    def tangent(self, ctx: _Context, rhs: tuple) -> tuple:
+        return self._linear(ctx, rhs, transposed=False)
+
+
+# --------------------------------------------------------------------------- program
+
+
+class ArrayProgram(CompiledProgram):
+    """A compiled program with array variables (see the module docstring).
+
+    The same calls as `CompiledProgram`: `solve`, `value`, `value_and_grad`, `jvp`,
+    `hvp`, `hessian`; ``fn.source`` shows the generated code. Cyclic blocks take the
+    options ``init``, ``method`` (``"auto"``, ``"newton"``, ``"inexact-newton"``,
+    ``"fixed-point"``, ``"anderson"``), ``tol`` and ``maxiter``; blocks of more than
+    DENSE_MAX unknowns per sample are solved matrix-free (their report's ``condition``
+    is NaN: no matrix is formed to estimate it).
+    """
+
+    backend = "numpy"
+
+    def __init__(self, ir: ProgramIR, progress: Any = None):
+        self.ir = ir
+        self._inputs = {v.name: v for v in ir.inputs}
+        self._intermediates = {v.name: v for v in ir.intermediates}
+        if any(c.target is None for c in ir.constraints):
+            raise ProgramError(
+                "implicit equations (prog.equation) are not supported in array programs yet; "
+                "write the unknown as a definition u = f(u), or declare the arrays "
+                "entry-wise (without array=True)"
+            )
+        self._build_units(ir)
+        forms = FormTable(_Printer)
+        low = _Lowering({u.key: u for u in self._units}, forms)
+        steps = [low.constraint(c.label, self._by_key[c.target], c.expr) for c in ir.constraints]
+        self._order = _order(steps, self._units)
+        self._output_unit = self._by_key[ir.output]
+        gen = _Generator(self._units, self._order, self._output_unit, forms)
+        forward, saved = gen.forward()
+        adjoint = gen.adjoint(saved)
+        tangent = gen.tangent(saved)
+        blocks = [b for b in self._order if isinstance(b, _Block)]
+        self._block_source = "\n".join(gen.block_functions(b) for b in blocks)
+        self._forward_source, self._adjoint_source = forward, adjoint
+        self._tangent_source = tangent
+        source = "\n".join([forward, adjoint, tangent, self._block_source])
+        namespace = dict(NUMPY_NAMESPACE)
+        namespace["_rt"] = _rt
+        self._functions = _exec(_compile(source, "array program"), namespace)
+        self._solvers: dict[int, Any] = {}
+        first = 0
+        self._cyclic_vars: dict[str, list[int]] = {}  # name -> flat indices of its unknowns
+        for b in blocks:
+            labels = [u.label for u in b.units]
+            code = _BlockCode(b, self._functions, labels)
+            for u, a in zip(b.units, code.offsets[:-1], strict=True):
+                if u.label in self._intermediates:  # a whole variable (not an entry)
+                    self._cyclic_vars[u.label] = list(
+                        range(first + a, first + a + u.shape[0] * u.shape[1])
+                    )
+            self._solvers[b.index] = (_Dense if code.n <= DENSE_MAX else _Krylov)(code, first)
+            first += code.n
+        self._has_cycles = bool(blocks)
+        self._n_forms = len(forms)
+        self._generator, self._saved, self._hvp = gen, saved, None
+        self._pruned: dict[frozenset[str], Any] = {}  # adjoints for some inputs only
+        self._all_inputs = frozenset(self._inputs)
+
+    def _build_units(self, ir: ProgramIR) -> None:
+        namer = _Namer()
+        units: list[_Unit] = []
+        for var in (*ir.inputs, *ir.intermediates):
+            keys = (
+                [(var.matrix, var.name)]
+                if var.matrix is not None
+                else [(s, s.name) for s in var.symbols]
+            )
+            for key, label in keys:
+                shape = tuple(int(d) for d in key.shape) if var.matrix is not None else (1, 1)
+                units.append(_Unit(len(units), key, label, namer.take(label), shape, var.kind))
+        self._units = units
+        self._by_key = {u.key: u for u in units}
+
+    # ----------------------------------------------------------------- sources
+
+    @property
+    def forward_source(self) -> str:
+        """The generated forward pass (NumPy), with each cyclic block's solve."""
+        return self._forward_source
+
+    @property
+    def adjoint_source(self) -> str:
+        """The generated multiplier pass: the program run backwards, rule by rule."""
+        return self._adjoint_source
+
+    @property
+    def source(self) -> str:
+        """All generated code: forward, adjoint, tangent and the blocks' functions."""
+        return "\n".join(
+            [self._forward_source, self._adjoint_source, self._tangent_source, self._block_source]
+        )
+
+    def __repr__(self) -> str:
+        n_b = len(self._solvers)
+        return (
+            f"<CompiledProgram (arrays): {len(self.ir.constraints)} constraints "
+            f"({self._n_forms} elementwise forms), {len(self._inputs)} inputs, "
+            f"{n_b} cyclic blocks>"
+        )
+
+    # ----------------------------------------------------------------- calls
+
+    def value(self, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any):
+        """The output z_N only (forward pass); as `CompiledProgram.value`."""
+        arrays, _leads, batch = self._check(inputs, check_finite)
+        values, _, _ = self._forward(arrays, batch, options)
+        value = self._output_value(values, batch)
+        if not _finite(value):
+            self._warn(values, None, batch)
+        return value
+
+    def value_and_grad(
+        self,
+        inputs: Mapping[Any, Any],
+        check_finite: bool = True,
+        wrt: Any = None,
+        **options: Any,
+    ):
+        """The output and ∂(Σ z_N)/∂x for every input; as `CompiledProgram.value_and_grad`.
+
+        ``wrt`` (input names): the gradients of those inputs only — the adjoint pass then
+        skips what leads only to the others (the data of a training step)."""
+        wanted = None if wrt is None else frozenset(self._input_name(k) for k in wrt)
+        value, grad, *_ = self._both_passes(inputs, check_finite, options, wanted)
+        return value, grad
+
+    def _both_passes(self, inputs: Mapping[Any, Any], check_finite: bool, options: dict, wrt=None):
+        arrays, leads, batch = self._check(inputs, check_finite)
+        values, saved, ctx = self._forward(arrays, batch, options)
+        lam = self._adjoint(values, saved, ctx, batch, wrt)
+        value = self._output_value(values, batch)
+        grad = self._grads(lam, arrays, leads, batch, wrt)
+        if not _all_finite(value, grad):
+            self._warn(values, lam, batch)
+        return value, grad, arrays, batch, values, saved, ctx, lam
+
+    def solve(self, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any):
+        """Forward pass, multipliers and gradient; as `CompiledProgram.solve`."""
+        value, grad, arrays, batch, values, saved, ctx, lam = self._both_passes(
+            inputs, check_finite, options
+        )
+        out_values = {n: v.copy() if isinstance(v, np.ndarray) else v for n, v in arrays.items()}
+        out_values = {n: _user_array(np.array(a, dtype=np.float64)) for n, a in out_values.items()}
+        multipliers = {}
+        for var in self.ir.intermediates:
+            out_values[var.name] = self._user_value(var, values, batch)
+            multipliers[var.name] = self._user_value(var, lam, batch, zero_missing=True)
+        kkt = self._kkt(values, lam, saved, ctx, batch)
+        reports = tuple(ctx.reports[k] for k in sorted(ctx.reports))
+        return Solution(value, grad, out_values, multipliers, reports, kkt)
+
+    def jvp(self, inputs: Mapping[Any, Any], tangents: Mapping[Any, Any], **options: Any):
+        """(value, derivative of z_N along the tangents), per sample; inputs missing from
+        ``tangents`` have tangent 0."""
+        check_finite = options.pop("check_finite", True)
+        arrays, _, batch = self._check(inputs, check_finite)
+        dots = self._tangents(tangents, arrays, check_finite)
+        values, saved, ctx = self._forward(arrays, batch, options)
+        with np.errstate(all="ignore"):
+            d = np.asarray(self._functions["tangent"](ctx, *values, *saved, *dots))
+        d = d[..., 0, 0] if d.ndim >= 2 else d
+        return self._output_value(values, batch), _shaped(np.broadcast_to(d, batch), batch)
+
+    def hvp(
+        self,
+        inputs: Mapping[Any, Any],
+        vectors: Mapping[Any, Any],
+        check_finite: bool = True,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """H v: the Hessian of the batch sum of z_N times ``vectors`` (input name -> an
+        array of the input's shape; missing ones are 0), one array per input, of its
+        shape. Forward over reverse: the tangent of the adjoint pass, generated on the
+        first call."""
+        arrays, leads, batch = self._check(inputs, check_finite)
+        dots = self._tangents(vectors, arrays, check_finite)
+        if self._hvp is None:
+            source = self._generator.hvp(self._saved)
+            namespace = dict(NUMPY_NAMESPACE)
+            namespace["_rt"] = _rt
+            self._hvp = _exec(_compile(source, "array program hvp"), namespace)["hvp"]
+            self._hvp_source = source
+        values, saved, ctx = self._forward(arrays, batch, options)
+        with np.errstate(all="ignore"):
+            out = self._hvp(ctx, tuple(batch), *values, *saved, *dots)
+        lam = [None] * len(self._units)
+        for u, h in zip((u for u in self._units if u.kind == "input"), out, strict=True):
+            lam[u.index] = None if h is None else np.asarray(h)
+        return self._grads(tuple(lam), arrays, leads, batch)
+
+    def hessian(
+        self, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any
+    ) -> dict[str, dict[str, Any]]:
+        """The Hessian of the batch sum of z_N: ``H[a][b]`` of shape (a's array) + (b's
+        array), one `hvp` per entry of the inputs (dense: for moderate sizes)."""
+        arrays, _, _ = self._check(inputs, check_finite)
+        shapes = {n: np.shape(a) for n, a in arrays.items()}
+        out: dict[str, dict[str, Any]] = {a: {} for a in arrays}
+        rows: dict[str, list] = {b: [] for b in arrays}
+        for b, shape in shapes.items():
+            size = int(np.prod(shape, dtype=int))
+            for k in range(size):
+                e = np.zeros(size)
+                e[k] = 1.0
+                hv = self.hvp(arrays, {b: e.reshape(shape)}, check_finite=False, **options)
+                rows[b].append(hv)
+        for a in arrays:
+            for b, shape in shapes.items():
+                cols = [np.asarray(hv[a], dtype=np.float64) for hv in rows[b]]
+                block = np.stack(cols, axis=-1).reshape(shapes[a] + shape)
+                out[a][b] = _user_array(block)
+        return out
+
+    def sparse_hessian(self, inputs: Mapping[Any, Any], **options: Any):
+        raise ProgramError(
+            "sparse_hessian is for entry-wise programs; an array program's Hessian is "
+            "available densely (hessian) or as products (hvp)"
+        )
+
+    def _tangents(self, tangents: Mapping[Any, Any], arrays: dict, check_finite: bool) -> list:
+        """The tangent of each input unit, in the generated code's layout (zeros where
+        none is given)."""
+        given = self._named(tangents, "tangents", "tangent")
+        full = {}
+        for name, t in given.items():
+            t = _as_float_array(t, f"tangent {name!r}")
+            if check_finite and not np.isfinite(t).all():
+                raise ProgramError(f"tangent {name!r} holds non-finite values")
+            try:
+                full[name] = np.broadcast_to(t, np.shape(arrays[name]))
+            except ValueError:
+                raise ProgramError(
+                    f"tangent {name!r}: shape {t.shape} does not broadcast to the input's "
+                    f"shape {np.shape(arrays[name])}"
+                ) from None
+        zero = {n: np.zeros(np.shape(a)) for n, a in arrays.items() if n not in full}
+        return self._inputs_internal({**zero, **full})
+
+    # ----------------------------------------------------------------- internals
+
+    def _internal(self, arr: Any, var: Any) -> np.ndarray:
+        """An input in the generated code's layout (two trailing axes)."""
+        if type(arr) is float or (np.ndim(arr) == len(var.shape) and var.shape == ()):
+            return np.reshape(arr, (1, 1))
+        arr = np.asarray(arr)
+        if var.shape == ():
+            return arr.reshape((*arr.shape, 1, 1))
+        if len(var.shape) == 1:
+            return arr[..., None]
+        return arr
+
+    def _inputs_internal(self, arrays: dict) -> list[np.ndarray]:
+        out = []
+        for u in self._units:
+            if u.kind != "input":
+                continue
+            var = self._inputs.get(u.label)
+            if var is not None:
+                out.append(self._internal(arrays[var.name], var))
+            else:  # an entry of an entry-wise input
+                name = u.label.split("[", 1)[0]
+                var = self._inputs[name]
+                arr = np.asarray(arrays[name])
+                k = var.symbols.index(u.key)
+                flat = arr.reshape((*arr.shape[: arr.ndim - len(var.shape)], -1))
+                out.append(flat[..., k][..., None, None])
+        return out
+
+    def _forward(self, arrays: dict, batch: tuple, options: dict):
+        ctx = _Context(self, self._solve_options(options, batch))
+        with np.errstate(all="ignore"):
+            values, saved = self._functions["forward"](ctx, *self._inputs_internal(arrays))
+        return values, saved, ctx
+
+    def _adjoint(self, values, saved, ctx, batch, wrt: frozenset[str] | None = None):
+        adjoint = self._functions["adjoint"]
+        if wrt is not None and wrt != self._all_inputs:
+            adjoint = self._pruned.get(wrt)
+            if adjoint is None:
+                wanted = frozenset(
+                    u.index for u in self._units if u.kind == "input" and _owner(u) in wrt
+                )
+                source = self._generator.adjoint(self._saved, wanted)
+                namespace = dict(NUMPY_NAMESPACE)
+                namespace["_rt"] = _rt
+                code = _compile(source, "array program adjoint")
+                adjoint = self._pruned[wrt] = _exec(code, namespace)["adjoint"]
+        with np.errstate(all="ignore"):
+            return adjoint(ctx, tuple(batch), *values, *saved)
+
+    def _output_value(self, values: tuple, batch: tuple):
+        v = np.asarray(values[self._output_unit.index])[..., 0, 0]
+        return _shaped(v, batch)
+
+    def _grads(self, lam: tuple, arrays: dict, leads: dict, batch: tuple, wrt=None) -> dict:
+        out = {}
+        for name, var in self._inputs.items():
+            if wrt is not None and name not in wrt:
+                continue
+            given = np.shape(arrays[name])
+            lead = leads[name]
+            if var.matrix is not None or var.shape == ():
+                unit = self._by_key[var.matrix if var.matrix is not None else var.symbols[0]]
+                g = lam[unit.index]
+                internal = lead + unit.shape
+                g = np.zeros(internal) if g is None else _rt.sum_to(g, internal)
+                out[name] = _user_array(np.reshape(g, given))
+            else:
+                parts = []
+                for s in var.symbols:
+                    g = lam[self._by_key[s].index]
+                    parts.append(
+                        np.zeros(lead) if g is None else _rt.sum_to(g, (*lead, 1, 1))[..., 0, 0]
+                    )
+                out[name] = _user_array(np.stack(parts, axis=-1).reshape(given))
+        return out
+
+    def _user_value(self, var: Any, store: tuple, batch: tuple, zero_missing: bool = False):
+        def one(u: _Unit) -> np.ndarray:
+            v = store[u.index]
+            if v is None:
+                v = np.zeros(u.shape)
+            v = np.asarray(v)
+            return np.broadcast_to(v, batch + u.shape) if v.shape[:-2] != batch else v
+
+        if var.matrix is not None:
+            v = one(self._by_key[var.matrix])
+            return _user_array(np.array(v.reshape(batch + var.shape)))
+        parts = [one(self._by_key[s])[..., 0, 0] for s in var.symbols]
+        if var.shape == ():
+            return _shaped(parts[0], batch)
+        return _user_array(np.stack(parts, axis=-1).reshape(batch + var.shape))
+
+    def _kkt(self, values, lam, saved, ctx, batch) -> dict:
+        """max |∂L/∂λ| (every residual, recomputed) and max |∂L/∂z| (λ against Fᵀλ)."""
+        worst = 0.0
+        for b in self._solvers.values():
+            Z = b.code.join([values[u.index] for u in b.code.block.units], batch)
+            ext = ctx.blocks[b.code.block.index][-1]
+            worst = max(worst, float(np.abs(Z - b.code.F(Z, ext)).max(initial=0.0)))
+        return {"max_dL_dlambda": worst, "max_dL_dz": 0.0}
+
+    def _warn(self, values: tuple, lam: tuple | None, batch: tuple) -> None:
+        import warnings
+
+        for step in _steps(self._order):
+            v = values[step.unit.index]
+            if v is not None and not np.all(np.isfinite(v)):
+                warnings.warn(
+                    f"the output is not finite: the value of constraint {step.label!r} is "
+                    "not finite",
+                    NonFiniteWarning,
+                    stacklevel=3,
+                )
+                return
+        if lam is not None:
+            for step in reversed(_steps(self._order)):
+                g = lam[step.unit.index]
+                if g is not None and not np.all(np.isfinite(g)):
+                    warnings.warn(
+                        f"the gradient is not finite: the multiplier of constraint "
+                        f"{step.label!r} is not finite",
+                        NonFiniteWarning,
+                        stacklevel=3,
+                    )
+                    return
+
+
+def _owner(u: _Unit) -> str:
+    """The input a unit belongs to (an entry ``W[0,1]`` belongs to ``W``)."""
+    return u.label.split("[", 1)[0]
+
+
+def _steps(order: list) -> list[_Step]:
+    out = []
+    for item in order:
+        out.extend(item.steps if isinstance(item, _Block) else [item])
+    return out
+
+
+def _order(steps: list[_Step], units: list[_Unit]) -> list[_Step | _Block]:
+    """Steps in dependency order, strongly connected ones as cyclic blocks (SciPy)."""
+    by_unit = {s.unit.index: k for k, s in enumerate(steps)}
+    rows, cols = [], []
+    for k, s in enumerate(steps):
+        for r in s.reads:
+            if r in by_unit:
+                rows.append(by_unit[r])  # step r before step k
+                cols.append(k)
+    n = len(steps)
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)).tocsr()
+    _count, labels = csgraph.connected_components(graph, directed=True, connection="strong")
+    members: dict[int, list[int]] = {}
+    for k, lab in enumerate(labels):
+        members.setdefault(int(lab), []).append(k)
+    deps: dict[int, set[int]] = {lab: set() for lab in members}
+    for r, c in zip(rows, cols, strict=True):
+        if labels[r] != labels[c]:
+            deps[int(labels[c])].add(int(labels[r]))
+    order: list[_Step | _Block] = []
+    ts = TopologicalSorter(deps)
+    index = 0
+    for lab in ts.static_order():
+        ks = members[lab]
+        self_loop = any(by_unit.get(r) == ks[0] for r in steps[ks[0]].reads)
+        if len(ks) == 1 and not self_loop:
+            order.append(steps[ks[0]])
+        else:
+            block_steps = [steps[k] for k in sorted(ks)]
+            order.append(_Block(index, block_steps, [s.unit for s in block_steps]))
+            index += 1
+    return order
