@@ -75,6 +75,7 @@ def deq(problem: Problem, inputs: Inputs, batch: int) -> Bench:
         model,
         inputs,
         note="implicit: fixed point to 1e-12, adjoint (I − Wᵀ D) λ = ∂out/∂h by Richardson",
+        wrt=problem.wrt,
     )
 
 

@@ -101,10 +101,11 @@ def build(problem: Problem, inputs: Inputs, batch: int) -> Bench:
 
     # The equilibrium models: the tolerance every implementation stops at, said explicitly.
     options = {"tol": DEQ_TOL} if problem.kind == "deq" else {}
+    grad_options = {} if problem.wrt is None else {"wrt": list(problem.wrt)}
 
     def value_and_grad():
         try:
-            return fn.value_and_grad(inputs, **options)
+            return fn.value_and_grad(inputs, **options, **grad_options)
         except Exception as err:
             if _not_supported(err):
                 raise Unsupported("not supported yet") from err

@@ -191,6 +191,7 @@ def equilibrium(problem: Problem, inputs: Inputs, batch: int) -> Bench:
 def mlp784(problem: Problem, inputs: Inputs, batch: int) -> Bench:
     X, T = np.atleast_2d(inputs["x"]), np.atleast_2d(inputs["t"])
     W1, b1, W2, b2, W3, b3 = (inputs[k] for k in ("W1", "b1", "W2", "b2", "W3", "b3"))
+    weights_only = problem.wrt is not None and not {"x", "t"} & set(problem.wrt)
 
     def forward():
         h1 = np.tanh(X @ W1.T + b1)
@@ -210,9 +211,8 @@ def mlp784(problem: Problem, inputs: Inputs, batch: int) -> Bench:
         dy = p - T  # λ_y = ∂loss/∂y = softmax(y) − t
         d2 = (dy @ W3) * (1 - h2 * h2)  # λ_h2 ∘ tanh′: the multiplier of W2 h1 + b2
         d1 = (d2 @ W2) * (1 - h1 * h1)
-        grads = {
-            "x": d1 @ W1,
-            "t": -y,
+        grads = {} if weights_only else {"x": d1 @ W1, "t": -y}
+        grads |= {
             "W1": d1.T @ X,
             "b1": d1.sum(0),
             "W2": d2.T @ h1,
@@ -267,6 +267,8 @@ def deq(problem: Problem, inputs: Inputs, batch: int) -> Bench:
             lam[s : s + _CHUNK] = np.linalg.solve(A, rhs)[..., 0]
         M = D * lam  # multipliers of the pre-activations W h + U x + b
         grads = {"W": M.T @ H, "U": M.T @ X, "b": M.sum(0), "c": H.sum(0), "x": M @ U}
+        if problem.wrt is not None:
+            grads = {k: g for k, g in grads.items() if k in problem.wrt}
         return H @ c, grads
 
     _, iters = _tight_fixed_point(X @ U.T + b, W)

@@ -28,14 +28,17 @@ The array programs of issue 12 (one constraint per layer; lagrangian_ad builds t
 mlp784
     An MLP 784-256-256-10 with tanh hidden layers and softmax cross-entropy:
     h1 = tanh(W1 x + b1), h2 = tanh(W2 h1 + b2), y = W3 h2 + b3,
-    loss = log Σ_k exp(y_k) − Σ_k t_k y_k, with t one-hot; 268,800 weights and biases.
+    loss = log Σ_k exp(y_k) − Σ_k t_k y_k, with t one-hot; 269,322 weights and biases.
+    Every implementation forms the gradient of the batch sum with respect to the
+    weights and biases only (`Problem.wrt`), as a training step does.
 deq100, deq500, deq1000
     The equilibrium model h = tanh(W h + U x + b) as ONE array constraint, n = 100, 500
     or 1,000 units, d = 50 inputs, ‖W‖₂ = 0.9 (a contraction: the fixed point is
     unique), output cᵀh with c given. The forward solve and every peer stop at the
     same tolerance, a residual max |h − tanh(W h + U x + b)| ≤ 1e-12 (lagrangian_ad's
     default ``tol``); every implementation is checked against a tight NumPy reference,
-    the dense implicit-function solve (`reference` is ``"numpy"``).
+    the dense implicit-function solve (`reference` is ``"numpy"``). Gradients: with
+    respect to the parameters W, U, b and c.
 """
 
 from __future__ import annotations
@@ -96,6 +99,9 @@ class Problem:
         checked against NumPy by hand) or ``"numpy"`` (NumPy by hand for all).
     arrays : bool
         Whether lagrangian_ad builds it as an array program (``array=True``).
+    wrt : tuple of str or None
+        The inputs whose gradients every implementation forms (lagrangian_ad:
+        ``value_and_grad(..., wrt=...)``); None for every input.
     """
 
     name: str
@@ -109,6 +115,7 @@ class Problem:
     family: str = ""
     reference: str = "lad"
     arrays: bool = False
+    wrt: tuple[str, ...] | None = None
 
     @property
     def kind(self) -> str:
@@ -332,6 +339,7 @@ def mlp784(n_in: int = 784, hidden: int = 256, classes: int = 10) -> Problem:
         program=program,
         sizes={"n_in": n_in, "hidden": hidden, "classes": classes, "weights": weights},
         arrays=True,
+        wrt=("W1", "b1", "W2", "b2", "W3", "b3"),  # the weights, as in training
     )
 
 
@@ -378,6 +386,7 @@ def deq(n: int = 1_000, d: int = 50, norm: float = 0.9, batch: int = 100) -> Pro
         family="deq",
         reference="numpy",
         arrays=True,
+        wrt=("W", "U", "b", "c"),  # the parameters, as in training
     )
 
 

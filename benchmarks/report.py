@@ -440,8 +440,10 @@ def markdown(
         "iteration to 1e-13.",
         "- The array problems (issue 12): the MLP 784-256-256-10 is one array constraint "
         "per layer for lagrangian_ad and matrix operations with the library's stable "
-        "log-sum-exp for the peers; every implementation returns the gradient with respect "
-        "to every input (x and t included, as lagrangian_ad's `value_and_grad` does). The "
+        "log-sum-exp for the peers; every implementation forms the gradient with respect "
+        "to the weights and biases only (lagrangian_ad: `value_and_grad(..., wrt=...)`; "
+        "PyTorch: only they require grad; JAX: `jax.vjp` over them), and for the "
+        "equilibrium models with respect to W, U, b and c. The "
         "equilibrium models (deq*) stop every forward solve at a residual of 1e-12: "
         "lagrangian_ad's default `tol`, JAX custom_root's fixed-point loop (its adjoint by "
         "`lax.custom_linear_solve`, Richardson to 1e-12 relative), and the unrolled peers "
