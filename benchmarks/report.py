@@ -86,8 +86,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _kind(machine: dict[str, Any], quick: bool) -> str:
+    if quick:
+        return "quick smoke run"
+    return "full run" if machine.get("full", True) else "partial run"
+
+
 def header_text(machine: dict[str, Any], quick: bool) -> str:
-    kind = "quick smoke run" if quick else "full run"
+    kind = _kind(machine, quick)
     return (
         f"lagrangian_ad benchmarks ({kind}), {machine['date']}\n"
         f"{machine['cpu']}, {machine['cpus']} logical CPUs; numpy {machine['numpy']}; "
@@ -357,7 +363,11 @@ def markdown(
 ) -> str:
     version_text = ", ".join(f"{IMPLEMENTATIONS[n].label} {versions[n]}" for n in impls)
     threads = ", ".join(f"`{k}={v}`" for k, v in machine["threads"].items())
-    kind = "a quick smoke run (`--quick`): small batches, few repeats" if quick else "a full run"
+    kind = {
+        "quick smoke run": "a quick smoke run (`--quick`): small batches, few repeats",
+        "full run": "a full run",
+        "partial run": "a partial run: some of the problems, implementations or batches",
+    }[_kind(machine, quick)]
     out = [
         "# Benchmark results",
         "",

@@ -332,10 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         batches = {p.name: p.quick_batches if args.quick else p.batches for p in problem_list}
     out = args.out
-    full = args.problems == list(problems_mod.PROBLEMS) and args.impls == list(IMPLEMENTATIONS)
-    if out is None and full and not args.quick and not args.batches:
+    full = (
+        args.problems == list(problems_mod.PROBLEMS)
+        and args.impls == list(IMPLEMENTATIONS)
+        and not args.batches
+    )
+    if out is None and full and not args.quick:
         out = Path(__file__).resolve().parent / "RESULTS.md"  # only a full run replaces it
     machine = report.machine_info()
+    machine["full"] = full
     print(report.header_text(machine, args.quick), flush=True)
     t0 = time.perf_counter()
     rows, versions = run(problem_list, batches, args.impls, config)
@@ -347,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
         json_path = out.with_name(JSON_NAME)
         data = records.results(
