@@ -24,11 +24,11 @@ one constraint per layer (DESIGN.md "Array programs"):
 Each point runs in a fresh Python process (so that SymPy's caches and earlier points
 do not hide memory, and a point that takes too long can be stopped: ``--timeout``), and
 reports the build and compile seconds of lagrangian_ad with the peak resident memory
-above the level before each, and — side by side — the cold start of JAX's jitted
-value_and_grad of the same problem (`impl_jax`: ``jax.jit``, tracing, XLA compilation
-and the first call; custom_root for the equilibrium model), with its peak resident
-memory.
-Where lagrangian_ad lacks the array API, its cells say so and JAX's are still measured.
+above the level before each, then its first value_and_grad call, and — side by side —
+the cold start of JAX's jitted value_and_grad of the same problem (`impl_jax`:
+``jax.jit``, tracing, XLA compilation and the first call; custom_root for the
+equilibrium model), with its peak resident memory. Where lagrangian_ad lacks the array
+API, its cells say so and JAX's are still measured.
 """
 
 from __future__ import annotations
@@ -112,8 +112,12 @@ def measure_array(family: str, size: int) -> dict:
             t0 = time.perf_counter()
             prog, out["build_rss"] = rss_peak_during(problem.program)
             t1 = time.perf_counter()
-            _, out["compile_rss"] = rss_peak_during(prog.compile)
-            out["build"], out["compile"] = t1 - t0, time.perf_counter() - t1
+            fn, out["compile_rss"] = rss_peak_during(prog.compile)
+            t2 = time.perf_counter()
+            options = {} if problem.wrt is None else {"wrt": list(problem.wrt)}
+            fn.value_and_grad(inputs, **options)  # as JAX's column: the first call
+            out["build"], out["compile"] = t1 - t0, t2 - t1
+            out["first_call"] = time.perf_counter() - t2
         except Exception as err:  # a point that fails is a cell, not a crash
             out["lad"], out["lad_detail"] = "error", f"{type(err).__name__}: {err}"[:300]
     ok, _ = impl_jax.available()
@@ -153,17 +157,17 @@ def _mb(nbytes) -> str:
 def array_table(rows: list[dict]) -> list[str]:
     lines = [
         "| family | size | parameters | build | build RSS Δ | compile | compile RSS Δ "
-        "| JAX jit + first call | JAX RSS Δ |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| first value_and_grad | JAX jit + first call | JAX RSS Δ |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "build" in r:
             ours = (
                 f"{r['build']:.2f} s | {_mb(r['build_rss'])} | {r['compile']:.2f} s "
-                f"| {_mb(r['compile_rss'])}"
+                f"| {_mb(r['compile_rss'])} | {r['first_call']:.2f} s"
             )
         else:
-            ours = f"{r.get('lad', 'n/a')} | — | — | —"
+            ours = f"{r.get('lad', 'n/a')} | — | — | — | —"
         jax = f"{r['jax_cold']:.2f} s | {_mb(r['jax_rss'])}" if "jax_cold" in r else "— | —"
         lines.append(
             f"| {r['family']} | {r['size']:,} | {r.get('parameters', 0):,} | {ours} | {jax} |"
@@ -186,6 +190,8 @@ def main_arrays(args: argparse.Namespace) -> None:
         "process per point, one thread. Targets of issue 12: the MLP 784-256-256-10 builds "
         "and compiles in under 1 s and 200 MB; the equilibrium model at n = 1,000 compiles "
         "in under 2 s. RSS Δ is the peak resident memory above the level before the step. "
+        "The first value_and_grad (lagrangian_ad) and JAX's column are at the batch below, "
+        "gradients of the parameters only, as in `python -m benchmarks`. "
         f"JAX: jit and first value_and_grad call at batch {ARRAY_BATCH['mlp784']} (MLP) and "
         f"{ARRAY_BATCH['deq']} (equilibrium: `jax.lax.custom_root`, as in the benchmark), "
         "putting the inputs on the device included, importing JAX not (the first jit of a "
