@@ -16,7 +16,7 @@ Building the program (SymPy constructing the expressions) is timed apart from
 family; 1 means linear.
 
 With ``--arrays``, the two array families of `benchmarks.problems` instead, written with
-one constraint per layer (DESIGN.md "Array programs"):
+one constraint per layer (docs/design.md "Array programs"):
 
 * the MLP 784-h-h-10 with softmax cross-entropy, h = 64 … 1,024 (the benchmark's h = 256);
 * the equilibrium model h = tanh(W h + U x + b) as one array constraint, n = 100 … 2,000.

@@ -5,7 +5,7 @@ writing a PyTorch function is not); the cold time is ``prog.compile()`` plus the
 ``value_and_grad`` call. A problem the engine cannot solve yet (the cyclic equilibrium
 model until the cyclic solver lands) raises one of the package's errors, which becomes
 "not supported yet" in the table; the row fills in by itself once the engine solves it.
-The array problems (``problem.arrays``) are written against the array API of DESIGN.md
+The array problems (``problem.arrays``) are written against the array API of docs/design.md
 ("Array programs (contract)": ``array=True`` inputs, ``lad.tanh``, ``lad.sum`` …);
 where this lagrangian_ad does not have it yet, their cells read "not supported yet"
 (with the missing piece in the notes) instead of failing.
@@ -43,7 +43,7 @@ ARRAY_API = ("tanh", "exp", "log", "sum", "mul")  # the helpers the array proble
 
 
 def missing_array_api() -> str:
-    """What of DESIGN.md's array API this lagrangian_ad lacks ("" if nothing)."""
+    """What of docs/design.md's array API this lagrangian_ad lacks ("" if nothing)."""
     import lagrangian_ad as lad
 
     missing = [f"lad.{name}" for name in ARRAY_API if not hasattr(lad, name)]

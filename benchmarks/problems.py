@@ -23,7 +23,7 @@ equilibrium
     version solves the fixed point and the adjoint (I − J)ᵀλ = 1 by iteration.
 
 The array programs of issue 12 (one constraint per layer; lagrangian_ad builds them with
-``array=True`` inputs, see DESIGN.md "Array programs"):
+``array=True`` inputs, see docs/design.md "Array programs"):
 
 mlp784
     An MLP 784-256-256-10 with tanh hidden layers and softmax cross-entropy:

@@ -143,7 +143,7 @@ def test_the_equilibrium_peers_stop_at_the_common_tolerance():
 
 
 def test_the_array_problems_are_unsupported_cells_until_the_array_api_exists():
-    """Until lagrangian_ad has DESIGN.md's array API, its array cells read "not supported
+    """Until lagrangian_ad has docs/design.md's array API, its array cells read "not supported
     yet" and name what is missing; once it has it, they must agree (tested above)."""
     from benchmarks import impl_lad
 
