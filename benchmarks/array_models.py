@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["blog", "equilibrium_unrolled", "mlp"]
+__all__ = ["blog", "deq_unrolled", "equilibrium_unrolled", "mlp", "mlp_softmax"]
 
 
 def blog(xp: Any, x):
@@ -34,3 +34,34 @@ def equilibrium_unrolled(xp: Any, W, U, b, x, steps: int):
     for _ in range(steps):
         h = xp.tanh(h @ W.T + c)
     return h.sum(-1)
+
+
+def mlp_softmax(xp: Any, logsumexp, x, t, W1, b1, W2, b2, W3, b3):
+    """Softmax cross-entropy of a tanh MLP per sample: logsumexp(y) − t·y.
+
+    ``logsumexp(y)`` is the library's stable one over the last axis.
+    """
+    h1 = xp.tanh(x @ W1.T + b1)
+    h2 = xp.tanh(h1 @ W2.T + b2)
+    y = h2 @ W3.T + b3
+    return logsumexp(y) - (t * y).sum(-1)
+
+
+def deq_unrolled(xp: Any, W, U, b, c, x, steps: int, loop=None):
+    """cᵀh after ``steps`` iterations h ← tanh(W h + U x + b) from h = 0.
+
+    ``loop(step, h, steps)`` runs the iterations (JAX: a ``lax.fori_loop``); by default
+    a Python loop.
+    """
+    C = x @ U.T + b
+
+    def step(h):
+        return xp.tanh(h @ W.T + C)
+
+    h = xp.zeros_like(C)
+    if loop is None:
+        for _ in range(steps):
+            h = step(h)
+    else:
+        h = loop(step, h, steps)
+    return h @ c

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import array_models
 from .implementations import Bench, Memory
-from .problems import Inputs, Problem
+from .problems import Inputs, Problem, deq_steps
 
 LABEL = "JAX jit"
 
@@ -46,20 +46,30 @@ def _jax():
     return jax
 
 
-def _bench(model, inputs: Inputs, note: str = "") -> Bench:
-    """Jit ``model(**inputs)`` and its value_and_grad over the inputs in order."""
+def _bench(model, inputs: Inputs, note: str = "", wrt: tuple[str, ...] | None = None) -> Bench:
+    """Jit ``model(**inputs)`` and its value_and_grad over the inputs in ``wrt`` (all
+    by default); the other inputs are arguments too (not constants baked into the
+    compiled code), only not differentiated."""
     jax = _jax()
     import jax.numpy as jnp
 
     names = list(inputs)
+    diff = [n for n in names if wrt is None or n in wrt]
+    rest = [n for n in names if n not in diff]
 
     def f(*a):
         return model(**dict(zip(names, a, strict=True)))
 
     args = [jax.device_put(np.asarray(inputs[n], dtype=np.float64)) for n in names]
+    at = {n: k for k, n in enumerate(names)}
 
     def _value_and_grad(*a):
-        y, pull = jax.vjp(f, *a)
+        fixed = dict(zip(rest, (a[at[n]] for n in rest), strict=True))
+
+        def g(*d):
+            return model(**fixed, **dict(zip(diff, d, strict=True)))
+
+        y, pull = jax.vjp(g, *(a[at[n]] for n in diff))
         return y, pull(jnp.ones_like(y))
 
     value_jit = jax.jit(f)
@@ -73,7 +83,7 @@ def _bench(model, inputs: Inputs, note: str = "") -> Bench:
 
     def to_numpy(result: Any):
         y, grads = result
-        return np.asarray(y), {n: np.asarray(g) for n, g in zip(names, grads, strict=True)}
+        return np.asarray(y), {n: np.asarray(g) for n, g in zip(diff, grads, strict=True)}
 
     def memory() -> Memory:
         stats = vag_jit.lower(*args).compile().memory_analysis()
@@ -118,4 +128,40 @@ def equilibrium(problem: Problem, inputs: Inputs, batch: int) -> Bench:
     )
 
 
-BUILDERS = {"blog": blog, "mlp": mlp, "chain": chain, "equilibrium": equilibrium}
+def mlp784(problem: Problem, inputs: Inputs, batch: int) -> Bench:
+    jax = _jax()
+
+    def lse(y):
+        return jax.nn.logsumexp(y, axis=-1)
+
+    return _bench(
+        lambda **a: array_models.mlp_softmax(jax.numpy, lse, **a),
+        inputs,
+        note="matrix ops, jax.nn.logsumexp",
+        wrt=problem.wrt,
+    )
+
+
+def deq(problem: Problem, inputs: Inputs, batch: int) -> Bench:
+    jax = _jax()
+    steps = deq_steps(inputs)
+
+    def loop(step, h, n):
+        return jax.lax.fori_loop(0, n, lambda _, h: step(h), h)
+
+    return _bench(
+        lambda **a: array_models.deq_unrolled(jax.numpy, steps=steps, loop=loop, **a),
+        inputs,
+        note=f"backprop through {steps} iterations (lax.fori_loop; the forward tolerance)",
+        wrt=problem.wrt,
+    )
+
+
+BUILDERS = {
+    "blog": blog,
+    "mlp": mlp,
+    "chain": chain,
+    "equilibrium": equilibrium,
+    "mlp784": mlp784,
+    "deq": deq,
+}

@@ -5,22 +5,28 @@ writing a PyTorch function is not); the cold time is ``prog.compile()`` plus the
 ``value_and_grad`` call. A problem the engine cannot solve yet (the cyclic equilibrium
 model until the cyclic solver lands) raises one of the package's errors, which becomes
 "not supported yet" in the table; the row fills in by itself once the engine solves it.
+The array problems (``problem.arrays``) are written against the array API of docs/design.md
+("Array programs (contract)": ``array=True`` inputs, ``lad.tanh``, ``lad.sum`` …);
+where this lagrangian_ad does not have it yet, their cells read "not supported yet"
+(with the missing piece in the notes) instead of failing.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
 import numpy as np
 
 from .implementations import Bench, Memory, Unsupported
-from .problems import Inputs, Problem
-from .timing import tracemalloc_peak
+from .problems import DEQ_TOL, Inputs, Problem
+from .timing import rss_peak_during, tracemalloc_peak
 
 LABEL = "lagrangian_ad"
 
 _programs: dict[tuple, tuple[Any, float]] = {}
+_setup: dict[tuple, dict[str, float | None]] = {}
 
 
 def available() -> tuple[bool, str]:
@@ -33,13 +39,42 @@ def version() -> str:
     return lagrangian_ad.__version__
 
 
+ARRAY_API = ("tanh", "exp", "log", "sum", "mul")  # the helpers the array problems use
+
+
+def missing_array_api() -> str:
+    """What of docs/design.md's array API this lagrangian_ad lacks ("" if nothing)."""
+    import lagrangian_ad as lad
+
+    missing = [f"lad.{name}" for name in ARRAY_API if not hasattr(lad, name)]
+    for method in ("input", "var"):
+        params = inspect.signature(getattr(lad.Program, method)).parameters
+        if "array" not in params:
+            missing.append(f"Program.{method}(..., array=True)")
+    return ", ".join(missing)
+
+
 def program(problem: Problem) -> tuple[Any, float]:
     """The problem's `Program`, built once, and the seconds SymPy took to build it."""
     if problem.key not in _programs:
         t0 = time.perf_counter()
-        prog = problem.program()
+        prog, rss = rss_peak_during(problem.program)
         _programs[problem.key] = (prog, time.perf_counter() - t0)
+        _setup[problem.key] = {"build_s": _programs[problem.key][1], "build_rss": rss}
     return _programs[problem.key]
+
+
+def compiled(problem: Problem) -> tuple[Any, dict[str, float | None]]:
+    """``prog.compile()`` of the problem's program, once; and the setup measurements:
+    build and compile seconds and the peak resident memory above the level before each
+    (``build_s``, ``build_rss``, ``compile_s``, ``compile_rss``; bytes)."""
+    prog, _ = program(problem)
+    setup = _setup[problem.key]
+    if "compile_s" not in setup:
+        t0 = time.perf_counter()
+        _, rss = rss_peak_during(prog.compile)  # cached by the program from now on
+        setup.update(compile_s=time.perf_counter() - t0, compile_rss=rss)
+    return prog.compile(), setup
 
 
 def _not_supported(err: Exception) -> bool:
@@ -53,17 +88,24 @@ def _not_supported(err: Exception) -> bool:
 
 
 def build(problem: Problem, inputs: Inputs, batch: int) -> Bench:
-    prog, seconds = program(problem)
+    if problem.arrays and (missing := missing_array_api()):
+        raise Unsupported("not supported yet") from NotImplementedError(
+            f"array programs need {missing}"
+        )
     try:
-        fn = prog.compile()
+        fn, setup = compiled(problem)
     except Exception as err:
         if _not_supported(err):
             raise Unsupported("not supported yet") from err
         raise
 
+    # The equilibrium models: the tolerance every implementation stops at, said explicitly.
+    options = {"tol": DEQ_TOL} if problem.kind == "deq" else {}
+    grad_options = {} if problem.wrt is None else {"wrt": list(problem.wrt)}
+
     def value_and_grad():
         try:
-            return fn.value_and_grad(inputs)
+            return fn.value_and_grad(inputs, **options, **grad_options)
         except Exception as err:
             if _not_supported(err):
                 raise Unsupported("not supported yet") from err
@@ -74,11 +116,13 @@ def build(problem: Problem, inputs: Inputs, batch: int) -> Bench:
         return np.asarray(v), {k: np.asarray(a) for k, a in g.items()}
 
     return Bench(
-        value=lambda: fn.value(inputs),
+        value=lambda: fn.value(inputs, **options),
         value_and_grad=value_and_grad,
         to_numpy=to_numpy,
         memory=lambda: Memory(tracemalloc_peak(value_and_grad), "tracemalloc"),
-        note=f"program built by SymPy in {seconds:.2f} s (not in cold)",
+        note=f"program built by SymPy in {setup['build_s']:.2f} s (not in cold), "
+        f"compiled once in {setup['compile_s']:.2f} s",
+        setup=setup,
     )
 
 
@@ -87,4 +131,6 @@ BUILDERS = {
     "mlp": build,
     "chain": build,
     "equilibrium": build,
+    "mlp784": build,
+    "deq": build,
 }

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import array_models
 from .implementations import Bench, Memory
-from .problems import Inputs, Problem
+from .problems import Inputs, Problem, deq_steps
 
 LABEL = "PyTorch eager"
 
@@ -84,13 +84,17 @@ def _profiled_peak(fn) -> Memory:
     return Memory(max(e["args"]["Total Allocated"] for e in mem) - base, "profiler")
 
 
-def _bench(f, inputs: Inputs, note: str = "") -> Bench:
+def _bench(f, inputs: Inputs, note: str = "", wrt: tuple[str, ...] | None = None) -> Bench:
+    """``f(**leaves)`` and the gradients of its batch sum for the inputs in ``wrt`` (all
+    by default; the others are tensors that do not require grad)."""
     torch = _torch()
     leaves = {
-        name: torch.from_numpy(np.array(a, dtype=np.float64)).requires_grad_()
+        name: torch.from_numpy(np.array(a, dtype=np.float64)).requires_grad_(
+            wrt is None or name in wrt
+        )
         for name, a in inputs.items()
     }
-    names = list(leaves)
+    names = [n for n in leaves if wrt is None or n in wrt]
 
     def value():
         with torch.no_grad():
@@ -147,4 +151,36 @@ def equilibrium(problem: Problem, inputs: Inputs, batch: int) -> Bench:
     )
 
 
-BUILDERS = {"blog": blog, "mlp": mlp, "chain": chain, "equilibrium": equilibrium}
+def mlp784(problem: Problem, inputs: Inputs, batch: int) -> Bench:
+    torch = _torch()
+
+    def lse(y):
+        return torch.logsumexp(y, dim=-1)
+
+    return _bench(
+        lambda **a: array_models.mlp_softmax(torch, lse, **a),
+        inputs,
+        note="matrix ops, torch.logsumexp",
+        wrt=problem.wrt,
+    )
+
+
+def deq(problem: Problem, inputs: Inputs, batch: int) -> Bench:
+    torch = _torch()
+    steps = deq_steps(inputs)
+    return _bench(
+        lambda **a: array_models.deq_unrolled(torch, steps=steps, **a),
+        inputs,
+        note=f"backprop through {steps} unrolled iterations (the forward tolerance)",
+        wrt=problem.wrt,
+    )
+
+
+BUILDERS = {
+    "blog": blog,
+    "mlp": mlp,
+    "chain": chain,
+    "equilibrium": equilibrium,
+    "mlp784": mlp784,
+    "deq": deq,
+}

@@ -1,7 +1,9 @@
 """The implementations under test, and the small record each one hands to the runner.
 
 An implementation is a module with a ``LABEL``, an ``available()`` check (the peers are
-optional), a ``version()`` and a table ``BUILDERS`` keyed by problem name. A builder takes
+optional), a ``version()`` and a table ``BUILDERS`` keyed by problem family
+(`Problem.kind`: the name, or for the equilibrium models of several sizes their family,
+"deq"). A builder takes
 the problem and its inputs (NumPy arrays in lagrangian_ad's shapes), converts them once to
 the library's own arrays, and returns a `Bench`: two closures to time and a converter
 back to NumPy for the gradient check.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -55,6 +57,10 @@ class Bench:
         Measures the peak memory of one value_and_grad call.
     note : str
         How this implementation does the problem (e.g. ``lax.scan``), for the table notes.
+    setup : dict
+        Measurements of the setup, by name (lagrangian_ad: ``build_s``, ``compile_s``
+        and their peak resident memory ``build_rss``, ``compile_rss`` in bytes), for
+        the report and ``results.json``.
     """
 
     value: Callable[[], Any]
@@ -62,6 +68,7 @@ class Bench:
     to_numpy: Callable[[Any], tuple[np.ndarray, dict[str, np.ndarray]]]
     memory: Callable[[], Memory] | None = None
     note: str = ""
+    setup: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,7 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
         Implementation("numpy", "benchmarks.impl_numpy", "NumPy by hand"),
         Implementation("torch", "benchmarks.impl_torch", "PyTorch eager"),
         Implementation("jax", "benchmarks.impl_jax", "JAX jit"),
+        Implementation("jax_root", "benchmarks.impl_jax_root", "JAX custom_root"),
         Implementation("casadi", "benchmarks.impl_casadi", "CasADi"),
     )
 }

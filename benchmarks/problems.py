@@ -21,6 +21,24 @@ equilibrium
     It is cyclic: lagrangian_ad solves it once its cyclic solver lands. The peers
     backprop through a fixed number of unrolled iterations (20), the hand-written NumPy
     version solves the fixed point and the adjoint (I − J)ᵀλ = 1 by iteration.
+
+The array programs of issue 12 (one constraint per layer; lagrangian_ad builds them with
+``array=True`` inputs, see docs/design.md "Array programs"):
+
+mlp784
+    An MLP 784-256-256-10 with tanh hidden layers and softmax cross-entropy:
+    h1 = tanh(W1 x + b1), h2 = tanh(W2 h1 + b2), y = W3 h2 + b3,
+    loss = log Σ_k exp(y_k) − Σ_k t_k y_k, with t one-hot; 269,322 weights and biases.
+    Every implementation forms the gradient of the batch sum with respect to the
+    weights and biases only (`Problem.wrt`), as a training step does.
+deq100, deq500, deq1000
+    The equilibrium model h = tanh(W h + U x + b) as ONE array constraint, n = 100, 500
+    or 1,000 units, d = 50 inputs, ‖W‖₂ = 0.9 (a contraction: the fixed point is
+    unique), output cᵀh with c given. The forward solve and every peer stop at the
+    same tolerance, a residual max |h − tanh(W h + U x + b)| ≤ 1e-12 (lagrangian_ad's
+    default ``tol``); every implementation is checked against a tight NumPy reference,
+    the dense implicit-function solve (`reference` is ``"numpy"``). Gradients: with
+    respect to the parameters W, U, b and c.
 """
 
 from __future__ import annotations
@@ -32,7 +50,23 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-__all__ = ["PROBLEMS", "Problem", "blog", "chain", "equilibrium", "get", "mlp"]
+__all__ = [
+    "DEQ_TOL",
+    "GROUPS",
+    "PROBLEMS",
+    "Problem",
+    "blog",
+    "chain",
+    "deq",
+    "deq_steps",
+    "equilibrium",
+    "get",
+    "mlp",
+    "mlp784",
+    "names",
+]
+
+DEQ_TOL = 1e-12  # forward residual of the equilibrium models, every implementation
 
 Inputs = dict[str, Any]
 
@@ -57,6 +91,17 @@ class Problem:
         ``make_inputs(batch, rng)`` -> dict name -> NumPy array, lagrangian_ad's shapes.
     program : callable
         Builds the `lagrangian_ad.Program` (SymPy work, done once per problem).
+    family : str
+        The key of the implementations' ``BUILDERS`` tables (default: ``name``), so
+        that one builder serves a family of sizes (deq100, deq500 … are family "deq").
+    reference : str
+        What every implementation is checked against: ``"lad"`` (lagrangian_ad, itself
+        checked against NumPy by hand) or ``"numpy"`` (NumPy by hand for all).
+    arrays : bool
+        Whether lagrangian_ad builds it as an array program (``array=True``).
+    wrt : tuple of str or None
+        The inputs whose gradients every implementation forms (lagrangian_ad:
+        ``value_and_grad(..., wrt=...)``); None for every input.
     """
 
     name: str
@@ -67,6 +112,15 @@ class Problem:
     make_inputs: Callable[[int, np.random.Generator], Inputs]
     program: Callable[[], Any]
     sizes: dict[str, int] = field(default_factory=dict)
+    family: str = ""
+    reference: str = "lad"
+    arrays: bool = False
+    wrt: tuple[str, ...] | None = None
+
+    @property
+    def kind(self) -> str:
+        """The key of the ``BUILDERS`` tables."""
+        return self.family or self.name
 
     @property
     def key(self) -> tuple:
@@ -235,12 +289,152 @@ def equilibrium(n: int = 200, d: int = 20, unroll: int = 20) -> Problem:
     )
 
 
+# --------------------------------------------------------------------------- array MLP
+
+
+def mlp784(n_in: int = 784, hidden: int = 256, classes: int = 10) -> Problem:
+    """n_in-hidden-hidden-classes, tanh, softmax cross-entropy, as an array program."""
+
+    def make_inputs(batch: int, rng: np.random.Generator) -> Inputs:
+        lead = _lead(batch)
+        labels = rng.integers(0, classes, size=lead)
+        return {
+            "x": rng.uniform(0.0, 1.0, size=(*lead, n_in)),  # pixel intensities
+            "t": np.eye(classes)[labels],  # one-hot targets
+            "W1": rng.standard_normal((hidden, n_in)) / np.sqrt(n_in),
+            "b1": 0.1 * rng.standard_normal(hidden),
+            "W2": rng.standard_normal((hidden, hidden)) / np.sqrt(hidden),
+            "b2": 0.1 * rng.standard_normal(hidden),
+            "W3": rng.standard_normal((classes, hidden)) / np.sqrt(hidden),
+            "b3": 0.1 * rng.standard_normal(classes),
+        }
+
+    def program():
+        import lagrangian_ad as lad
+
+        prog = lad.Program()
+        x = prog.input("x", shape=(n_in,), array=True)
+        t = prog.input("t", shape=(classes,), array=True)
+        W1 = prog.input("W1", shape=(hidden, n_in), array=True)
+        b1 = prog.input("b1", shape=(hidden,), array=True)
+        W2 = prog.input("W2", shape=(hidden, hidden), array=True)
+        b2 = prog.input("b2", shape=(hidden,), array=True)
+        W3 = prog.input("W3", shape=(classes, hidden), array=True)
+        b3 = prog.input("b3", shape=(classes,), array=True)
+        h1 = prog.define("h1", lad.tanh(W1 @ x + b1))
+        h2 = prog.define("h2", lad.tanh(W2 @ h1 + b2))
+        y = prog.define("y", W3 @ h2 + b3)
+        lse = prog.define("lse", sp.log(lad.sum(lad.exp(y))))
+        prog.define("loss", lse - lad.sum(lad.mul(t, y)))
+        return prog
+
+    weights = hidden * n_in + hidden + hidden * hidden + hidden + classes * hidden + classes
+    return Problem(
+        name="mlp784",
+        title=f"MLP {n_in}-{hidden}-{hidden}-{classes} softmax CE (arrays)",
+        batches=(1, 128, 10_000),
+        quick_batches=(1, 128),
+        batched=("x", "t"),
+        make_inputs=make_inputs,
+        program=program,
+        sizes={"n_in": n_in, "hidden": hidden, "classes": classes, "weights": weights},
+        arrays=True,
+        wrt=("W1", "b1", "W2", "b2", "W3", "b3"),  # the weights, as in training
+    )
+
+
+# --------------------------------------------------------------------------- array DEQ
+
+
+def deq(n: int = 1_000, d: int = 50, norm: float = 0.9, batch: int = 100) -> Problem:
+    """h = tanh(W h + U x + b) as one array constraint, ‖W‖₂ = norm; output cᵀh."""
+
+    def make_inputs(batch: int, rng: np.random.Generator) -> Inputs:
+        W = rng.standard_normal((n, n))
+        W *= norm / np.linalg.norm(W, 2)
+        return {
+            "W": W,
+            "U": rng.standard_normal((n, d)) / np.sqrt(d),
+            "b": 0.1 * rng.standard_normal(n),
+            "c": rng.standard_normal(n) / np.sqrt(n),
+            "x": rng.standard_normal((*_lead(batch), d)),
+        }
+
+    def program():
+        import lagrangian_ad as lad
+
+        prog = lad.Program()
+        W = prog.input("W", shape=(n, n), array=True)
+        U = prog.input("U", shape=(n, d), array=True)
+        b = prog.input("b", shape=(n,), array=True)
+        c = prog.input("c", shape=(n,), array=True)
+        x = prog.input("x", shape=(d,), array=True)
+        h = prog.var("h", shape=(n,), array=True)
+        prog.define(h, lad.tanh(W @ h + U @ x + b))
+        prog.define("loss", lad.sum(lad.mul(c, h)))
+        return prog
+
+    return Problem(
+        name=f"deq{n}",
+        title=f"equilibrium h = tanh(Wh+Ux+b) as one array constraint, n={n:,}",
+        batches=(batch,),
+        quick_batches=(10,),
+        batched=("x",),
+        make_inputs=make_inputs,
+        program=program,
+        sizes={"n": n, "d": d},
+        family="deq",
+        reference="numpy",
+        arrays=True,
+        wrt=("W", "U", "b", "c"),  # the parameters, as in training
+    )
+
+
+def deq_steps(inputs: Inputs, tol: float = DEQ_TOL, max_steps: int = 10_000) -> int:
+    """Iterations of h ← tanh(W h + U x + b) from h = 0 until the residual is ≤ tol.
+
+    The number of unrolled steps the peers that backprop through the iteration take, so
+    that their forward pass reaches the same tolerance as the implicit solvers.
+    """
+    W, U, b = inputs["W"], inputs["U"], inputs["b"]
+    C = np.atleast_2d(inputs["x"]) @ U.T + b
+    H = np.zeros_like(C)
+    for k in range(max_steps):
+        new = np.tanh(H @ W.T + C)
+        if np.max(np.abs(new - H)) <= tol:
+            return k + 1
+        H = new
+    raise RuntimeError(f"the fixed-point iteration did not reach {tol:g} in {max_steps} steps")
+
+
 PROBLEMS: dict[str, Callable[[], Problem]] = {
     "blog": blog,
     "mlp": mlp,
     "chain": chain,
     "equilibrium": equilibrium,
+    "mlp784": mlp784,
+    "deq100": lambda: deq(100),
+    "deq500": lambda: deq(500),
+    "deq1000": lambda: deq(1_000),
 }
+
+# Names that stand for several problems on the command line (``--problems arrays``).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "deq": ("deq100", "deq500", "deq1000"),
+    "arrays": ("mlp784", "deq100", "deq500", "deq1000"),
+    "scalar": ("blog", "mlp", "chain", "equilibrium"),
+}
+
+
+def names(selection: list[str]) -> list[str]:
+    """Problem names with groups expanded, in order, each once; ValueError if unknown."""
+    out: list[str] = []
+    for name in selection:
+        if name not in PROBLEMS and name not in GROUPS:
+            known = ", ".join([*PROBLEMS, *GROUPS])
+            raise ValueError(f"unknown problem {name!r} (problems and groups: {known})")
+        out.extend(GROUPS.get(name, (name,)))
+    return list(dict.fromkeys(out))
 
 
 def get(name: str) -> Problem:

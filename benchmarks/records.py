@@ -10,12 +10,14 @@ parse a table. The file is one object::
      "records": [{problem, title, sizes, batch, impl, label, status, text,
                   value_s, value_runs, value_and_grad_s, value_and_grad_runs, ratio,
                   cold_s, memory_bytes, memory_how, rss_peak_bytes, cpu_per_wall,
-                  error, checked_against, note, detail}, ...]}
+                  error, checked_against, note, detail, setup}, ...]}
 
 Times are seconds per call (medians); ``ratio`` is value_and_grad_s / value_s; ``error``
 is the max-norm relative error against ``checked_against`` (None for the reference
-itself). A field that was not measured — any timing of a cell whose ``status`` is not
-``"ok"`` — is null. JSON has no infinity, so a non-finite number is written as the string
+itself); ``setup`` holds an implementation's own setup measurements (lagrangian_ad:
+``build_s``, ``compile_s``, ``build_rss``, ``compile_rss``; empty for the others). A
+field that was not measured — any timing of a cell whose ``status`` is not ``"ok"`` —
+is null. JSON has no infinity, so a non-finite number is written as the string
 ``"inf"`` (or ``"nan"``) and `read` turns it back into a float.
 """
 
@@ -69,6 +71,7 @@ def record(row: Row, cell: Cell) -> dict[str, Any]:
         "checked_against": cell.checked_against or None,
         "note": cell.note,
         "detail": cell.detail,
+        "setup": {k: _number(v) for k, v in cell.setup.items()},
     }
 
 

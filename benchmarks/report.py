@@ -1,4 +1,4 @@
-"""The report: machine information, the results tables, and issue 4's targets, in Markdown."""
+"""The report: machine information, the results tables, issues 4 and 12's targets, Markdown."""
 
 from __future__ import annotations
 
@@ -55,6 +55,13 @@ def _git(*args: str) -> str:
     return out.stdout.strip()
 
 
+def _affinity() -> str:
+    """The CPUs this process may run on (``python -m benchmarks`` pins it to one)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return "n/a"
+    return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+
+
 def machine_info() -> dict[str, Any]:
     import numpy
     import scipy
@@ -74,12 +81,19 @@ def machine_info() -> dict[str, Any]:
         "sympy": sympy.__version__,
         "commit": commit + (" with uncommitted changes to lagrangian_ad/" if dirty else ""),
         "threads": {v: os.environ.get(v, "(unset)") for v in _THREAD_VARS},
+        "affinity": _affinity(),
         "load_start": load_average(),
     }
 
 
+def _kind(machine: dict[str, Any], quick: bool) -> str:
+    if quick:
+        return "quick smoke run"
+    return "full run" if machine.get("full", True) else "partial run"
+
+
 def header_text(machine: dict[str, Any], quick: bool) -> str:
-    kind = "quick smoke run" if quick else "full run"
+    kind = _kind(machine, quick)
     return (
         f"lagrangian_ad benchmarks ({kind}), {machine['date']}\n"
         f"{machine['cpu']}, {machine['cpus']} logical CPUs; numpy {machine['numpy']}; "
@@ -98,15 +112,21 @@ def _cell_time(cell: Cell | None) -> str:
     return cell.text
 
 
-def _summary(rows: list[Row], impls: list[str]) -> list[str]:
+def _table_head(impls: list[str]) -> list[str]:
+    """The head of a table with a row per problem and batch, a column per implementation."""
     labels = [IMPLEMENTATIONS[n].label for n in impls]
-    lines = [
-        "| problem | batch | " + " | ".join(labels) + " |",
-        "|---|---:|" + "---:|" * len(impls),
-    ]
+    return ["| problem | batch | " + " | ".join(labels) + " |", "|---|---:|" + "---:|" * len(impls)]
+
+
+def _row_line(row: Row, cells: list[str]) -> str:
+    return f"| {row.problem.title} | {row.batch:,} | " + " | ".join(cells) + " |"
+
+
+def _summary(rows: list[Row], impls: list[str]) -> list[str]:
+    lines = _table_head(impls)
     for row in rows:
         cells = [_cell_time(row.cells.get(n)) for n in impls]
-        lines.append(f"| {row.problem.title} | {row.batch:,} | " + " | ".join(cells) + " |")
+        lines.append(_row_line(row, cells))
     return lines
 
 
@@ -180,6 +200,107 @@ def _compare(rows, problem, batch, peer, factor=1.0) -> str:
     return f"{label}: {verdict} — {fmt_time(ours)} vs {fmt_time(theirs)} (lagrangian_ad {speed})"
 
 
+def _compare_best(rows, problem, batch, peers, factor) -> str:
+    """'met'/'missed' for lagrangian_ad's value_and_grad ≤ factor × the fastest peer's."""
+    row = _find(rows, problem, batch)
+    if row is None:
+        return "not measured in this run"
+    times = {p: t for p in peers if (t := _vag(row, p)) is not None}
+    if not times:
+        return "no peer measured"
+    best = min(times, key=times.get)
+    return _compare(rows, problem, batch, best, factor) + " (the faster peer)"
+
+
+def _rss(value: float | None) -> str:
+    return "n/a" if value is None else fmt_bytes(int(value))
+
+
+def _setup_target(rows, problem, what: str, seconds: float, nbytes: float | None) -> str:
+    """The lagrangian_ad setup of ``problem`` (``what``: "build+compile" or "compile")
+    against a time and, if given, a peak resident memory."""
+    row = next((r for r in rows if r.problem.name == problem), None)
+    cell = row.cells.get("lad") if row else None
+    if cell is None:
+        return f"{problem}: not measured in this run"
+    if "compile_s" not in cell.setup:
+        return f"{problem}: not measured ({cell.text or cell.status})"
+    setup = cell.setup
+    keys = ("build", "compile") if what == "build+compile" else ("compile",)
+    took = sum(setup[f"{k}_s"] for k in keys)
+    rss = [setup.get(f"{k}_rss") for k in keys]
+    peak = None if None in rss else max(rss)
+    ok = took < seconds and (nbytes is None or (peak is not None and peak < nbytes))
+    return (
+        f"{problem}: {'met' if ok else 'MISSED'} — {what} {took:.2f} s, peak RSS Δ "
+        f"{_rss(peak)} ("
+        + ", ".join(f"{k} {setup[f'{k}_s']:.2f} s / {_rss(setup.get(f'{k}_rss'))}" for k in keys)
+        + ")"
+    )
+
+
+def _issue12_targets(rows: list[Row]) -> list[str]:
+    peers = ("torch", "jax")
+    lines = [
+        "**MLP 784-256-256-10: within 1.2× of the faster of PyTorch eager and JAX jit at "
+        "batch 128 and 10,000, faster than both at batch 1:**",
+        "",
+    ]
+    for batch in (128, 10_000):
+        lines.append(f"- batch {batch:,}, {_compare_best(rows, 'mlp784', batch, peers, 1.2)}")
+    for peer in peers:
+        lines.append(f"- batch 1, {_compare(rows, 'mlp784', 1, peer)}")
+    lines += [
+        "",
+        "**Equilibrium model, n = 1,000, batch 100: faster than JAX custom_root at the same "
+        "tolerance** (and, for the record, n = 100 and 500):",
+        "",
+    ]
+    for n in (1_000, 500, 100):  # at the batch measured (100; a --quick run: 10)
+        row = next((r for r in rows if r.problem.name == f"deq{n}"), None)
+        batch = row.batch if row else 100
+        where = f"n = {n:,}" + ("" if batch == 100 else f", batch {batch:,}")
+        lines.append(f"- {where}, {_compare(rows, f'deq{n}', batch, 'jax_root')}")
+    lines += [
+        "",
+        "**Setup: the MLP builds and compiles in under 1 s and 200 MB; the equilibrium model "
+        "at n = 1,000 compiles in under 2 s** (peak RSS Δ: the resident high-water mark "
+        "above the level before; `python -m benchmarks.compile_curve --arrays` has the "
+        "curve against size):",
+        "",
+        f"- {_setup_target(rows, 'mlp784', 'build+compile', 1.0, 200e6)}",
+        f"- {_setup_target(rows, 'deq1000', 'compile', 2.0, None)}",
+    ]
+    return lines
+
+
+def _issue4_section(rows: list[Row]) -> list[str]:
+    if all(r.problem.arrays for r in rows):
+        return []
+    title = "## Issue 4's targets, for lagrangian_ad as measured in this run"
+    return [title, "", *_targets(rows), ""]
+
+
+def _issue12_section(rows: list[Row]) -> list[str]:
+    if not any(r.problem.arrays for r in rows):
+        return []
+    title = "## Issue 12's targets (array programs), as measured in this run"
+    return [title, "", *_issue12_targets(rows), ""]
+
+
+def _ratios(rows: list[Row], impls: list[str]) -> list[str]:
+    """Each cell's value_and_grad time over the fastest in its row (1.00 = fastest)."""
+    lines = _table_head(impls)
+    for row in rows:
+        times = {n: t for n in impls if (t := _vag(row, n)) is not None}
+        if not times:
+            continue
+        best = min(times.values())
+        cells = [f"{times[n] / best:.2f}" if n in times else "—" for n in impls]
+        lines.append(_row_line(row, cells))
+    return lines
+
+
 def _targets(rows: list[Row]) -> list[str]:
     lines = ["**`value_and_grad` ≤ 3× `value`, every problem and batch** (lagrangian_ad):", ""]
     for row in rows:
@@ -242,7 +363,11 @@ def markdown(
 ) -> str:
     version_text = ", ".join(f"{IMPLEMENTATIONS[n].label} {versions[n]}" for n in impls)
     threads = ", ".join(f"`{k}={v}`" for k, v in machine["threads"].items())
-    kind = "a quick smoke run (`--quick`): small batches, few repeats" if quick else "a full run"
+    kind = {
+        "quick smoke run": "a quick smoke run (`--quick`): small batches, few repeats",
+        "full run": "a full run",
+        "partial run": "a partial run: some of the problems, implementations or batches",
+    }[_kind(machine, quick)]
     out = [
         "# Benchmark results",
         "",
@@ -260,7 +385,9 @@ def markdown(
         f"- Versions: {version_text}; NumPy {machine['numpy']}, SciPy {machine['scipy']}, "
         f"SymPy {machine['sympy']}",
         f"- lagrangian_ad at commit {machine['commit']}",
-        f"- One thread everywhere: {threads}; `torch.set_num_threads(1)`; JAX with float64.",
+        f"- One thread everywhere: {threads}; `torch.set_num_threads(1)`; JAX with float64; "
+        f"the process pinned to CPU {machine.get('affinity', 'n/a')} (XLA uses a second "
+        "core for large products whatever its flags say).",
         "",
         "## value_and_grad per call (median)",
         "",
@@ -270,10 +397,12 @@ def markdown(
         "",
         *_details(rows, impls),
         "",
-        "## Issue 4's targets, for lagrangian_ad as measured in this run",
+        "## value_and_grad relative to the fastest in its row",
         "",
-        *_targets(rows),
+        *_ratios(rows, impls),
         "",
+        *_issue4_section(rows),
+        *_issue12_section(rows),
         "## How this was measured",
         "",
         "- **value** is the forward pass only; **value+grad** the output per sample and "
@@ -319,6 +448,18 @@ def markdown(
         "with the exact fixed point's gradient far inside the check: see the error column), "
         "while NumPy by hand solves the fixed point and the adjoint (I − J)ᵀλ = 1 by "
         "iteration to 1e-13.",
+        "- The array problems (issue 12): the MLP 784-256-256-10 is one array constraint "
+        "per layer for lagrangian_ad and matrix operations with the library's stable "
+        "log-sum-exp for the peers; every implementation forms the gradient with respect "
+        "to the weights and biases only (lagrangian_ad: `value_and_grad(..., wrt=...)`; "
+        "PyTorch: only they require grad; JAX: `jax.vjp` over them), and for the "
+        "equilibrium models with respect to W, U, b and c. The "
+        "equilibrium models (deq*) stop every forward solve at a residual of 1e-12: "
+        "lagrangian_ad's default `tol`, JAX custom_root's fixed-point loop (its adjoint by "
+        "`lax.custom_linear_solve`, Richardson to 1e-12 relative), and the unrolled peers "
+        "take the number of steps the iteration from h = 0 needs to get there; all are "
+        "checked against NumPy by hand, which is there the dense implicit-function solve "
+        "(fixed point to 1e-15, then (I − Wᵀ D) λ = c by LU per sample).",
         f"- Command: `{' '.join(['python -m benchmarks', *argv[1:]])}`",
     ]
     notes = _notes(rows, impls)

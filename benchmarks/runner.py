@@ -54,6 +54,7 @@ class Cell:
     checked_against: str = ""
     note: str = ""
     detail: str = ""
+    setup: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
@@ -101,18 +102,23 @@ def rel_error(ref: tuple[Any, dict], got: tuple[Any, dict]) -> float:
     return worst
 
 
-def check(results: dict[str, tuple[Any, dict]]) -> dict[str, tuple[float, str]]:
+def check(
+    results: dict[str, tuple[Any, dict]], reference: str = "lad"
+) -> dict[str, tuple[float, str]]:
     """Relative error of each result against its reference, and the reference's name.
 
-    lagrangian_ad is checked against NumPy by hand, and every peer against lagrangian_ad
-    — unless lagrangian_ad did not run or failed its own check, and then against NumPy
-    by hand, so that one wrong result marks one cell.
+    By default (``reference="lad"``) lagrangian_ad is checked against NumPy by hand, and
+    every peer against lagrangian_ad — unless lagrangian_ad did not run or failed its
+    own check, and then against NumPy by hand, so that one wrong result marks one cell.
+    With ``reference="numpy"`` (a problem whose NumPy version is a tight reference, as
+    the dense implicit solve of the equilibrium models) everything is checked against
+    NumPy by hand.
     """
     out: dict[str, tuple[float, str]] = {}
     if "lad" in results and "numpy" in results:
         out["lad"] = (rel_error(results["numpy"], results["lad"]), "numpy")
     ours_ok = "lad" in results and out.get("lad", (0.0,))[0] <= TOLERANCE
-    ref_name = "lad" if ours_ok else "numpy"
+    ref_name = "lad" if ours_ok and reference == "lad" else "numpy"
     for name, got in results.items():
         if name == "lad" or name == ref_name or ref_name not in results:
             continue
@@ -130,7 +136,7 @@ def _say(config: RunConfig, text: str) -> None:
 
 def _setup(name: str, module, problem, inputs, batch) -> tuple[Cell, Bench | None, Any]:
     """Build and call once (cold); a cell with status, the bench, the NumPy result."""
-    builder = module.BUILDERS.get(problem.name)
+    builder = module.BUILDERS.get(problem.kind)
     if builder is None:
         return Cell(name, "unsupported", "n/a"), None, None
     t0 = time.perf_counter()
@@ -145,7 +151,7 @@ def _setup(name: str, module, problem, inputs, batch) -> tuple[Cell, Bench | Non
         return Cell(name, "unsupported", str(exc), detail=detail[:300]), None, None
     except Exception as exc:  # a broken peer must not stop the run
         return Cell(name, "error", "error", detail=f"{type(exc).__name__}: {exc}"[:300]), None, None
-    return Cell(name, "ok", cold=cold, note=bench.note), bench, result
+    return Cell(name, "ok", cold=cold, note=bench.note, setup=dict(bench.setup)), bench, result
 
 
 def _memory(bench: Bench, seconds: float) -> Memory:
@@ -182,8 +188,8 @@ def run_row(
         if bench is not None:
             benches[name], results[name] = bench, result
         else:
-            _say(config, f"  {problem.name:<12} {batch:>7}  {name:<7} {cell.text}")
-    for name, (err, against) in check(results).items():
+            _say(config, f"  {problem.name:<12} {batch:>7}  {name:<8} {cell.text}")
+    for name, (err, against) in check(results, problem.reference).items():
         cell = row.cells[name]
         cell.error, cell.checked_against = err, against
         if err > TOLERANCE:
@@ -191,7 +197,7 @@ def run_row(
     for name in list(benches):
         bench, cell = benches.pop(name), row.cells[name]
         if cell.status != "ok":
-            where = f"  {problem.name:<12} {batch:>7}  {name:<7}"
+            where = f"  {problem.name:<12} {batch:>7}  {name:<8}"
             _say(config, f"{where} WRONG (rel. error {cell.error:.1e})")
             continue
         if cell.cold < config.slow:
@@ -203,7 +209,7 @@ def run_row(
         del bench
         _say(
             config,
-            f"  {problem.name:<12} {batch:>7}  {name:<7} value {fmt_time(cell.value.median):>9}"
+            f"  {problem.name:<12} {batch:>7}  {name:<8} value {fmt_time(cell.value.median):>9}"
             f"  value+grad {fmt_time(cell.value_and_grad.median):>9}"
             f"  ratio {cell.ratio:5.2f}  cold {fmt_time(cell.cold):>9}"
             f"  err {cell.error if cell.error is not None else 0:.1e}",
@@ -273,18 +279,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="a smoke run: small batches only, fewer repeats; writes no file unless --out",
     )
+    groups = "; ".join(f"{g} = {','.join(ps)}" for g, ps in problems_mod.GROUPS.items())
     parser.add_argument(
         "--problems",
         type=_csv,
         default=list(problems_mod.PROBLEMS),
-        help=f"comma-separated problems (default: {','.join(problems_mod.PROBLEMS)})",
+        help=f"comma-separated problems or groups (default: all, "
+        f"{','.join(problems_mod.PROBLEMS)}; groups: {groups})",
     )
     parser.add_argument(
         "--batches",
         type=lambda s: [int(float(b)) for b in _csv(s)],
         default=None,
         help="comma-separated batch sizes for every problem (default: each problem's own: "
-        "1,1000,100000; chain 1,1000; equilibrium 1000)",
+        "1,1000,100000; chain 1,1000; equilibrium 1000; mlp784 1,128,10000; deq* 100)",
     )
     parser.add_argument(
         "--impls",
@@ -296,13 +304,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out",
         type=Path,
         default=None,
-        help="the Markdown report (default: benchmarks/RESULTS.md for a full run); the "
+        help="the Markdown report (default: benchmarks/RESULTS.md for a full run — every "
+        "problem, implementation and default batch — and no file otherwise); the "
         f"same measurements go, as JSON, to {JSON_NAME} in the same folder",
     )
     args = parser.parse_args(argv)
-    for name in args.problems:
-        if name not in problems_mod.PROBLEMS:
-            parser.error(f"unknown problem {name!r} (problems: {', '.join(problems_mod.PROBLEMS)})")
+    try:
+        args.problems = problems_mod.names(args.problems)
+    except ValueError as err:
+        parser.error(str(err))
     for name in args.impls:
         if name not in IMPLEMENTATIONS:
             parser.error(f"unknown implementation {name!r} (known: {', '.join(IMPLEMENTATIONS)})")
@@ -322,9 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         batches = {p.name: p.quick_batches if args.quick else p.batches for p in problem_list}
     out = args.out
-    if out is None and not args.quick:
-        out = Path(__file__).resolve().parent / "RESULTS.md"
+    full = (
+        args.problems == list(problems_mod.PROBLEMS)
+        and args.impls == list(IMPLEMENTATIONS)
+        and not args.batches
+    )
+    if out is None and full and not args.quick:
+        out = Path(__file__).resolve().parent / "RESULTS.md"  # only a full run replaces it
     machine = report.machine_info()
+    machine["full"] = full
     print(report.header_text(machine, args.quick), flush=True)
     t0 = time.perf_counter()
     rows, versions = run(problem_list, batches, args.impls, config)
@@ -336,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
         json_path = out.with_name(JSON_NAME)
         data = records.results(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Timing", "measure", "tracemalloc_peak"]
+__all__ = ["Timing", "measure", "rss_peak_during", "tracemalloc_peak"]
 
 
 @dataclass(frozen=True)
@@ -130,3 +130,17 @@ def tracemalloc_peak(fn: Callable[[], Any]) -> int:
     finally:
         tracemalloc.stop()
     return peak
+
+
+def rss_peak_during(fn: Callable[[], Any]) -> tuple[Any, int | None]:
+    """``fn()`` and the process's peak resident memory during it above its level before.
+
+    The kernel's high-water mark (Linux), reset first; None where it is not offered.
+    Unlike `tracemalloc_peak` it does not slow the call down (SymPy work runs 2-3×
+    slower traced), and it sees every allocation, not only Python's and NumPy's.
+    """
+    gc.collect()
+    base = _reset_rss_peak()
+    result = fn()
+    peak = _status_kb("VmHWM") if base is not None else None
+    return result, (max(0, peak - base) if peak is not None and base is not None else None)

@@ -2,9 +2,12 @@
 
 This keeps ``benchmarks/`` from rotting. Each available implementation runs each problem
 at batch 1 (one sample, no batch axis) and at a batch of 3, and its value and gradient
-must match lagrangian_ad's to 1e-8 — or, where lagrangian_ad cannot run the problem yet,
-the hand-written NumPy adjoint's, which lagrangian_ad itself is checked against. Peers
-that are not installed are skipped with the reason. Speed is never asserted.
+must match lagrangian_ad's to 1e-8 — or, where lagrangian_ad cannot run the problem yet
+(and for the equilibrium models, whose reference is the dense implicit solve), the
+hand-written NumPy adjoint's, which lagrangian_ad itself is checked against and which is
+checked against central differences here. Peers that are not installed, and
+lagrangian_ad's array programs until the array API is there, are skipped with the
+reason. Speed is never asserted.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ SMALL = {
     "mlp": problems.mlp,
     "chain": lambda: problems.chain(steps=50),
     "equilibrium": lambda: problems.equilibrium(n=12, d=4),
+    "mlp784": lambda: problems.mlp784(n_in=12, hidden=8, classes=4),
+    "deq": lambda: problems.deq(n=10, d=4),
 }
 BATCHES = (1, 3)
 
@@ -44,8 +49,11 @@ def _result(impl: str, name: str, batch: int):
             _results[key] = Unsupported(info)
         else:
             problem = SMALL[name]()
+            builder = module.BUILDERS.get(problem.kind)
             try:
-                bench = module.BUILDERS[name](problem, problem.inputs(batch), batch)
+                if builder is None:
+                    raise Unsupported("n/a")
+                bench = builder(problem, problem.inputs(batch), batch)
                 _results[key] = bench.to_numpy(bench.value_and_grad())
             except Unsupported as exc:
                 _results[key] = exc
@@ -54,7 +62,7 @@ def _result(impl: str, name: str, batch: int):
 
 def _reference(impl: str, name: str, batch: int):
     """What ``impl`` is checked against: lagrangian_ad, else (and for ours) NumPy by hand."""
-    if impl != "lad":
+    if impl != "lad" and SMALL[name]().reference == "lad":
         ours = _result("lad", name, batch)
         if not isinstance(ours, Unsupported):
             return "lad", ours
@@ -74,14 +82,78 @@ def test_gradient_agrees_with_reference(name, impl, batch):
             pytest.skip(f"NumPy by hand is the reference for {name}")
     else:
         ref_name, ref = _reference(impl, name, batch)
-    inputs = SMALL[name]().inputs(batch)
+    problem = SMALL[name]()
+    inputs = problem.inputs(batch)
     value, grads = got
     assert np.shape(value) == (() if batch == 1 else (batch,))
-    assert set(grads) == set(inputs)
-    for key, arr in inputs.items():
-        assert np.shape(grads[key]) == np.shape(arr), key
+    wanted = set(inputs) if problem.wrt is None else set(problem.wrt)  # all, or the weights
+    assert set(grads) == wanted
+    for key in wanted:
+        assert np.shape(grads[key]) == np.shape(inputs[key]), key
     err = rel_error(ref, got)
     assert err <= TOLERANCE, f"{impl} vs {ref_name} on {name}, batch {batch}: rel. error {err:.2e}"
+
+
+def _central_difference(problem, inputs, key, direction, eps=1e-6):
+    """d/dε of Σ value(inputs with inputs[key] + ε direction), by central differences."""
+    module = load("numpy")[0]
+    builder = module.BUILDERS[problem.kind]
+
+    def total(step):
+        moved = {**inputs, key: inputs[key] + step * direction}
+        return float(np.sum(builder(problem, moved, 3).value()))
+
+    return (total(eps) - total(-eps)) / (2 * eps)
+
+
+@pytest.mark.parametrize("name", ["mlp784", "deq"])
+def test_numpy_references_of_the_array_problems_agree_with_differences(name):
+    """The hand-written backward passes (the references) against central differences."""
+    problem = SMALL[name]()
+    inputs = problem.inputs(3)
+    _, grads = _result("numpy", name, 3)
+    rng = np.random.default_rng(7)
+    assert set(grads) == set(problem.wrt)  # the weights only
+    for key in problem.wrt:
+        direction = rng.standard_normal(np.shape(inputs[key]))
+        fd = _central_difference(problem, inputs, key, direction)
+        assert np.sum(grads[key] * direction) == pytest.approx(fd, rel=1e-6, abs=1e-9), key
+
+
+def test_the_equilibrium_peers_stop_at_the_common_tolerance():
+    """deq_steps is the first iteration count whose residual is within DEQ_TOL, and the
+    unrolled peers (which take that many steps) differ from the dense reference by about
+    that much: more than rounding, far less than the check's tolerance."""
+    problem = SMALL["deq"]()
+    inputs = problem.inputs(3)
+    k = problems.deq_steps(inputs)
+    W, U, b = inputs["W"], inputs["U"], inputs["b"]
+    C = inputs["x"] @ U.T + b
+    H = np.zeros_like(C)
+    for _ in range(k - 1):
+        H = np.tanh(H @ W.T + C)
+    residual = np.max(np.abs(np.tanh(H @ W.T + C) - H))
+    assert residual <= problems.DEQ_TOL < np.max(np.abs(np.tanh(C)))
+    assert problems.deq_steps(inputs, tol=1e-6) < k
+    got = _result("torch", "deq", 3)
+    if isinstance(got, Unsupported):
+        pytest.skip(f"PyTorch: {got}")
+    err = rel_error(_result("numpy", "deq", 3), got)
+    assert 1e-15 < err <= 1e3 * problems.DEQ_TOL
+
+
+def test_the_array_problems_are_unsupported_cells_until_the_array_api_exists():
+    """Until lagrangian_ad has docs/design.md's array API, its array cells read "not supported
+    yet" and name what is missing; once it has it, they must agree (tested above)."""
+    from benchmarks import impl_lad
+
+    missing = impl_lad.missing_array_api()
+    got = _result("lad", "mlp784", 1)
+    if missing:
+        assert isinstance(got, Unsupported) and str(got) == "not supported yet"
+        assert "array=True" in str(got.__cause__) or "lad." in str(got.__cause__)
+    else:
+        assert not isinstance(got, Unsupported), got
 
 
 def test_rel_error_catches_wrong_and_misshapen_gradients():
@@ -102,6 +174,9 @@ def test_check_uses_ours_as_reference_and_numpy_for_ours():
     assert errs["torch"][1] == "lad" and errs["torch"][0] > TOLERANCE
     errs = check({"numpy": good, "jax": good})  # ours could not run: NumPy is the reference
     assert errs == {"jax": (0.0, "numpy")}
+    errs = check({"lad": good, "numpy": good, "torch": bad}, reference="numpy")
+    assert errs["lad"] == (0.0, "numpy") and errs["torch"][1] == "numpy"
+    assert "numpy" not in errs
 
 
 def test_runner_row_and_report_end_to_end():
@@ -138,6 +213,9 @@ def test_command_line_options():
     assert args.quick and args.problems == ["blog", "chain"] and args.batches == [1, 1000]
     with pytest.raises(SystemExit):
         parse_args(["--problems", "nope"])
+    args = parse_args(["--problems", "blog,deq,deq500"])  # a group expands, once each
+    assert args.problems == ["blog", "deq100", "deq500", "deq1000"]
+    assert parse_args([]).problems == list(problems.PROBLEMS)
     with pytest.raises(SystemExit):
         parse_args(["--impls", "matlab"])
 
@@ -236,3 +314,64 @@ def test_compile_curve_counts_couplings(tmp_path):
     compile_curve.main(["--max", "5000", "--out", str(out)])
     text = out.read_text()
     assert "| chain | 500 |" in text and "compile time ∝ couplings^" in text
+
+
+def test_report_ratios_and_issue12_targets():
+    """The ratio table and issue 12's verdicts, from hand-made cells with known times."""
+    from benchmarks import report
+    from benchmarks.runner import Cell, Row
+    from benchmarks.timing import Timing
+
+    def ok(impl, seconds, **setup):
+        t = Timing(seconds, 5, 1, 1.0)
+        return Cell(impl, "ok", value=t, value_and_grad=t, cold=1.0, setup=setup)
+
+    mlp, deq1000 = problems.mlp784(), problems.deq(1_000)
+    rows = []
+    for batch, lad_s in ((1, 1.0), (128, 3.5), (10_000, 2.0)):
+        row = Row(mlp, batch)
+        setup = {"build_s": 0.3, "build_rss": 50e6, "compile_s": 0.4, "compile_rss": 90e6}
+        row.cells = {"lad": ok("lad", lad_s, **setup), "torch": ok("torch", 4.0)}
+        row.cells["jax"] = ok("jax", 3.0)
+        rows.append(row)
+    row = Row(deq1000, 100)
+    row.cells = {
+        "lad": ok("lad", 5.0, build_s=0.1, build_rss=1e6, compile_s=2.5, compile_rss=1e6),
+        "jax_root": ok("jax_root", 4.0),
+    }
+    rows.append(row)
+    text = "\n".join(report._issue12_targets(rows))
+    assert "batch 128, JAX jit: met" in text  # 3.5 ≤ 1.2 × 3.0, and JAX is the faster peer
+    assert "batch 10,000, JAX jit: met" in text
+    assert "batch 1, PyTorch eager: met" in text and "batch 1, JAX jit: met" in text
+    assert "n = 1,000, JAX custom_root: MISSED" in text
+    assert "n = 500, JAX custom_root: not measured in this run" in text
+    assert "mlp784: met — build+compile 0.70 s, peak RSS Δ 90 MB" in text
+    assert "deq1000: MISSED — compile 2.50 s" in text
+    ratios = report._ratios(rows, ["lad", "torch", "jax", "jax_root"])
+    assert ratios[3].endswith("| 128 | 1.17 | 1.33 | 1.00 | — |")
+    assert ratios[-1].endswith("| 100 | 1.25 | — | — | 1.00 |")
+    rows[1].cells["jax"] = Cell("jax", "wrong", "WRONG")  # then PyTorch is the faster peer
+    assert "batch 128, PyTorch eager: met" in "\n".join(report._issue12_targets(rows))
+
+
+def test_compile_curve_of_the_array_programs_at_a_tiny_size(tmp_path):
+    """One array point per family, in this process: lagrangian_ad's build and compile
+    (or why not), JAX's cold start beside it; and a point run in a fresh process."""
+    from benchmarks import compile_curve, impl_jax, impl_lad
+
+    jax_ok, _ = impl_jax.available()
+    rows = [compile_curve.measure_array("mlp784", 8), compile_curve.measure_array("deq", 12)]
+    assert rows[0]["parameters"] == 8 * 784 + 8 + 8 * 8 + 8 + 10 * 8 + 10
+    assert rows[1]["parameters"] == 12 * 12 + 12 * 50 + 12 + 12
+    for r in rows:
+        if impl_lad.missing_array_api():
+            assert r["lad"] == "not supported yet" and r["lad_detail"].startswith("needs ")
+        else:
+            assert r["build"] > 0 and r["compile"] > 0, r
+        assert (r["jax_cold"] > 0) == jax_ok
+    table = compile_curve.array_table(rows)
+    assert table[2].startswith("| mlp784 | 8 | 6,442 | ")
+    assert table[3].startswith("| deq | 12 | 768 | ")
+    fresh = compile_curve._run_point("deq", 12, timeout=120)
+    assert fresh["family"] == "deq" and fresh["parameters"] == rows[1]["parameters"]
