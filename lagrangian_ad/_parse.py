@@ -29,6 +29,7 @@ hostile input a `ParseError` (with line and column) instead of a hang or a
 from __future__ import annotations
 
 import difflib
+import itertools
 import keyword
 import math
 import os
@@ -39,6 +40,8 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
+from . import _arrays as arrays
+from ._arrays import _add, _matmul, _times, is_array
 from ._constants import RANGE, ConstantError, constant_value, is_clamped
 from ._errors import ParseError, ProgramError
 from ._program import Program
@@ -46,6 +49,7 @@ from ._progress import Progress
 from ._text import MAX_LINE_CHARS
 
 __all__ = [
+    "ARRAY_FUNCTIONS",
     "CONSTANTS",
     "FUNCTIONS",
     "MAX_DEPTH",
@@ -156,6 +160,27 @@ FUNCTIONS: dict[str, _Function] = {
 ``Mod`` are the spellings SymPy prints; ``abs``, ``max``, ``min``, ``ceil``, ``mod`` the
 usual ones)."""
 
+
+def _whole_array(name: str, build: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def checked(a: Any) -> Any:
+        if not is_array(a):
+            raise ProgramError(
+                f"{name}({a}): the argument is a scalar; {name} takes an array, such as an "
+                "input W used whole (not its entries W[i,j])"
+            )
+        return build(a)
+
+    return checked
+
+
+ARRAY_FUNCTIONS: dict[str, _Function] = {
+    "sum": _Function(_whole_array("sum", arrays.sum)),
+    "transpose": _Function(_whole_array("transpose", lambda a: a.T)),
+}
+"""The functions of whole arrays: ``sum(A)``, the scalar sum of the entries of A, and
+``transpose(A)``, the same as ``A'``. Every function of `FUNCTIONS` applies elementwise to
+arrays (scalars broadcast); these names stay usable as variable names."""
+
 CONSTANTS: dict[str, sp.Expr] = {"E": sp.E, "pi": sp.pi}
 """The named constants of the text format."""
 
@@ -262,12 +287,10 @@ _OP_HINTS = {
     "%": "there is no remainder operator",
     "==": "a statement has one =: `name = expression` or an equation `lhs = rhs`",
     ".": "there are no attributes or methods: only numbers, names, operators and functions",
-    "'": "there are no strings in the program language",
     '"': "there are no strings in the program language",
     ":": "there are no lambdas, slices or blocks: one statement a line",
     ";": "one statement a line",
     "{": "there are no sets or dicts; arrays are declared with `input W[2,3]` or `var v[2]`",
-    "@": "there is no matrix product; write the entries out, e.g. v[0] = W[0,0]*x[0] + …",
 }
 _DIGITS = "0123456789"
 _NAME_START = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
@@ -311,7 +334,7 @@ def _tokenize(text: str, line: int, source: _Source) -> list[_Token]:
             if two == "**":
                 tokens.append(_Token("op", "**", start + 1))
                 i += 2
-            elif ch in "+-*/()[],=":
+            elif ch in "+-*/()[],=@'":  # @ matrix product, ' transpose (arrays)
                 tokens.append(_Token("op", ch, start + 1))
                 i += 1
             elif ch.isalpha():
@@ -331,6 +354,7 @@ def _tokenize(text: str, line: int, source: _Source) -> list[_Token]:
 
 # Binding powers of the Pratt parser (Python's precedence): + - < * / < unary - < **.
 _BP_ADD, _BP_MUL, _BP_UNARY, _BP_POW = 10, 20, 30, 40
+_PRODUCT_OPS = ("*", "/", "@")  # one binding power, left to right, as in Python
 
 # resolve(name, indices or None, token) -> the SymPy expression a name stands for.
 _Resolver = Callable[[str, "tuple[int, ...] | None", _Token, "_Token | None"], sp.Expr]
@@ -428,32 +452,44 @@ class _ExprParser:
                 left = self.expression(_BP_UNARY)
                 factors = [sp.S.NegativeOne, left] if tok.text == "-" else [left]
             else:
-                left = self.prefix()
+                left = self.postfix(self.prefix())
                 tok = self.peek()
                 if tok.text == "**" and tok.kind == "op" and _BP_POW > min_bp:
                     self.advance()
                     exponent = self.expression(_BP_POW - 1)  # right-associative
                     left = self.power(left, exponent, tok)
                 factors = [left]
-            while (tok := self.peek()).kind == "op" and tok.text in ("*", "/") and _BP_MUL > min_bp:
+            while (
+                (tok := self.peek()).kind == "op" and tok.text in _PRODUCT_OPS and _BP_MUL > min_bp
+            ):
                 self.advance()
                 right = self.expression(_BP_MUL)
+                if tok.text == "/" and right.is_zero and right.is_Number:
+                    raise self.error("division by zero", tok)
+                if tok.text == "@" or is_array(right) or any(map(is_array, factors)):
+                    factors = [self.array_product(factors, tok, right)]
+                    continue
                 if tok.text == "/":
-                    if right.is_zero and right.is_Number:
-                        raise self.error("division by zero", tok)
                     right = self.power(right, sp.S.NegativeOne, tok)
                 factors.append(right)
             if len(factors) == 2 and factors[0] is sp.S.NegativeOne:
                 left = self.shallow(_negate(left), tok)
             elif len(factors) > 1:
                 left = self.shallow(self.number_checked(_product(factors), tok), tok)
-            terms = [left]
+            else:
+                left = factors[0]  # after an array product
+            terms, term_ops = [left], []
             while (tok := self.peek()).kind == "op" and tok.text in ("+", "-") and _BP_ADD > min_bp:
                 self.advance()
                 right = self.expression(_BP_ADD)
-                terms.append(right if tok.text == "+" else self.shallow(_negate(right), tok))
+                if tok.text == "-":
+                    right = _negate(right) if is_array(right) else self.shallow(_negate(right), tok)
+                terms.append(right)
+                term_ops.append(tok)
             if len(terms) == 1:
                 return left
+            if any(map(is_array, terms)):
+                return self.array_sum(terms, term_ops)
             return self.shallow(self.number_checked(sp.Add(*terms), tok), tok)
         finally:
             self.depth -= 1
@@ -474,7 +510,8 @@ class _ExprParser:
             return inner
         if tok.kind == "end":
             raise self.error("the expression is incomplete", tok, "an operand is missing here")
-        raise self.error(f"expected a number, a name or '(', found {_describe(tok)}", tok)
+        hint = "there are no strings; A' transposes an array A" if tok.text == "'" else None
+        raise self.error(f"expected a number, a name or '(', found {_describe(tok)}", tok, hint)
 
     def number(self, tok: _Token) -> sp.Expr:
         text = tok.text
@@ -517,7 +554,7 @@ class _ExprParser:
 
     def call(self, tok: _Token) -> sp.Expr:
         name = tok.text
-        func = FUNCTIONS.get(name)
+        func = FUNCTIONS.get(name) or ARRAY_FUNCTIONS.get(name)
         if func is None:
             if name in CONSTANTS:
                 raise self.error(f"{name!r} is a constant, not a function", tok)
@@ -549,6 +586,8 @@ class _ExprParser:
                 else f"{func.min_args} to {func.max_args}"
             )
             raise self.error(f"{name}() takes {want} argument(s), got {len(args)}", tok)
+        if name in ARRAY_FUNCTIONS or any(map(is_array, args)):
+            return self.on_arrays(tok, lambda: _array_call(name, func, args))
         numeric = all(a.is_number for a in args)
         if numeric:
             self.check_arguments(args, tok, f"{name}(…)")
@@ -562,6 +601,8 @@ class _ExprParser:
 
     def power(self, base: sp.Expr, exponent: sp.Expr, tok: _Token) -> sp.Expr:
         """``base**exponent``, refusing numbers too large to compute or to represent."""
+        if is_array(base) or is_array(exponent):
+            return self.on_arrays(tok, lambda: arrays.apply(lambda p, q: p**q, base, exponent))
         numeric = base.is_number and exponent.is_number
         if numeric and exponent.is_Number:
             # |log10 of the result| is at most |exponent| times the largest |log10| of a
@@ -631,6 +672,51 @@ class _ExprParser:
                     "numbers must lie between about 1e-308 and 1e308",
                 )
 
+    # ---------------------------------------------------------------- arrays
+
+    def postfix(self, operand: Any) -> Any:
+        """``A'``: the transpose of an array (any number of primes)."""
+        while (tok := self.peek()).kind == "op" and tok.text == "'":
+            self.advance()
+            if not is_array(operand):
+                raise self.error(
+                    f"transpose of the scalar {operand}",
+                    tok,
+                    "' (or transpose()) applies to arrays: an input used whole, as W, not W[i,j]",
+                )
+            operand = operand.T
+        return operand
+
+    def on_arrays(self, tok: _Token, build: Callable[[], Any]) -> Any:
+        """``build()``, its `ProgramError` (a shape mismatch, …) a `ParseError` at ``tok``."""
+        try:
+            return build()
+        except ProgramError as err:
+            raise self.error(str(err), tok) from None
+
+    def array_product(self, factors: list[Any], tok: _Token, right: Any) -> Any:
+        """``factors[0]*factors[1]*… op right`` where an operand is an array: ``@`` is the
+        matrix product, ``*`` and ``/`` are elementwise (scalars broadcast)."""
+
+        def build() -> Any:
+            left = factors[0]
+            for f in factors[1:]:  # a sign, as in -A @ B
+                left = _elementwise_times(left, f)
+            if tok.text == "@":
+                return _matmul(left, right)
+            if tok.text == "/":
+                return arrays.apply(lambda p, q: p / q, left, right)
+            return _elementwise_times(left, right)
+
+        return self.on_arrays(tok, build)
+
+    def array_sum(self, terms: list[Any], ops: list[_Token]) -> Any:
+        """``terms[0] + terms[1] + …`` where a term is an array (scalars broadcast)."""
+        total = terms[0]
+        for term, tok in zip(terms[1:], ops, strict=True):
+            total = self.on_arrays(tok, lambda a=total, b=term: _add(a, b, 1))
+        return total
+
     def check_real(self, value: sp.Expr, tok: _Token, what: str) -> None:
         if value.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
             raise self.error(f"{what} is infinite or undefined ({_short(value)})", tok)
@@ -669,6 +755,24 @@ def _product(factors: list[sp.Expr]) -> sp.Expr:
             return _negate(rest[0])
         return sp.Mul(coeff, rest[0], evaluate=False)
     return sp.Mul(*factors)
+
+
+def _elementwise_times(a: Any, b: Any) -> Any:
+    """``a*b`` of the text format: elementwise when an operand is an array (a number
+    times an array stays a numeric multiple, printed ``2*W``)."""
+    if not (is_array(a) or is_array(b)):
+        return a * b
+    if getattr(a, "is_Number", False) or getattr(b, "is_Number", False):
+        return _times(a, b)
+    return arrays.mul(a, b)
+
+
+def _array_call(name: str, func: _Function, args: list[Any]) -> Any:
+    """A call with an array argument: a function of `ARRAY_FUNCTIONS`, or a function of
+    `FUNCTIONS` applied elementwise."""
+    if name in ARRAY_FUNCTIONS:
+        return func.build(*args)
+    return arrays.apply(func.build, *args)
 
 
 def _negate(expr: sp.Expr) -> sp.Expr:
@@ -992,6 +1096,7 @@ class _Var:
     line: int
     column: int
     explicit: bool  # declared by an input/var line (not only by a definition)
+    array: bool = False  # an array variable (used whole): symbols is its MatrixVariable
 
 
 def parse(text: str | bytes, *, filename: str | None = None, progress: Any = None) -> Program:
@@ -1072,6 +1177,8 @@ def load(path: str | os.PathLike[str], *, progress: Any = None) -> Program:
 def _build(source: _Source, progress: Any = None) -> Program:
     report = Progress(progress)
     st = _statements(source)
+    whole = _arrays_used_whole(st)
+    shapes = _shapes_of_array_definitions(source, st, whole) if whole else {}
     prog = Program(progress=False)  # this function reports the build
     table: dict[str, _Var] = {}
     total = 0
@@ -1082,7 +1189,15 @@ def _build(source: _Source, progress: Any = None) -> Program:
         except ProgramError as err:
             raise source.error(str(err), line, column) from None
 
-    def declare(kind: str, name: str, shape: tuple[int, ...], line: int, col: int, explicit: bool):
+    def declare(
+        kind: str,
+        name: str,
+        shape: tuple[int, ...],
+        line: int,
+        col: int,
+        explicit: bool,
+        array: bool = False,
+    ):
         nonlocal total
         if name in FUNCTIONS or name in CONSTANTS:
             what = "function" if name in FUNCTIONS else "constant"
@@ -1100,9 +1215,9 @@ def _build(source: _Source, progress: Any = None) -> Program:
                 col,
             )
         builder = prog.input if kind == "input" else prog.var
-        made = program_call(line, col, lambda: builder(name, shape))
-        symbols = (made,) if shape == () else tuple(made)
-        table[name] = _Var(kind, shape, symbols, line, col, explicit)
+        made = program_call(line, col, lambda: builder(name, shape, array=array))
+        symbols = (made,) if shape == () or array else tuple(made)
+        table[name] = _Var(kind, shape, symbols, line, col, explicit, array)
 
     # Declarations, then the scalar intermediates named only by a definition line.
     for d in st.declarations:
@@ -1118,6 +1233,7 @@ def _build(source: _Source, progress: Any = None) -> Program:
             d.line,
             d.column,
             True,
+            d.name in whole,
         )
     defined: dict[tuple[str, tuple[int, ...] | None], _Definition] = {}
     for df in st.definitions:
@@ -1130,7 +1246,8 @@ def _build(source: _Source, progress: Any = None) -> Program:
                     df.column,
                     f"declare it first, e.g. `var {df.name}[{','.join('N' * len(df.index))}]`",
                 )
-            declare("intermediate", df.name, (), df.line, df.column, False)
+            shape = shapes.get(df.name, ())
+            declare("intermediate", df.name, shape, df.line, df.column, False, shape != ())
             var = table[df.name]
         _check_target(df, var, source)
         key = (df.name, df.index)
@@ -1152,6 +1269,8 @@ def _build(source: _Source, progress: Any = None) -> Program:
             raise source.error(
                 f"undefined name {name!r}", line_of[0], tok.column, _name_hint(name, names_known)
             )
+        if var.array:
+            return _array_entry(var, name, indices, source, line_of[0], bracket)
         if indices is None:
             if var.shape != ():
                 example = name + _index_text((0,) * len(var.shape))
@@ -1178,9 +1297,18 @@ def _build(source: _Source, progress: Any = None) -> Program:
     for k, df in enumerate(st.definitions):
         report("reading expressions", k, n_statements)
         df.expr = expression(df.rhs, df.line)
+        if whole:
+            _check_definition_shape(df, table[df.name], source)
     for k, eq in enumerate(st.equations, start=len(st.definitions)):
         report("reading expressions", k, n_statements)
         eq.exprs = (expression(eq.lhs, eq.line), expression(eq.rhs, eq.line))
+        if any(map(is_array, eq.exprs)):
+            raise source.error(
+                "an equation between arrays; an implicit equation is scalar",
+                eq.line,
+                eq.column,
+                "state an array unknown by a definition that uses it, as in h = tanh(W @ h + b)",
+            )
 
     # Every declared intermediate must be defined (all its entries) or be an unknown.
     in_equations: set[sp.Symbol] = set()
@@ -1190,7 +1318,11 @@ def _build(source: _Source, progress: Any = None) -> Program:
     for name, var in table.items():
         if var.kind != "intermediate":
             continue
-        entries = [(name, idx) for idx in np.ndindex(*var.shape)] if var.shape else [(name, None)]
+        entries = (
+            [(name, idx) for idx in np.ndindex(*var.shape)]
+            if var.shape and not var.array
+            else [(name, None)]
+        )
         have = [key in defined for key in entries]
         if var.shape and any(have) and not all(have):
             missing = [
@@ -1228,7 +1360,7 @@ def _build(source: _Source, progress: Any = None) -> Program:
         report("defining", k, len(order))
         var = table[name]
         first = dfs[0]
-        if var.shape == ():
+        if var.shape == () or var.array:
             expr: Any = first.expr
         else:
             by_index = {df.index: df.expr for df in dfs}
@@ -1277,6 +1409,16 @@ def _check_target(df: _Definition, var: _Var, source: _Source) -> None:
             "to state an implicit equation, put an expression on the left, "
             f"e.g. `{df.name} - (…) = 0`",
         )
+    if var.array:
+        if df.index is not None:
+            raise source.error(
+                f"{df.name!r} is an array used whole (as {df.name}, not its entries); "
+                "define it whole",
+                df.line,
+                df.column,
+                f"for example `{df.name} = tanh(W @ x + b)`",
+            )
+        return
     if df.index is None and var.shape != ():
         raise source.error(
             f"{df.name!r} is an array of shape {_shape_text(var.shape)}; define its entries",
@@ -1332,6 +1474,134 @@ def _index_text(index: tuple[int, ...]) -> str:
 
 def _shape_text(shape: tuple[int, ...]) -> str:
     return _index_text(shape)
+
+
+# --------------------------------------------------------------------------- array programs
+
+
+def _arrays_used_whole(st: _Statements) -> set[str]:
+    """The declared arrays that are used whole: named without an index anywhere in an
+    expression (``W``, ``W'``, ``W @ x``) or defined whole (``h = …``).
+
+    These become array variables (one `MatrixVariable`); an array whose entries alone are
+    used stays entry-wise, as before.
+    """
+    shaped = {d.name for d in st.declarations if d.shape}
+    whole = {df.name for df in st.definitions if df.index is None and df.name in shaped}
+    sides = [df.rhs for df in st.definitions]
+    sides += [side for eq in st.equations for side in (eq.lhs, eq.rhs)]
+    for tokens in sides:
+        for tok, nxt in itertools.pairwise(tokens):
+            if tok.kind == "name" and tok.text in shaped and nxt.text not in ("[", "("):
+                whole.add(tok.text)
+    return whole
+
+
+def _shapes_of_array_definitions(
+    source: _Source, st: _Statements, whole: set[str]
+) -> dict[str, tuple[int, ...]]:
+    """The shapes of the undeclared intermediates whose definition is an array.
+
+    A definition ``h = tanh(W @ x + b)`` declares ``h`` with the shape of its expression.
+    The definitions are read in the order of their dependencies (Kahn's algorithm), on
+    stand-ins of the declared variables, so a name may be used before its line. A name
+    used in a cycle before its shape is known is taken as a scalar; if its definition is
+    an array after all, it must be declared (``var h[4]``): a `ParseError` says so.
+    """
+    declared = {d.name: d for d in st.declarations}
+    stand_in: dict[str, Any] = {}
+    for d in st.declarations:
+        if d.name in whole:
+            rows, cols = (d.shape[0], 1) if len(d.shape) == 1 else d.shape
+            stand_in[d.name] = arrays.MatrixVariable(d.name, rows, cols)
+    pending: dict[str, _Definition] = {}
+    for df in st.definitions:
+        if df.index is None and df.name not in declared:
+            pending.setdefault(df.name, df)
+    needs = {
+        name: {t.text for t in df.rhs if t.kind == "name" and t.text in pending}
+        for name, df in pending.items()
+    }
+    users: dict[str, list[str]] = {name: [] for name in pending}
+    for name, deps in needs.items():
+        for dep in deps:
+            users[dep].append(name)
+
+    def resolve(name: str, indices: Any, tok: _Token, bracket: Any) -> Any:
+        var = stand_in.get(name)
+        if isinstance(var, arrays.MatrixVariable):
+            if indices is None:
+                return var
+            if len(indices) in (1, 2) and all(
+                i < n for i, n in zip(indices, (*var.shape, 1), strict=False)
+            ):
+                return var[indices[0], indices[1] if len(indices) == 2 else 0]
+        return sp.Symbol(name, real=True)  # errors are reported when the program is built
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    ready = [name for name in pending if not needs[name]]
+    while ready:
+        name = ready.pop()
+        df = pending.pop(name)
+        expr = _ExprParser(df.rhs, df.line, source, resolve).parse()
+        if is_array(expr):
+            shapes[name] = _text_shape(expr)
+            stand_in[name] = expr_symbol = arrays.MatrixVariable(name, *expr.shape)
+            del expr_symbol
+        for user in users[name]:
+            needs[user].discard(name)
+            if not needs[user] and user in pending:
+                ready.append(user)
+    for df in pending.values():  # in cycles: scalars unless declared
+        expr = _ExprParser(df.rhs, df.line, source, resolve).parse()
+        if is_array(expr):
+            shape = _text_shape(expr)
+            raise source.error(
+                f"{df.name!r} is used before its definition (in a cycle) and its definition "
+                f"is an array of shape {_shape_text(shape)}",
+                df.line,
+                df.column,
+                f"declare it first: `var {df.name}{_shape_text(shape)}`",
+            )
+    return shapes
+
+
+def _text_shape(expr: Any) -> tuple[int, ...]:
+    """The shape of an array expression as the text format writes it: n×1 is ``[n]``."""
+    rows, cols = (int(d) for d in expr.shape)
+    return (rows,) if cols == 1 else (rows, cols)
+
+
+def _array_entry(
+    var: _Var, name: str, indices: tuple[int, ...] | None, source: _Source, line: int, bracket: Any
+) -> Any:
+    """An array variable used whole (``W``), or one of its entries ``W[i,j]``."""
+    matrix = var.symbols[0]
+    if indices is None:
+        return matrix
+    _flat_index(name, var.shape, indices, source, line, bracket.column)
+    return matrix[indices[0], indices[1] if len(indices) == 2 else 0]
+
+
+def _check_definition_shape(df: _Definition, var: _Var, source: _Source) -> None:
+    """In an array program: an array target has an array definition, a scalar a scalar."""
+    target = df.name + ("" if df.index is None else _index_text(df.index))
+    if var.array and not is_array(df.expr):
+        raise source.error(
+            f"{df.name!r} is an array of shape {_shape_text(var.shape)}, but its definition "
+            f"{df.expr} is a scalar",
+            df.line,
+            df.column,
+            "an array is defined by an array expression, e.g. `h = tanh(W @ x + b)`",
+        )
+    if not var.array and is_array(df.expr):
+        raise source.error(
+            f"{target!r} is a scalar, but its definition is an array of shape "
+            f"{_shape_text(_text_shape(df.expr))}",
+            df.line,
+            df.column,
+            "a scalar from an array: sum(A), or an entry A[i,j]",
+        )
 
 
 # --------------------------------------------------------------------------- one expression
