@@ -383,7 +383,7 @@ def test_parse_accepts_bytes_and_load_reads_files(tmp_path):
         ("input W[2,3]\ny = W[0][1]\n", 2, 9, "one pair of brackets"),
         ("input W[2,3]\ny = W[i,0]\n", 2, 7, "non-negative integer"),
         ("input W[2,3]\ny = W[-1,0]\n", 2, 7, "non-negative integer"),
-        # W used whole is the whole array (DESIGN.md "Array programs"): y is an array
+        # W used whole is the whole array (docs/design.md, "Array programs"): y is an array
         ("input W[2,3]\ny = W + 1\n", 2, 1, "'y' is an array of shape (2, 3)"),
         ("input x\ny = x\ny = 2*x\n", 3, 1, "defined twice (first on line 2)"),
         ("input x\ninput x\ny = x\n", 2, 7, "declared twice"),
