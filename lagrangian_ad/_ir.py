@@ -82,6 +82,12 @@ class Constraint:
         return sp.Symbol(MULTIPLIER_PREFIX + self.label, real=True)
 
     @property
+    def size(self) -> int:
+        """How many scalar residuals: the entries of an array constraint's target, else 1."""
+        shaped = self.target if self.target is not None else self.expr
+        return int(np.prod(shaped.shape)) if isinstance(shaped, sp.MatrixExpr) else 1
+
+    @property
     def residual(self) -> sp.Expr:
         return self.expr if self.target is None else self.target - self.expr
 

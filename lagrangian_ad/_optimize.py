@@ -52,9 +52,11 @@ import scipy.sparse as sps
 import scipy.sparse.linalg as spla
 import sympy as sp
 
+from ._arrays import mul as lad_mul
+from ._arrays import sum as lad_sum
 from ._compiled import CompiledProgram
 from ._errors import ConvergenceError, ProgramError, SingularSystemError
-from ._ir import ProgramIR
+from ._ir import ProgramIR, Variable
 from ._program import Program
 
 __all__ = ["METHODS", "OptimizeResult", "maximize", "minimize"]
@@ -649,8 +651,9 @@ class _Space:
     """The full-space unknowns: every scalar intermediate, one copy per sample.
 
     z is held as an array of shape batch + (n_z,) (entries of the intermediates in
-    program order, C order within each), and the multipliers of the constraints as an
-    array of shape batch + (m,) in constraint order.
+    program order, C order within each), and the multipliers as an array of shape
+    batch + (m,): constraint by constraint, an array constraint taking as many slots as
+    its target has entries (C order), a scalar constraint one.
     """
 
     def __init__(self, problem: _Problem):
@@ -658,7 +661,6 @@ class _Space:
         self.batch = problem.batch
         self.nb = int(np.prod(self.batch, dtype=int))
         self.vars = ir.intermediates
-        self.m = len(ir.constraints)
         self.zoff: dict[str, int] = {}
         off = 0
         for var in self.vars:
@@ -667,8 +669,19 @@ class _Space:
         self.nz = off
         where = {s: self.zoff[v.name] + j for v in self.vars for j, s in enumerate(v.symbols)}
         self.out = where[ir.output]
+        self.coff = np.cumsum([0, *(c.size for c in ir.constraints)]).tolist()
+        self.m = self.coff[-1]
         self.by_target = {c.target: i for i, c in enumerate(ir.constraints) if c.target is not None}
         self.implicit = {c.label: i for i, c in enumerate(ir.constraints) if c.target is None}
+
+    def slots(self, var: Variable) -> list[int] | None:
+        """The multiplier slots of a variable's entries (C order), None unless every
+        entry has a defining constraint."""
+        if var.matrix is not None:
+            i = self.by_target.get(var.matrix)
+            return None if i is None else list(range(self.coff[i], self.coff[i + 1]))
+        idx = [self.by_target.get(s) for s in var.symbols]
+        return None if None in idx else [self.coff[i] for i in idx]
 
     def split(self, Z: np.ndarray) -> dict[str, np.ndarray]:
         """batch + (n_z,) -> name -> batch + shape."""
@@ -711,22 +724,22 @@ class _Space:
         problem.nfev += 1
         problem.njev += 1
         for v in self.vars:
-            idx = [self.by_target.get(s) for s in v.symbols]
-            if v.name in sol.multipliers and None not in idx:
+            idx = self.slots(v)
+            if v.name in sol.multipliers and idx is not None:
                 lam[..., idx] = np.reshape(sol.multipliers[v.name], (*self.batch, v.size))
         for label, i in self.implicit.items():
-            lam[..., i] = sol.multipliers[label]
+            lam[..., self.coff[i]] = sol.multipliers[label]
         return self.join(sol.values), lam
 
     def multipliers(self, lam: np.ndarray) -> dict[str, Any]:
         """batch + (m,) -> the layout of `Solution.multipliers`."""
         out: dict[str, Any] = {}
         for v in self.vars:
-            idx = [self.by_target.get(s) for s in v.symbols]
-            if None not in idx:
+            idx = self.slots(v)
+            if idx is not None:
                 out[v.name] = _user(lam[..., idx].reshape(self.batch + v.shape))
         for label, i in self.implicit.items():
-            out[label] = _user(lam[..., i])
+            out[label] = _user(lam[..., self.coff[i]])
         return out
 
     def model_value(self, Z: np.ndarray) -> float:
@@ -793,16 +806,35 @@ class _AugmentedProgram:
     """The acyclic program whose output is the per-sample augmented Lagrangian.
 
     Its inputs are the original inputs, every intermediate (as an input of the same name
-    and shape), the multipliers ``mult`` (shape (m,), constraint order) and the penalty
-    ``rho``. Its intermediates are the residuals c_i and partial sums; its output is
-    s·z_N + Σ_i (μ_i c_i + (ρ/2) c_i²). The package differentiates it exactly: the
-    gradient with respect to the original inputs and intermediates is ∇_{x,z} L_A, and
-    the gradient with respect to ``mult`` is c itself (∂L_A/∂μ_i = c_i).
+    and shape), the multipliers and the penalty ``rho``. The multipliers are one input
+    per ``slots`` entry (name, its slots in the `_Space` layout): ``al_mult`` of shape
+    (k,) for the k scalar constraints, and one array input of the target's shape per
+    array constraint. Its output is s·z_N + Σ_i (⟨μ_i, c_i⟩ + (ρ/2) ⟨c_i, c_i⟩). The
+    package differentiates it exactly: the gradient with respect to the original inputs
+    and intermediates is ∇_{x,z} L_A, and the gradient with respect to a multiplier
+    input is c itself (∂L_A/∂μ_i = c_i). With ρ = 0 it is the Lagrangian ℒ(x, z, μ),
+    whose Hessian is the KKT matrix (see `_ArrayKKTLayout`).
     """
 
     fn: CompiledProgram
-    mult: str
+    slots: tuple[tuple[str, np.ndarray], ...]
     rho: str
+
+    def multipliers(self, mu: np.ndarray) -> dict[str, np.ndarray]:
+        """batch + (m,) -> the multiplier inputs (each batch + its shape)."""
+        batch = mu.shape[:-1]
+        shapes = self._shapes()
+        return {n: mu[..., idx].reshape(batch + shapes[n]) for n, idx in self.slots}
+
+    def residuals(self, grad: Mapping[str, Any], batch: tuple[int, ...], m: int) -> np.ndarray:
+        """The gradient with respect to the multiplier inputs, as c: batch + (m,)."""
+        c = np.zeros((*batch, m))
+        for n, idx in self.slots:
+            c[..., idx] = np.reshape(grad[n], (*batch, len(idx)))
+        return c
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        return {v.name: v.shape for v in self.fn.ir.inputs}
 
 
 _AUGMENTED_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -826,13 +858,28 @@ def _augmented_program(fn: CompiledProgram, sign: float) -> _AugmentedProgram:
 
     lp = Program()
     for var in (*ir.inputs, *ir.intermediates):
-        lp.input(var.name, shape=var.shape)
-    m = len(ir.constraints)
-    mult_name, rho_name = fresh("al_mult"), fresh("al_rho")
-    mult = lp.input(mult_name, shape=(m,))
+        lp.input(var.name, shape=var.shape, array=var.matrix is not None)
+    rho_name = fresh("al_rho")
     rho = lp.input(rho_name)
-    res = lp.define(fresh("al_residual"), sp.Matrix([c.residual for c in ir.constraints]))
-    terms = [mult[i] * res[i] + rho / 2 * res[i] ** 2 for i in range(m)]
+    offsets = np.cumsum([0, *(c.size for c in ir.constraints)])
+    arrays = {v.matrix: v for v in ir.intermediates if v.matrix is not None}
+    scalar = [i for i, c in enumerate(ir.constraints) if c.target not in arrays]
+    terms, slots = [], []
+    if scalar:
+        name = fresh("al_mult")
+        mult = lp.input(name, shape=(len(scalar),))
+        res = lp.define(
+            fresh("al_residual"), sp.Matrix([ir.constraints[i].residual for i in scalar])
+        )
+        slots.append((name, offsets[scalar]))
+        terms += [mult[k] * res[k] + rho / 2 * res[k] ** 2 for k in range(len(scalar))]
+    for i, c in enumerate(ir.constraints):
+        if c.target in arrays:  # ⟨μ, c⟩ + (ρ/2)⟨c, c⟩ on the whole array
+            name = fresh(f"al_mult_{c.label}")
+            mult = lp.input(name, shape=arrays[c.target].shape, array=True)
+            res = lp.define(fresh(f"al_residual_{c.label}"), c.residual)
+            slots.append((name, np.arange(offsets[i], offsets[i + 1])))
+            terms.append(lad_sum(lad_mul(mult, res)) + rho / 2 * lad_sum(lad_mul(res, res)))
     terms.append(sp.Integer(int(sign)) * ir.output)
     chunk, level = 32, 0
     while len(terms) > chunk:  # partial sums keep every constraint small
@@ -842,7 +889,7 @@ def _augmented_program(fn: CompiledProgram, sign: float) -> _AugmentedProgram:
         ]
         level += 1
     lp.output(lp.define(fresh("al_lagrangian"), sp.Add(*terms)))
-    out = _AugmentedProgram(lp.compile(), mult_name, rho_name)
+    out = _AugmentedProgram(lp.compile(), tuple(slots), rho_name)
     per_program[sign] = out
     return out
 
@@ -902,7 +949,7 @@ def _augmented_lagrangian(problem: _Problem, opts: dict, monitor: _Monitor) -> O
             **problem.unpack(w[:n]),
             **problem.fixed,
             **space.split(w[n:].reshape((*space.batch, space.nz))),
-            aug.mult: mu,
+            **aug.multipliers(mu),
             aug.rho: rho,
         }
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -911,7 +958,7 @@ def _augmented_lagrangian(problem: _Problem, opts: dict, monitor: _Monitor) -> O
         problem.njev += 1
         g = np.concatenate([problem.pack(grad), space.join(grad).ravel()])
         L = float(np.sum(value))
-        last.update(w=w.copy(), L=L, g=g, c=np.asarray(grad[aug.mult]).reshape(mu.shape))
+        last.update(w=w.copy(), L=L, g=g, c=aug.residuals(grad, space.batch, space.m))
         return L, g
 
     def at(w: np.ndarray) -> None:
@@ -1173,6 +1220,111 @@ class _KKTLayout:
         return float(self.gphi @ y + nu * np.sum(np.abs(c)))
 
 
+class _ArrayKKTLayout:
+    """`_KKTLayout` for array programs: C and H from products, not from entries.
+
+    An array constraint is a whole layer, so its scalar residuals are never derived one
+    by one. With ρ = 0 the augmented program (`_AugmentedProgram`) is the Lagrangian
+    ℒ(x, z, μ) = s z_N + Σ_i ⟨μ_i, c_i⟩ per sample, and its Hessian in w = (x, z, μ) is
+    the sample's KKT matrix [[H, Cᵀ], [C, 0]] (s z_N is linear). Each column of it is
+    one Hessian-vector product by the rules; all n_w columns of all samples come from
+    one vectorized call: the inputs repeated along a leading axis of n_w copies, the
+    tangents the identity along it, x copied to every sample so that the products stay
+    per sample. Dense per sample (n_w² numbers each): for the small problems this
+    method is for. The blocks are placed as `_KKTLayout` places its entries: x columns
+    shared by the batch, z columns and constraint rows per sample.
+    """
+
+    def __init__(self, problem: _Problem, space: _Space):
+        self.problem, self.space = problem, space
+        self.aug = _augmented_program(problem.fn, problem.sign)
+        batch, nb = space.batch, space.nb
+        self.vars = {v.name: v for v in problem.ir.inputs}
+        self.n_x = problem.n
+        self.n_y = self.n_x + nb * space.nz
+        self.n_c = nb * space.m
+        samples = np.arange(nb)
+        parts = []
+        for n in problem.names:  # each sample's x entries -> their columns of y
+            var, x0 = self.vars[n], problem.x0[n]
+            lead = x0.shape[: x0.ndim - len(var.shape)]
+            idx = (problem.offsets[n] + np.arange(x0.size)).reshape((*lead, var.size))
+            parts.append(np.broadcast_to(idx, (*batch, var.size)).reshape(nb, var.size))
+        parts.append(self.n_x + samples[:, None] * space.nz + np.arange(space.nz))
+        self.ycols = np.concatenate(parts, axis=1)  # (nb, n_yl)
+        self.n_yl = self.ycols.shape[1]
+        self.n_w = self.n_yl + space.m
+        self.crows = samples[:, None] * space.m + np.arange(space.m)  # (nb, m)
+        self.gphi = np.zeros(self.n_y)
+        self.gphi[self.n_x + samples * space.nz + space.out] = problem.sign
+
+    def _inputs(self, y: np.ndarray, mu: np.ndarray, lead: tuple[int, ...]) -> dict:
+        """The augmented program's inputs at (y, μ), x copied to every sample, all
+        broadcast to lead + batch."""
+        problem, space = self.problem, self.space
+        shape = (*lead, *space.batch)
+        x = {
+            n: np.broadcast_to(a, (*space.batch, *self.vars[n].shape))
+            for n, a in problem.unpack(y[: self.n_x]).items()
+        }
+        z = space.split(y[self.n_x :].reshape((*space.batch, space.nz)))
+        m = self.aug.multipliers(mu.reshape((*space.batch, space.m)))
+        named = {**x, **problem.fixed, **z, **m}
+        out = {}
+        for n, a in named.items():
+            own = self.aug.fn._inputs[n].shape
+            out[n] = np.broadcast_to(a, (*shape, *own)) if lead else a
+        out[self.aug.rho] = 0.0
+        return out
+
+    def residuals(self, y: np.ndarray) -> np.ndarray:
+        """c(y), flat in row order b·m + i (the gradient with respect to μ)."""
+        names = [n for n, _ in self.aug.slots]
+        inputs = self._inputs(y, np.zeros(self.n_c), ())
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            _, grad = self.aug.fn.value_and_grad(inputs, check_finite=False, wrt=names)
+        return self.aug.residuals(grad, self.space.batch, self.space.m).ravel()
+
+    def derivatives(self, y: np.ndarray, mu: np.ndarray) -> tuple[sps.csr_matrix, sps.csr_matrix]:
+        """C = ∂c/∂y (n_c × n_y) and H = Σ_{b,i} μ_i ∇²c_i (n_y × n_y)."""
+        space, nb, n_w, n_yl = self.space, self.space.nb, self.n_w, self.n_yl
+        inputs = self._inputs(y, mu, (n_w,))
+        eye = np.eye(n_w)
+        vectors, k = {}, 0
+        for n in [*self.problem.names, *(v.name for v in space.vars)]:
+            shape, size = self.aug.fn._inputs[n].shape, self.aug.fn._inputs[n].size
+            block = eye[:, k : k + size].reshape((n_w, *(1,) * len(space.batch), *shape))
+            vectors[n] = np.broadcast_to(block, (n_w, *space.batch, *shape))
+            k += size
+        for n, idx in self.aug.slots:
+            shape = self.aug.fn._inputs[n].shape
+            block = eye[:, n_yl + np.asarray(idx)].reshape((n_w, *(1,) * len(space.batch), *shape))
+            vectors[n] = np.broadcast_to(block, (n_w, *space.batch, *shape))
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            hv = self.aug.fn.hvp(inputs, vectors, check_finite=False)
+        cols = [np.reshape(hv[n], (n_w, nb, -1)) for n in self.problem.names]
+        cols += [np.reshape(hv[v.name], (n_w, nb, -1)) for v in space.vars]
+        c_part = np.zeros((n_w, nb, space.m))
+        for n, idx in self.aug.slots:
+            c_part[..., idx] = np.reshape(hv[n], (n_w, nb, len(idx)))
+        K = np.concatenate([*cols, c_part], axis=2).transpose(1, 0, 2)  # (nb, n_w, n_w)
+        Cb, Hb = K[:, n_yl:, :n_yl], K[:, :n_yl, :n_yl]
+        b, i, q = np.nonzero(Cb)
+        C = sps.coo_matrix(
+            (Cb[b, i, q], (self.crows[b, i], self.ycols[b, q])), shape=(self.n_c, self.n_y)
+        ).tocsr()
+        b, p, q = np.nonzero(Hb)
+        H = sps.coo_matrix(
+            (Hb[b, p, q], (self.ycols[b, p], self.ycols[b, q])), shape=(self.n_y, self.n_y)
+        ).tocsr()
+        self.problem.nfev += 1
+        return C, H
+
+    def merit(self, y: np.ndarray, c: np.ndarray, nu: float) -> float:
+        """The ℓ1 merit φ(y) + ν‖c(y)‖₁ (φ is linear: φ = s Σ_b z_N)."""
+        return float(self.gphi @ y + nu * np.sum(np.abs(c)))
+
+
 def _cat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.intp)
 
@@ -1216,8 +1368,10 @@ def _newton_kkt(problem: _Problem, opts: dict, monitor: _Monitor) -> OptimizeRes
 
     by a sparse LU factorization (SuperLU). The entries of C and H are the symbolic
     first and second derivatives of each constraint, derived once with SymPy and
-    generated as NumPy code (lambdify with common subexpressions). With every sample's z
-    as separate unknowns the system grows with the batch: for small data.
+    generated as NumPy code (lambdify with common subexpressions); on an array program,
+    whose constraints are whole layers, they are the columns of the Hessian of its
+    Lagrangian program, by Hessian-vector products (`_ArrayKKTLayout`). With every
+    sample's z as separate unknowns the system grows with the batch: for small data.
 
     Inertia correction (SciPy has no sparse LDLᵀ to count the inertia). With
     ``inertia="reduced"``, Z = [I; −C_z⁻¹C_x] is a basis of the null space of C
@@ -1255,8 +1409,11 @@ def _newton_kkt(problem: _Problem, opts: dict, monitor: _Monitor) -> OptimizeRes
         raise ProgramError("option 'init' must be 'forward' or 'zeros'")
     s = problem.sign
     space = _Space(problem)
-    code = _kkt_code(problem.fn, frozenset(problem.names))
-    lay = _KKTLayout(problem, space, code)
+    lay = (
+        _ArrayKKTLayout(problem, space)
+        if problem.ir.has_arrays
+        else _KKTLayout(problem, space, _kkt_code(problem.fn, frozenset(problem.names)))
+    )
     n_x, n_y = lay.n_x, lay.n_y
     v_x = problem.pack(problem.x0)
     Z, lam = space.initial(problem, opts["init"], v_x)

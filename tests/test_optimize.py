@@ -188,18 +188,25 @@ def test_classifier_matches_scipy(method, sign):
     assert res.fun == pytest.approx(sign * ref.fun, rel=1e-10)
 
 
+@pytest.mark.parametrize("kind", ["entries", "arrays"])
 @pytest.mark.parametrize("method", METHODS)
-def test_cyclic_program_matches_scalar_minimization(method):
-    data = cyclic_data()
+def test_cyclic_program_matches_scalar_minimization(method, kind):
+    # the scalar fixed point h = tanh(0.5 h + a x), or the vector one u = tanh(A u + a x)
+    build, data, fixed_point, unknown = {
+        "entries": (cyclic, cyclic_data(), _fixed_point, "h"),
+        "arrays": (array_cyclic, array_cyclic_data(), _vector_fixed_point, "u"),
+    }[kind]
 
     def loss(a: float) -> float:
-        return float(np.sum((_fixed_point(a, data["x"]) - data["t"]) ** 2))
+        return float(np.sum((fixed_point(a, data["x"]) - data["t"]) ** 2))
 
     ref = so.minimize_scalar(loss, bracket=(0.0, 2.0), method="brent", tol=1e-12)
-    res = lad.minimize(cyclic(), {"a": 0.2}, fixed=data, method=method, options=TIGHT[method])
+    res = lad.minimize(build(), {"a": 0.2}, fixed=data, method=method, options=TIGHT[method])
     assert res.success, res.message
     assert res.x["a"] == pytest.approx(ref.x, abs=max(X_ATOL[method], 1e-6))  # Brent: ~sqrt(eps)
     assert res.fun == pytest.approx(ref.fun, rel=1e-9)
+    if method in FULL_SPACE:
+        np.testing.assert_allclose(res.z[unknown], fixed_point(res.x["a"], data["x"]), atol=1e-7)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -241,6 +248,72 @@ def test_bounds_match_scipy(method):
     assert res.x["x"] <= 0.5
 
 
+# --------------------------------------------------------------------------- array programs
+
+
+def array_classifier() -> lad.Program:
+    """`classifier` as an array program: X and w are whole vectors, one constraint each."""
+    prog = lad.Program()
+    X = prog.input("X", shape=(3,), array=True)
+    t = prog.input("t")
+    w = prog.input("w", shape=(3,), array=True)
+    b = prog.input("b")
+    s = prog.define("s", lad.sum(lad.mul(w, X)) + b)
+    loss = prog.define("loss", sp.log(1 + sp.exp(-t * s)))
+    reg = sp.Rational(1, 2) * sp.Float(ALPHA) / N_SAMPLES * lad.sum(lad.mul(w, w))
+    prog.define("objective", loss + reg)
+    return prog
+
+
+def array_cyclic() -> lad.Program:
+    """u = tanh(A u + a x) per sample, u a vector unknown (one cyclic array constraint)."""
+    prog = lad.Program()
+    A = prog.input("A", shape=(2, 2), array=True)
+    x = prog.input("x", shape=(2,), array=True)
+    t = prog.input("t", shape=(2,), array=True)
+    a = prog.input("a")
+    u = prog.var("u", shape=(2,), array=True)
+    prog.define(u, lad.tanh(A @ u + a * x))
+    r = prog.define("r", u - t)
+    prog.define("loss", lad.sum(lad.mul(r, r)))
+    return prog
+
+
+A_CYCLIC = np.array([[0.3, -0.2], [0.1, 0.4]])
+
+
+def array_cyclic_data() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1.5, 1.5, size=(6, 2))
+    return {
+        "A": A_CYCLIC,
+        "x": x,
+        "t": _vector_fixed_point(0.8, x) + 0.05 * rng.normal(size=(6, 2)),
+    }
+
+
+def _vector_fixed_point(a: float, x: np.ndarray) -> np.ndarray:
+    u = np.zeros_like(x)
+    for _ in range(300):  # ‖A‖ < 0.5 and |tanh'| ≤ 1: a contraction, converged to rounding
+        u = np.tanh(u @ A_CYCLIC.T + a * x)
+    return u
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_array_classifier_matches_scipy(method):
+    data = classifier_data()
+    ref = classifier_reference(data)
+    fn = array_classifier().compile()
+    assert fn.engine == "arrays"
+    res = lad.minimize(
+        fn, {"w": np.zeros(3), "b": 0.0}, fixed=data, method=method, options=TIGHT[method]
+    )
+    assert res.success, res.message
+    assert res.x["w"].shape == (3,)
+    np.testing.assert_allclose(np.r_[res.x["w"], res.x["b"]], ref.x, atol=X_ATOL[method])
+    assert res.fun == pytest.approx(ref.fun, rel=1e-10)
+
+
 # --------------------------------------------------------------------------- method properties
 
 
@@ -257,10 +330,11 @@ def test_newton_kkt_converges_quadratically():
     assert all(h["step"] == 1.0 for h in res.history[-3:])  # full Newton steps near the end
 
 
+@pytest.mark.parametrize("build", [classifier, array_classifier], ids=["entries", "arrays"])
 @pytest.mark.parametrize("method", FULL_SPACE)
-def test_full_space_multipliers_are_the_adjoints(method):
+def test_full_space_multipliers_are_the_adjoints(method, build):
     data = classifier_data()
-    fn = classifier().compile()
+    fn = build().compile()
     res = lad.minimize(fn, {"w": np.zeros(3), "b": 0.0}, fixed=data, method=method)
     assert res.success, res.message
     sol = fn.solve({**res.x, **data})
