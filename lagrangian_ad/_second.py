@@ -30,7 +30,7 @@ sample's entries, whatever the batch.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,7 @@ from ._errors import ProgramError
 if TYPE_CHECKING:
     from ._compiled import CompiledProgram
 
-__all__ = ["SparseHessian", "hvp", "hvp_source", "sparse_hessian"]
+__all__ = ["SparseHessian", "colored_hessian", "hvp", "hvp_source", "sparse_hessian"]
 
 Array = Any  # float or numpy.ndarray
 
@@ -280,7 +280,31 @@ def sparse_hessian(
     (10, 3, ('x', (1,)))
     """
     entries, arrays, leads, batch = fn._prepare(inputs, check_finite)
-    rows, cols, labels, sizes = _given_pattern(fn, _pattern(fn), arrays, leads, batch)
+
+    def products(all_vectors: list[dict]) -> list[dict]:
+        directions = [_direction(fn, v, arrays, leads, batch) for v in all_vectors]
+        found = _products(fn, entries, batch, options, directions)
+        return [fn._grads(product, arrays, leads, batch) for product in found]
+
+    result = colored_hessian(fn, _pattern(fn), arrays, leads, batch, products)
+    if not np.isfinite(result.matrix.data).all():
+        fn._warn_non_finite(arrays, leads, batch, options, True, "the Hessian is", stacklevel=4)
+    return result
+
+
+def colored_hessian(
+    fn: CompiledProgram,
+    pattern: tuple[np.ndarray, np.ndarray],
+    arrays: dict,
+    leads: dict,
+    batch: tuple,
+    products: Callable[[list[dict]], list[dict]],
+) -> SparseHessian:
+    """The sparse Hessian from a per-sample pattern and a product: what both engines
+    share. ``pattern`` holds the (row, col) pairs of one sample's Hessian over its scalar
+    inputs; ``products`` maps a list of direction dicts (name -> array as given) to
+    the list of H v dicts."""
+    rows, cols, labels, sizes = _given_pattern(fn, pattern, arrays, leads, batch)
     n = len(labels)
     pattern = sps.csr_array((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(n, n))
     pattern.sort_indices()
@@ -294,16 +318,11 @@ def sparse_hessian(
         for name, size in sizes.items():
             vectors[name] = flat[start : start + size].reshape(np.shape(arrays[name]))
             start += size
-        directions.append(_direction(fn, vectors, arrays, leads, batch))
-    products = _products(fn, entries, batch, options, directions)
+        directions.append(vectors)
     columns = np.zeros((n, max(n_colors, 1)))
-    for c, product in enumerate(products):
-        grads = fn._grads(product, arrays, leads, batch)
+    for c, grads in enumerate(products(directions)):
         columns[:, c] = np.concatenate([np.ravel(grads[name]) for name in sizes]) if n else []
-    matrix = _recover(pattern, colors, columns)
-    if not np.isfinite(matrix.data).all():
-        fn._warn_non_finite(arrays, leads, batch, options, True, "the Hessian is", stacklevel=4)
-    return SparseHessian(matrix, labels, colors)
+    return SparseHessian(_recover(pattern, colors, columns), labels, colors)
 
 
 def _input_pattern(em: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -362,7 +381,7 @@ def _given_pattern(fn: CompiledProgram, pattern, arrays: dict, leads: dict, batc
     sample s and per-sample pair (k, l). Returns rows, cols, labels, sizes.
     """
     n_samples = int(np.prod(batch, dtype=np.int64))
-    G = np.empty((n_samples, fn.graph.n_inputs), dtype=np.intp)
+    G = np.empty((n_samples, sum(v.size for v in fn._inputs.values())), dtype=np.intp)
     labels: list[tuple[str, tuple[int, ...]]] = []
     sizes: dict[str, int] = {}
     offset = k = 0

@@ -356,6 +356,36 @@ def test_hessian_and_hvp_match_differences_of_gradients():
     np.testing.assert_allclose(H["W1"]["b1"], np.moveaxis(H["b1"]["W1"], 0, -1), atol=1e-12)
 
 
+def test_sparse_hessian_of_a_batch_matches_differences_of_gradients():
+    # shared weights, per-sample data: an arrowhead, recovered from few products
+    rng = np.random.default_rng(12)
+    sizes = (3, 4, 2)
+    fn = _mlp(sizes).compile()
+    v = _mlp_inputs(rng, (6,), sizes)
+    result = fn.sparse_hessian(v)
+    H, labels = result
+    names = list(v)
+    assert [n for n, _ in labels] == [n for n in names for _ in range(np.size(v[n]))]
+    eps, columns = 1e-5, []
+    for name in names:  # each column by central differences of the exact gradient
+        for k in range(np.size(v[name])):
+            e = np.zeros(np.size(v[name]))
+            e[k] = eps
+            grads = [
+                fn.value_and_grad({**v, name: v[name] + sign * e.reshape(np.shape(v[name]))})[1]
+                for sign in (1, -1)
+            ]
+            columns.append(
+                np.concatenate([np.ravel(grads[0][n] - grads[1][n]) for n in names]) / (2 * eps)
+            )
+    np.testing.assert_allclose(H.toarray(), np.stack(columns, axis=1), rtol=1e-6, atol=1e-7)
+    n_shared = sum(np.size(v[n]) for n in ("W1", "b1", "W2", "b2"))
+    per_sample = sum(np.size(v[n][0]) for n in ("x", "t"))
+    assert result.n_hvp <= n_shared + per_sample < H.shape[0]
+    x_rows = [i for i, (n, _) in enumerate(labels) if n == "x"]  # samples do not meet
+    assert H[x_rows[0], x_rows[-1]] == 0
+
+
 @settings(max_examples=10, deadline=None)
 @given(_programs(), st.integers(0, 2**31))
 def test_random_array_programs_second_order(spec, seed):
