@@ -213,6 +213,33 @@ def test_equilibrium_layer_against_a_dense_implicit_solve(n, method):
     assert sol.kkt["max_dL_dlambda"] <= 1e-12
 
 
+@pytest.mark.parametrize(
+    ("norm", "forward", "linear"),
+    [(0.3, "fixed-point", "plain iteration"), (0.999, "anderson", "GMRES")],
+)
+def test_matrix_free_paths_against_a_dense_implicit_solve(norm, forward, linear):
+    """A block beyond DENSE_MAX: a fast contraction is solved by plain iteration both
+    ways (forward and λ); one with ‖W‖₂ near 1 (h small: tanh' near 1), whose first
+    steps contract too slowly for plain iteration, by Anderson, and λ by GMRES. Both
+    give the dense implicit-function solve's multipliers."""
+    from lagrangian_ad import _array_engine
+
+    n = _array_engine.DENSE_MAX + 24
+    rng = np.random.default_rng(int(norm * 1000))
+    fn = _equilibrium(n).compile()
+    v = _equilibrium_inputs(rng, n, batch=4, norm=norm)
+    v["U"] *= 0.01  # near h = 0, where tanh' = 1: the contraction rate is about ‖W‖₂
+    v["b"] *= 0.01
+    sol = fn.solve(v, maxiter=2000)
+    (report,) = sol.blocks
+    assert report.method == forward, linear
+    _, want, H, lams = _implicit_reference(v)
+    np.testing.assert_allclose(sol.values["h"], H, atol=1e-11)
+    np.testing.assert_allclose(sol.multipliers["h"], lams, rtol=1e-8, atol=1e-10)
+    for name, g in want.items():
+        np.testing.assert_allclose(sol.grad[name], g, rtol=1e-8, atol=1e-10, err_msg=name)
+
+
 def test_equilibrium_tangent_matches_gradient():
     rng = np.random.default_rng(5)
     for n in (4, 130):
