@@ -451,6 +451,9 @@ class _Rules:
 
     def __init__(self, forms: FormTable):
         self.forms = forms
+        # node id -> {operand position: name of ∂f/∂operand}: the partials of elementwise
+        # nodes already computed (a linearization), for `jvp` and `vjp` to multiply by
+        self.partials: dict[int, dict[int, str]] = {}
 
     # value -----------------------------------------------------------------
 
@@ -474,6 +477,10 @@ class _Rules:
     def vjp(self, w: _Writer, n: Node, g: str, a: list[str], out: str, label: str):
         """Code of the contribution of ``g`` (the adjoint of n) to each operand:
         a list of (operand position, code or None for an entry update)."""
+        if n.op == "ew" and id(n) in self.partials:
+            return [
+                (k, f"_rt.sum_to({g} * {p}, {a[k]}.shape)") for k, p in self.partials[id(n)].items()
+            ]
         if n.op == "ew":
             form: Form = n.data[0]
             names = _names(form, n, a)
@@ -541,6 +548,9 @@ class _Rules:
 
     def jvp(self, w: _Writer, n: Node, a: list[str], d: list[str | None], out: str, label: str):
         """Code of the tangent of n from the operands' tangents ``d`` (None: zero)."""
+        if n.op == "ew" and id(n) in self.partials:
+            terms = [f"{p} * {d[k]}" for k, p in self.partials[id(n)].items() if d[k] is not None]
+            return " + ".join(terms) if terms else None
         if n.op == "ew":
             form: Form = n.data[0]
             names = _names(form, n, a)
@@ -925,10 +935,12 @@ class _Generator:
         """The functions of a cyclic block, for its solvers (one namer: they share names).
 
         ``pre_k(ext…)`` computes once per solve what does not depend on the unknowns u
-        (U x in tanh(W h + U x + b)); ``map_k(u…, ext…, pre…)`` is F(u); ``lin_k`` the
-        values of the nodes that depend on u, at a point, once per linearization; from
-        them ``jvp_k`` (∂F/∂u · du) and ``vjp_k`` ((∂F/∂u)ᵀ g) are one product each,
-        with nothing of F recomputed (args: u…, ext…, pre…, lin…, then du… or g…)."""
+        (U x in tanh(W h + U x + b)); ``map_k(u…, ext…, pre…)`` is F(u); ``lin_k`` F(u)
+        and the values of the nodes that depend on u; ``part_k`` from those the
+        partials of the elementwise nodes (1 − t² for tanh), once per linearization;
+        then ``jvp_k`` (∂F/∂u · du) and ``vjp_k`` ((∂F/∂u)ᵀ g) are one product each,
+        with nothing of F recomputed (args: u…, ext…, pre…, lin…, part…, then du… or
+        g…)."""
         self._relevant = None
         inside = {u.index for u in b.units}
         ext = sorted(_block_reads(b) - inside)
@@ -965,6 +977,10 @@ class _Generator:
         roots = _tuple([s.root.name for s in b.steps])
         sources.append(w.function(f"lin_{b.index}({', '.join(head)})", f"{roots}, {_tuple(lin)}"))
         head += lin
+        w = _Writer(namer)
+        partials = self._block_partials(w, b, varying)
+        sources.append(w.function(f"part_{b.index}({', '.join(head)})", _tuple(partials)))
+        head += partials
         # the tangent in the unknowns
         w = _Writer(namer)
         outs = [self._forward_tangent(w, s, dot, skip=set(ext)) or "0.0" for s in b.steps]
@@ -977,9 +993,35 @@ class _Generator:
         for s, g in zip(b.steps, gs, strict=True):
             self._backward(w, s, g, acc, skip=set(ext))
         self._relevant = None
+        self.rules.partials = {}
         res = [acc.take(u.index) for u in b.units]
         sources.append(w.function(f"vjp_{b.index}({', '.join(head + gs)})", _tuple(res)))
         return "\n".join(sources)
+
+    def _block_partials(self, w: _Writer, b: _Block, varying: set[int]) -> list[str]:
+        """Code of the partials ∂f/∂u-dependent operand of each elementwise node of a
+        block (1 − t² for tanh), at a linearization: its products then multiply by them.
+        Registers them with the rules; returns their names."""
+        names = []
+        for s in b.steps:
+            for n in s.nodes:
+                if n.op != "ew" or id(n) not in varying:
+                    continue
+                form: Form = n.data[0]
+                subst = _names(form, n, [a.name for a in n.args])
+                subst.update(t=n.name)
+                temps, codes = self.rules.forms.jacobian(form, s.label)
+                for t in temps:
+                    tmp, _, code = t.partition(" = ")
+                    subst[tmp.strip("«»")] = w.fresh("_s")
+                    w.emit(f"{subst[tmp.strip('«»')]} = {instantiate(code, subst)}")
+                mine = self.rules.partials.setdefault(id(n), {})
+                for (k, _), code in zip(form.partials, codes, strict=True):
+                    if id(n.args[k]) in varying:
+                        mine[k] = w.fresh("_p")
+                        w.emit(f"{mine[k]} = {instantiate(code, subst)}")
+                        names.append(mine[k])
+        return names
 
 
 def _varying(b: _Block) -> set[int]:
@@ -1107,6 +1149,7 @@ class _BlockCode:
         self.pre = functions[f"pre_{k}"]
         self.map = functions[f"map_{k}"]
         self.lin = functions[f"lin_{k}"]
+        self.part = functions[f"part_{k}"]
         self.jvp_fn = functions[f"jvp_{k}"]
         self.vjp_fn = functions[f"vjp_{k}"]
         self.shapes = [u.shape for u in block.units]
@@ -1161,7 +1204,8 @@ class _BlockCode:
         """The linearization of the block at Z (for `Jv` and `JTv`), with F(Z)."""
         parts = self.split(Z)
         roots, nodes = self.lin(*parts, *ext)
-        return _Point(Z, (*parts, *ext, *nodes), self.join(roots, Z.shape[:-1]), nodes)
+        F = self.join(roots, Z.shape[:-1])
+        return _Point(Z, (*parts, *ext, *nodes), F, nodes, self.part)
 
     def residual_at(self, p: _Point) -> np.ndarray:
         """R at the point of a linearization."""
@@ -1172,11 +1216,11 @@ class _BlockCode:
     def Kv(self, p: _Point, V: np.ndarray) -> np.ndarray:
         """(∂F/∂u) V at p, V of shape (…, batch…, n) (leading axes: several vectors)."""
         lead = np.broadcast_shapes(V.shape[:-1], p.Z.shape[:-1])
-        return self.join(self.jvp_fn(*p.args, *self.split(V)), lead)
+        return self.join(self.jvp_fn(*p.products(), *self.split(V)), lead)
 
     def KTv(self, p: _Point, G: np.ndarray) -> np.ndarray:
         """(∂F/∂u)ᵀ G at p (G of the batch shape of p: the vjp sums what broadcasts)."""
-        out = self.vjp_fn(*p.args, *self.split(G))
+        out = self.vjp_fn(*p.products(), *self.split(G))
         return self.join([0.0 if o is None else o for o in out], G.shape[:-1])
 
     def Jv(self, p: _Point, V: np.ndarray) -> np.ndarray:
@@ -1200,8 +1244,9 @@ def _richardson(K: Callable, R: np.ndarray, rtol: float, maxiter: int) -> np.nda
     goal = rtol * np.abs(R).max(axis=-1)
     last = math.inf
     for it in range(1, maxiter + 1):
-        new = R + K(X)
-        change = np.abs(new - X).max(axis=-1)
+        new = K(X)
+        new += R
+        change = _max_change(new, X)
         X = new
         if np.all(change <= goal):
             return X
@@ -1212,13 +1257,29 @@ def _richardson(K: Callable, R: np.ndarray, rtol: float, maxiter: int) -> np.nda
     return None
 
 
+def _max_change(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """max |A − B| per sample (over the last axis), with one temporary."""
+    d = np.subtract(A, B)
+    np.abs(d, out=d)
+    return d.max(axis=-1)
+
+
 class _Point:
-    """A block linearized at unknowns Z: the products' args, F(Z), the nodes' values."""
+    """A block at unknowns Z: F(Z), the nodes' values, and (on the first product) the
+    partials there: a plain iteration pays for the values alone."""
 
-    __slots__ = ("F", "Z", "args", "nodes")
+    __slots__ = ("F", "Z", "_args", "_part", "nodes")
 
-    def __init__(self, Z: np.ndarray, args: tuple, F: np.ndarray, nodes: tuple):
-        self.Z, self.args, self.F, self.nodes = Z, args, F, nodes
+    def __init__(self, Z: np.ndarray, args: tuple, F: np.ndarray, nodes: tuple, part: Any):
+        self.Z, self.F, self.nodes = Z, F, nodes
+        self._args, self._part = args, part
+
+    def products(self) -> tuple:
+        """The args of the block's jvp and vjp at Z."""
+        if self._part is not None:
+            self._args = (*self._args, *self._part(*self._args))
+            self._part = None
+        return self._args
 
 
 class _Dense:
@@ -1413,13 +1474,16 @@ class _Krylov:
         for it in range(1, opts.maxiter + 1):
             point = code.at(Z, ext)  # F(Z) with the nodes' values: kept at the solution
             F = point.F
-            change = np.abs(F - Z).max(axis=-1)
-            if not np.all(np.isfinite(F)):
-                return None, it, math.inf, math.nan
+            change = _max_change(F, Z)
             worst = float(change.max(initial=0.0))
+            if not worst < math.inf:  # (NaN too)
+                return None, it, math.inf, math.nan
             if slow is not None and it > 3 and worst > slow * last:
                 return None, it, worst, math.nan
-            if np.all(change <= opts.tol * np.maximum(1.0, np.abs(Z).max(axis=-1))):
+            if worst <= opts.tol or (  # the scale max(1, |z|) per sample once it matters
+                worst <= opts.tol * max(float(Z.max(initial=0.0)), -float(Z.min(initial=0.0)))
+                and np.all(change <= opts.tol * np.maximum(1.0, np.abs(Z).max(axis=-1)))
+            ):
                 rate = math.nan
                 if previous is not None and it > 3:
                     ratio = np.divide(change, previous, out=np.zeros_like(change), where=change > 0)
