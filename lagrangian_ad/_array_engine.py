@@ -77,6 +77,7 @@ __all__ = ["ArrayProgram"]
 
 DENSE_MAX = 16  # cyclic blocks up to this many unknowns per sample: dense Newton
 FAST_RATE = 0.6  # matrix-free "auto": plain iteration while each change shrinks this much
+RATE_SPAN = 3  # iterations over which a plain iteration's contraction rate is measured
 _RESERVED = {"numpy", "special", "math", "_lad", "_rt", "_ctx", "_batch"}
 
 # --------------------------------------------------------------------------- runtime
@@ -1459,8 +1460,9 @@ class _Krylov:
         """Fixed-point iteration z ← F(z) (Anderson-accelerated or plain) from Z: (the
         block linearized at the solution or None, iterations, last change, rate). A
         plain run given ``slow`` stops (None) once the change shrinks by less than that
-        factor per iteration; its ``rate`` is the factor of its last iteration (worst
-        sample; NaN for Anderson)."""
+        factor per iteration; its ``rate`` is the mean factor of its last RATE_SPAN
+        iterations (worst sample: near the tolerance rounding makes a single factor
+        erratic; NaN for Anderson)."""
         code = self.code
         if anderson:
 
@@ -1470,7 +1472,7 @@ class _Krylov:
             Zt, it, res = _anderson(G, np.moveaxis(Z, -1, 0), opts.tol, opts.maxiter)
             point = None if Zt is None else code.at(np.moveaxis(Zt, 0, -1).copy(), ext)
             return point, it, res, math.nan
-        last, previous = math.inf, None
+        last, history = math.inf, []  # the changes of the last RATE_SPAN iterations
         for it in range(1, opts.maxiter + 1):
             point = code.at(Z, ext)  # F(Z) with the nodes' values: kept at the solution
             F = point.F
@@ -1485,11 +1487,14 @@ class _Krylov:
                 and np.all(change <= opts.tol * np.maximum(1.0, np.abs(Z).max(axis=-1)))
             ):
                 rate = math.nan
-                if previous is not None and it > 3:
-                    ratio = np.divide(change, previous, out=np.zeros_like(change), where=change > 0)
-                    rate = float(ratio.max(initial=0.0))
+                if len(history) == RATE_SPAN:  # the mean factor over those iterations
+                    ratio = np.divide(
+                        change, history[0], out=np.zeros_like(change), where=change > 0
+                    )
+                    rate = float(ratio.max(initial=0.0)) ** (1 / RATE_SPAN)
                 return point, it, worst, rate  # at Z, whose residual is the last change
-            Z, last, previous = F, worst, change
+            history = [*history[1 - RATE_SPAN :], change]
+            Z, last = F, worst
         return None, opts.maxiter, last, math.nan
 
     def _newton(self, Z, ext, opts):
