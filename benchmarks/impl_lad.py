@@ -87,7 +87,9 @@ def _not_supported(err: Exception) -> bool:
     )
 
 
-def build(problem: Problem, inputs: Inputs, batch: int) -> Bench:
+def build(problem: Problem, inputs: Inputs, batch: int, check_finite: bool = True) -> Bench:
+    """The problem's calls; ``check_finite=False`` skips the one pass over every input and
+    gradient by which the default refuses NaN and inf (`impl_lad_unchecked`)."""
     if problem.arrays and (missing := missing_array_api()):
         raise Unsupported("not supported yet") from NotImplementedError(
             f"array programs need {missing}"
@@ -101,6 +103,8 @@ def build(problem: Problem, inputs: Inputs, batch: int) -> Bench:
 
     # The equilibrium models: the tolerance every implementation stops at, said explicitly.
     options = {"tol": DEQ_TOL} if problem.kind == "deq" else {}
+    if not check_finite:
+        options["check_finite"] = False
     grad_options = {} if problem.wrt is None else {"wrt": list(problem.wrt)}
 
     def value_and_grad():

@@ -87,6 +87,9 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
     impl.name: impl
     for impl in (
         Implementation("lad", "benchmarks.impl_lad", "lagrangian_ad"),
+        Implementation(
+            "lad_unchecked", "benchmarks.impl_lad_unchecked", "lagrangian_ad (check_finite=False)"
+        ),
         Implementation("numba", "benchmarks.impl_numba", "lagrangian_ad (numba)"),
         Implementation("numpy", "benchmarks.impl_numpy", "NumPy by hand"),
         Implementation("torch", "benchmarks.impl_torch", "PyTorch eager"),
