@@ -78,6 +78,7 @@ __all__ = ["ArrayProgram"]
 DENSE_MAX = 16  # cyclic blocks up to this many unknowns per sample: dense Newton
 FAST_RATE = 0.6  # matrix-free "auto": plain iteration while each change shrinks this much
 RATE_SPAN = 3  # iterations over which a plain iteration's contraction rate is measured
+MAX_UNTESTED = 8  # iterations of a plain iteration run without its convergence test
 _RESERVED = {"numpy", "special", "math", "_lad", "_rt", "_ctx", "_batch"}
 
 # --------------------------------------------------------------------------- runtime
@@ -1243,19 +1244,38 @@ def _richardson(K: Callable, R: np.ndarray, rtol: float, maxiter: int) -> np.nda
     Krylov solve takes over)."""
     X = R
     goal = rtol * np.abs(R).max(axis=-1)
-    last = math.inf
+    loosest = float(goal.max(initial=0.0))
+    last, skip = math.inf, 0
     for it in range(1, maxiter + 1):
         new = K(X)
         new += R
+        if skip > 0:  # (see `_untested`)
+            skip -= 1
+            X, last = new, math.inf
+            continue
         change = _max_change(new, X)
         X = new
         if np.all(change <= goal):
             return X
         worst = float(change.max(initial=0.0))
-        if not worst < math.inf or (it > 3 and worst > FAST_RATE * last):
+        if not worst < math.inf or (it > 3 and last < math.inf and worst > FAST_RATE * last):
             return None
+        if 0 < worst < last < math.inf:
+            skip = _untested(worst, worst / last, loosest)
         last = worst
     return None
+
+
+def _untested(change: float, rate: float, tol: float) -> int:
+    """Iterations of a contraction that shrinks ``change`` by ``rate`` per step which
+    cannot reach ``tol`` yet (half the iterations the rate predicts, at most
+    MAX_UNTESTED, and RATE_SPAN tested ones before the goal: a rate that improves
+    costs a few iterations more, no accuracy): the convergence test is skipped there,
+    its passes over the iterate saved."""
+    if not 0 < rate < 1:
+        return 0
+    needed = math.log(tol / change) / math.log(rate)
+    return min(max(0, int(0.5 * needed) - RATE_SPAN - 1), MAX_UNTESTED)
 
 
 def _max_change(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -1473,14 +1493,20 @@ class _Krylov:
             point = None if Zt is None else code.at(np.moveaxis(Zt, 0, -1).copy(), ext)
             return point, it, res, math.nan
         last, history = math.inf, []  # the changes of the last RATE_SPAN iterations
+        skip = 0  # iterations left before the next test: it cannot pass before then
         for it in range(1, opts.maxiter + 1):
             point = code.at(Z, ext)  # F(Z) with the nodes' values: kept at the solution
             F = point.F
+            if skip > 0:
+                skip -= 1
+                history = []
+                Z = F
+                continue
             change = _max_change(F, Z)
             worst = float(change.max(initial=0.0))
             if not worst < math.inf:  # (NaN too)
                 return None, it, math.inf, math.nan
-            if slow is not None and it > 3 and worst > slow * last:
+            if slow is not None and it > 3 and history and worst > slow * last:
                 return None, it, worst, math.nan
             if worst <= opts.tol or (  # the scale max(1, |z|) per sample once it matters
                 worst <= opts.tol * max(float(Z.max(initial=0.0)), -float(Z.min(initial=0.0)))
@@ -1493,6 +1519,8 @@ class _Krylov:
                     )
                     rate = float(ratio.max(initial=0.0)) ** (1 / RATE_SPAN)
                 return point, it, worst, rate  # at Z, whose residual is the last change
+            if history and 0 < worst < last:
+                skip = _untested(worst, worst / last, opts.tol)
             history = [*history[1 - RATE_SPAN :], change]
             Z, last = F, worst
         return None, opts.maxiter, last, math.nan
