@@ -326,6 +326,10 @@ class ArraySum(sp.Expr):
     def array(self) -> sp.MatrixExpr:
         return self.args[0]
 
+    def as_explicit(self) -> sp.Expr:
+        """The sum written out over the entries (for small shapes)."""
+        return sp.Add(*self.array.as_explicit())
+
     def _sympystr(self, printer: Any) -> str:
         return f"sum({printer._print(self.array)})"
 
