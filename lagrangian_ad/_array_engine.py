@@ -3,7 +3,7 @@
 A program with array variables (``array=True``) runs here, never expanded into scalar
 entries. Every variable is a *unit*: an array variable, or one scalar (a scalar
 variable, or one entry of an entry-wise array). Each constraint ``Z = F(…)`` is lowered
-once to a small graph of `Node` s:
+once (by `_lowering`, shared with the symbolic layer) to a small graph of `Node` s:
 
     read     a unit's value                  matmul   A @ B
     const    a number                        T        transpose
@@ -13,9 +13,10 @@ once to a small graph of `Node` s:
 Elementwise forms are derived by SymPy once per form, on scalar placeholders, by the
 form machinery of `_forms` (the same that serves entry-wise programs); the other
 operations have their rules written once, in `_Rules`: value, vector-Jacobian product
-and Jacobian-vector product. Each pass is one walk over the constraints in order
-(forward, tangent) or in reverse (adjoint) that prints those rules as NumPy code:
-a few calls per constraint, readable in ``fn.source``.
+and Jacobian-vector product (`_array_symbolic` states the same vector-Jacobian rules as
+SymPy matrix expressions, for `prog.conditions()`). Each pass is one walk over the
+constraints in order (forward, tangent) or in reverse (adjoint) that prints those rules
+as NumPy code: a few calls per constraint, readable in ``fn.source``.
 
 Values live in one layout inside the generated code: batch axes first, then exactly two
 axes (a vector of shape (n,) is n×1, a scalar 1×1), so elementwise broadcasting is
@@ -54,9 +55,7 @@ import scipy.sparse.csgraph as csgraph
 import scipy.sparse.linalg as spla
 import sympy as sp
 from scipy.sparse import coo_matrix
-from sympy.matrices.expressions.matexpr import MatrixElement
 
-from ._arrays import ArraySum, Elementwise, is_array
 from ._blocks import FORWARD, BlockReport, BlockSolver, SolveOptions, _anderson
 from ._codegen import NUMPY_NAMESPACE, _compile, _exec, _Printer
 from ._compiled import (
@@ -69,8 +68,9 @@ from ._compiled import (
     _user_array,
 )
 from ._errors import ConvergenceError, NonFiniteWarning, ProgramError, SingularSystemError
-from ._forms import Form, FormTable, float_text, form_key, instantiate
+from ._forms import Form, FormTable, float_text, instantiate
 from ._ir import ProgramIR
+from ._lowering import Lowering, Node, Step, Unit, build_units
 from ._second import SparseHessian, colored_hessian
 
 __all__ = ["ArrayProgram"]
@@ -160,242 +160,6 @@ class _rt:
             acc = acc + np.zeros(g.shape[:-2] + shape)
         acc[..., i : i + 1, j : j + 1] += g
         return acc
-
-
-# --------------------------------------------------------------------------- lowering
-
-
-class Node:
-    """One array operation of a constraint (see the module docstring)."""
-
-    __slots__ = ("args", "data", "name", "op", "shape")
-
-    def __init__(self, op: str, args: tuple[Node, ...], shape: tuple[int, int], data: Any = None):
-        self.op, self.args, self.shape, self.data = op, args, shape, data
-        self.name: str | None = None
-
-
-@dataclass
-class _Unit:
-    """A variable of the generated code: an array variable or one scalar."""
-
-    index: int
-    key: sp.Basic  # the MatrixSymbol or Symbol
-    label: str  # as the user knows it: "h", "x", "W[0,1]"
-    name: str  # its identifier in the generated code
-    shape: tuple[int, int]
-    kind: str  # "input" or "intermediate"
-
-
-@dataclass
-class _Step:
-    """One constraint: its unit, its nodes in evaluation order, its root."""
-
-    label: str
-    unit: _Unit  # the unit it defines; for an implicit equation, its matched unknown
-    nodes: list[Node]
-    root: Node
-    reads: set[int]  # indices of the units it reads
-    implicit: bool = False  # an equation c = 0 (its root is c), not z = F
-
-    @property
-    def sign(self) -> str:
-        """How λ enters the vector-Jacobian products of the root: L = … − λ (z − F) gives
-        +λ ∂F, L = … − λ c gives −λ ∂c."""
-        return "-" if self.implicit else ""
-
-
-class _Lowering:
-    """SymPy expressions of one program to nodes; forms derived once per form."""
-
-    def __init__(self, units: dict[sp.Basic, _Unit], forms: FormTable):
-        self.units = units
-        self.forms = forms
-
-    def constraint(self, label: str, unit: _Unit, expr: sp.Basic, implicit: bool = False) -> _Step:
-        self.label = label
-        self.nodes: list[Node] = []
-        self.memo: dict[sp.Basic, Node] = {}
-        root = self.lower(expr)
-        live: set[int] = set()  # nodes merged into a parent's form are dropped
-        stack = [root]
-        while stack:
-            n = stack.pop()
-            if id(n) not in live:
-                live.add(id(n))
-                stack.extend(n.args)
-        self.nodes = [n for n in self.nodes if id(n) in live]
-        if root.shape != unit.shape:
-            raise ProgramError(
-                f"constraint {label!r}: its value has shape {root.shape}, its variable {unit.shape}"
-            )
-        reads = {n.data.index for n in self.nodes if n.op == "read"}
-        return _Step(label, unit, self.nodes, root, reads, implicit)
-
-    def node(self, op: str, args: tuple[Node, ...], shape: tuple[int, int], data: Any = None):
-        n = Node(op, args, shape, data)
-        self.nodes.append(n)
-        return n
-
-    def lower(self, e: sp.Basic) -> Node:
-        done = self.memo.get(e)
-        if done is None:
-            done = self.memo[e] = self._lower(e)
-        return done
-
-    def _lower(self, e: sp.Basic) -> Node:
-        unit = self.units.get(e)
-        if unit is not None:
-            return self.node("read", (), unit.shape, unit)
-        if isinstance(e, sp.MatrixSymbol):
-            raise ProgramError(f"constraint {self.label!r}: {e} is not a variable of this program")
-        if isinstance(e, Elementwise):
-            return self.elementwise(e.function.expr, e.function.variables, e.operands)
-        if isinstance(e, sp.MatAdd):
-            dummies = [sp.Dummy() for _ in e.args]
-            return self.elementwise(sp.Add(*dummies), dummies, e.args)
-        if isinstance(e, sp.MatMul):
-            return self.product(e)
-        if isinstance(e, sp.Transpose):
-            a = self.lower(e.arg)
-            return self.node("T", (a,), (a.shape[1], a.shape[0]))
-        if isinstance(e, sp.HadamardProduct):
-            dummies = [sp.Dummy() for _ in e.args]
-            return self.elementwise(sp.Mul(*dummies), dummies, e.args)
-        if isinstance(e, sp.MatrixBase):
-            return self.matrix_constant(e)
-        if isinstance(e, ArraySum):
-            a = self.lower(e.array)
-            return self.node("sum", (a,), (1, 1))
-        if isinstance(e, MatrixElement):
-            a = self.lower(e.parent)
-            return self.node("entry", (a,), (1, 1), (int(e.i), int(e.j)))
-        if is_array(e):
-            raise ProgramError(
-                f"constraint {self.label!r}: {type(e).__name__} ({e}) is not an array "
-                "operation lagrangian_ad supports (matmul, +, -, multiples, .T, the "
-                "elementwise functions, lad.sum and entries)"
-            )
-        if isinstance(e, sp.Expr):
-            return self.scalar(e)
-        raise ProgramError(f"constraint {self.label!r}: cannot use {e} ({type(e).__name__})")
-
-    def product(self, e: sp.MatMul) -> Node:
-        scalars = [a for a in e.args if not isinstance(a, (sp.MatrixExpr, sp.MatrixBase))]
-        matrices = [self.lower(a) for a in e.args if isinstance(a, (sp.MatrixExpr, sp.MatrixBase))]
-        chain = _chain(matrices, self)
-        if not scalars:
-            return chain
-        factor, d = sp.Mul(*scalars), sp.Dummy()
-        if factor.is_Number:
-            return self.elementwise(factor * d, [d], [chain])
-        f = sp.Dummy()
-        return self.elementwise(f * d, [f, d], [factor, chain])
-
-    def matrix_constant(self, e: sp.MatrixBase) -> Node:
-        try:
-            value = np.array(e.tolist(), dtype=np.float64)
-        except TypeError:
-            raise ProgramError(
-                f"constraint {self.label!r}: an explicit Matrix of symbols inside an array "
-                "expression; declare the array with array=True, or write its entries out"
-            ) from None
-        return self.node("const", (), tuple(value.shape), value)
-
-    def scalar(self, e: sp.Expr) -> Node:
-        """A scalar expression: its array parts (sums, entries, scalar units) become the
-        operands of one elementwise form."""
-        operands: dict[sp.Basic, sp.Dummy] = {}
-        stack = [e]
-        while stack:  # the array parts, not descending into them
-            node = stack.pop()
-            if node in self.units or isinstance(node, (ArraySum, MatrixElement)):
-                if node not in operands:
-                    operands[node] = sp.Dummy()
-            elif node.is_Symbol:
-                raise ProgramError(
-                    f"constraint {self.label!r}: {node} is not a variable of this program"
-                )
-            else:
-                stack.extend(node.args)
-        template = e.xreplace(operands)
-        if not operands:
-            return self.node("const", (), (1, 1), float(sp.Float(template)))
-        if template in operands.values():  # the expression is one array part
-            return self.lower(next(iter(operands)))
-        return self.elementwise(template, list(operands.values()), list(operands))
-
-    def elementwise(self, template: sp.Expr, variables: Any, operands: Any) -> Node:
-        """An ew node of ``template`` (in ``variables``) over the lowered ``operands``;
-        operands that are themselves ew nodes of the same shape are merged in."""
-        nodes = [o if isinstance(o, Node) else self.lower(o) for o in operands]
-        shapes = {n.shape for n in nodes} - {(1, 1)}
-        if len(shapes) > 1:
-            raise ProgramError(
-                f"constraint {self.label!r}: an elementwise operation on shapes "
-                f"{sorted(shapes)} (arrays must have one shape; scalars broadcast)"
-            )
-        shape = shapes.pop() if shapes else (1, 1)
-        # flatten: a child ew of the output's shape is substituted into this template
-        subs: dict[sp.Basic, sp.Expr] = {}
-        flat: list[Node] = []
-        slot: dict[int, sp.Symbol] = {}  # id(node) -> its placeholder
-
-        def placeholder(n: Node, v: sp.Symbol | None = None) -> sp.Symbol:
-            if id(n) not in slot:  # the variable itself where it is free to serve
-                slot[id(n)] = v if v is not None and v not in taken else sp.Dummy()
-                taken.add(slot[id(n)])
-                flat.append(n)
-            return slot[id(n)]
-
-        taken: set[sp.Symbol] = set()
-        for v, n in zip(variables, nodes, strict=True):
-            if n.op == "ew" and n.shape == shape and n.data[2] is not None:
-                child_template, child_vars = n.data[2]
-                inner = {cv: placeholder(cn) for cv, cn in zip(child_vars, n.args, strict=True)}
-                subs[v] = child_template.xreplace(inner)
-            elif n.op == "const" and n.shape == (1, 1):
-                subs[v] = sp.Float(n.data)
-            else:
-                subs[v] = placeholder(n, v)
-        changed = {v: t for v, t in subs.items() if t is not v}
-        body = template.xreplace(changed) if changed else template
-        if not flat:
-            return self.node("const", (), (1, 1), float(sp.Float(body)))
-        ps = [slot[id(n)] for n in flat]
-        key, floats = form_key(body, {p: k for k, p in enumerate(ps)})
-        form = self.forms.get(key, body, tuple(ps), floats, _OUT, self.label)
-        return self.node("ew", tuple(flat), shape, (form, floats, (body, ps)))
-
-
-_OUT = sp.Symbol("«out»", real=True)
-
-
-def _chain(matrices: list[Node], low: _Lowering) -> Node:
-    """The product of matrices in the cheapest order (matrix-chain DP on flops)."""
-    n = len(matrices)
-    if n == 1:
-        return matrices[0]
-    dims = [matrices[0].shape[0], *(m.shape[1] for m in matrices)]
-    cost = [[0.0] * n for _ in range(n)]
-    split = [[0] * n for _ in range(n)]
-    for length in range(2, n + 1):
-        for i in range(n - length + 1):
-            j = i + length - 1
-            cost[i][j] = math.inf
-            for k in range(i, j):
-                c = cost[i][k] + cost[k + 1][j] + dims[i] * dims[k + 1] * dims[j + 1]
-                if c < cost[i][j]:
-                    cost[i][j], split[i][j] = c, k
-
-    def build(i: int, j: int) -> Node:
-        if i == j:
-            return matrices[i]
-        k = split[i][j]
-        a, b = build(i, k), build(k + 1, j)
-        return low.node("matmul", (a, b), (a.shape[0], b.shape[1]))
-
-    return build(0, n - 1)
 
 
 # --------------------------------------------------------------------------- code
@@ -587,8 +351,8 @@ class _Block:
     """A cyclic block: its steps and unknown units, and its position in the order."""
 
     index: int
-    steps: list[_Step]
-    units: list[_Unit]
+    steps: list[Step]
+    units: list[Unit]
 
     @property
     def size(self) -> int:
@@ -598,7 +362,7 @@ class _Block:
 class _Generator:
     """The passes of one program, printed from the rules (one walk each)."""
 
-    def __init__(self, units: list[_Unit], order: list[_Step | _Block], output: _Unit, forms):
+    def __init__(self, units: list[Unit], order: list[Step | _Block], output: Unit, forms):
         self.units = units
         self.order = order
         self.output = output
@@ -642,7 +406,7 @@ class _Generator:
         header = f"forward(_ctx, {', '.join(u.name for u in self.inputs)})"
         return w.function(header, f"({units},), ({', '.join(saved)}{',' if saved else ''})"), saved
 
-    def _values(self, w: _Writer, s: _Step, saved: list[str] | None, final: bool) -> None:
+    def _values(self, w: _Writer, s: Step, saved: list[str] | None, final: bool) -> None:
         """Names and code of each node of ``s``; the root is the unit when ``final``."""
         for n in s.nodes:
             if n.op == "read":
@@ -723,7 +487,7 @@ class _Generator:
     def _backward(
         self,
         w: _Writer,
-        s: _Step,
+        s: Step,
         g: str,
         acc: _Accumulators,
         skip: set[int],
@@ -911,7 +675,7 @@ class _Generator:
         return w.function(f"tangent(_ctx, {args})", dot.get(self.output.index) or "0.0")
 
     def _forward_tangent(
-        self, w: _Writer, s: _Step, dot: dict, skip: set[int], keep: dict | None = None
+        self, w: _Writer, s: Step, dot: dict, skip: set[int], keep: dict | None = None
     ) -> str | None:
         d: dict[int, str | None] = {} if keep is None else keep
         for n in s.nodes:
@@ -1042,8 +806,8 @@ def _tuple(names: list[str]) -> str:
     return f"({', '.join(names)}{',' if names else ''})"
 
 
-def _signed(w: _Writer, st: _Step, lam: str) -> str:
-    """``lam`` as the weight of the root's vector-Jacobian product (see `_Step.sign`)."""
+def _signed(w: _Writer, st: Step, lam: str) -> str:
+    """``lam`` as the weight of the root's vector-Jacobian product (see `Step.sign`)."""
     if not st.implicit or lam == "None":
         return lam
     name = w.fresh("_n")
@@ -1080,7 +844,7 @@ def _sum_code(w: _Writer, parts: list[str], entries: list, shape: tuple[int, int
 class _Accumulators:
     """The adjoint of each unit as a sum of contributions, emitted when it is taken."""
 
-    def __init__(self, w: _Writer, units: list[_Unit]):
+    def __init__(self, w: _Writer, units: list[Unit]):
         self.w = w
         self.units = units
         self.parts: dict[int, list[str]] = {}
@@ -1630,7 +1394,7 @@ class ArrayProgram(CompiledProgram):
         self._intermediates = {v.name: v for v in ir.intermediates}
         self._build_units(ir)
         forms = FormTable(_Printer)
-        low = _Lowering({u.key: u for u in self._units}, forms)
+        low = Lowering({u.key: u for u in self._units}, forms)
         steps = [
             low.constraint(c.label, self._by_key[c.target], c.expr)
             for c in ir.constraints
@@ -1671,7 +1435,7 @@ class ArrayProgram(CompiledProgram):
         self._stationarity = None
         self._all_inputs = frozenset(self._inputs)
 
-    def _equations(self, ir: ProgramIR, low: _Lowering, steps: list[_Step]) -> list[_Step]:
+    def _equations(self, ir: ProgramIR, low: Lowering, steps: list[Step]) -> list[Step]:
         """The implicit equations, each matched to an unknown it reads (SciPy's maximum
         bipartite matching): the unknowns are the scalar units of the intermediates
         declared and never defined."""
@@ -1712,19 +1476,8 @@ class ArrayProgram(CompiledProgram):
         return lowered
 
     def _build_units(self, ir: ProgramIR) -> None:
-        namer = _Namer()
-        units: list[_Unit] = []
-        for var in (*ir.inputs, *ir.intermediates):
-            keys = (
-                [(var.matrix, var.name)]
-                if var.matrix is not None
-                else [(s, s.name) for s in var.symbols]
-            )
-            for key, label in keys:
-                shape = tuple(int(d) for d in key.shape) if var.matrix is not None else (1, 1)
-                units.append(_Unit(len(units), key, label, namer.take(label), shape, var.kind))
-        self._units = units
-        self._by_key = {u.key: u for u in units}
+        self._units = build_units(ir, _Namer().take)
+        self._by_key = {u.key: u for u in self._units}
 
     # ----------------------------------------------------------------- sources
 
@@ -1996,7 +1749,7 @@ class ArrayProgram(CompiledProgram):
         return out
 
     def _user_value(self, var: Any, store: tuple, batch: tuple, zero_missing: bool = False):
-        def one(u: _Unit) -> np.ndarray:
+        def one(u: Unit) -> np.ndarray:
             v = store[u.index]
             if v is None:
                 v = np.zeros(u.shape)
@@ -2057,19 +1810,19 @@ class ArrayProgram(CompiledProgram):
                     return
 
 
-def _owner(u: _Unit) -> str:
+def _owner(u: Unit) -> str:
     """The input a unit belongs to (an entry ``W[0,1]`` belongs to ``W``)."""
     return u.label.split("[", 1)[0]
 
 
-def _steps(order: list) -> list[_Step]:
+def _steps(order: list) -> list[Step]:
     out = []
     for item in order:
         out.extend(item.steps if isinstance(item, _Block) else [item])
     return out
 
 
-def _order(steps: list[_Step], units: list[_Unit]) -> list[_Step | _Block]:
+def _order(steps: list[Step], units: list[Unit]) -> list[Step | _Block]:
     """Steps in dependency order, strongly connected ones as cyclic blocks (SciPy)."""
     by_unit = {s.unit.index: k for k, s in enumerate(steps)}
     rows, cols = [], []
@@ -2088,7 +1841,7 @@ def _order(steps: list[_Step], units: list[_Unit]) -> list[_Step | _Block]:
     for r, c in zip(rows, cols, strict=True):
         if labels[r] != labels[c]:
             deps[int(labels[c])].add(int(labels[r]))
-    order: list[_Step | _Block] = []
+    order: list[Step | _Block] = []
     ts = TopologicalSorter(deps)
     index = 0
     for lab in ts.static_order():

@@ -27,6 +27,7 @@ from sympy.printing.str import StrPrinter
 from ._errors import ProgramError
 
 __all__ = [
+    "ArrayMultiplier",
     "ArraySum",
     "Elementwise",
     "MatrixVariable",
@@ -158,6 +159,21 @@ class MatrixVariable(_Checked, sp.MatrixSymbol):
     """An array variable of a program: a ``sympy.MatrixSymbol`` (n×1 for shape (n,))."""
 
 
+class ArrayMultiplier(sp.MatrixSymbol):
+    """The multiplier Λ of an array constraint: a ``sympy.MatrixSymbol`` of the
+    constraint's shape named ``lambda_<label>``, printed Λ_label (LaTeX ``\\Lambda_{label}``)."""
+
+    @property
+    def label(self) -> str:
+        return self.name.removeprefix("lambda_")
+
+    def _sympystr(self, printer: Any) -> str:
+        return f"Λ_{self.label}"
+
+    def _latex(self, printer: Any) -> str:
+        return rf"\Lambda_{{{printer._print(sp.Symbol(self.label))}}}"
+
+
 class ArrayMatMul(_Checked, sp.MatMul):
     """A matrix product (or numeric multiple) built from this module's operators."""
 
@@ -167,7 +183,8 @@ class ArrayMatMul(_Checked, sp.MatMul):
         if factors[0] == -1:
             parts, factors = ["-"], factors[1:]
         for k, f in enumerate(factors):
-            text = printer.parenthesize(f, PRECEDENCE["Mul"], strict=False)
+            # a scalar product needs no parentheses: a*b*W is (a*b)*W
+            text = printer.parenthesize(f, PRECEDENCE["Mul"], strict=_shape(f) is None)
             if k:
                 parts.append("@" if _shape(f) is not None and _shape(factors[k - 1]) else "*")
             parts.append(text)
@@ -250,7 +267,10 @@ class Elementwise(_Checked, sp.MatrixExpr):
     def doit(self, **hints: Any) -> sp.MatrixExpr:
         return self
 
-    def _printed(self, show: Callable[[sp.Basic], str], latex: bool) -> str:
+    def _printed(self, printer: Any, latex: bool) -> str:
+        """The form with its operands in place; a printer with a ``body_printer``
+        attribute (the symbolic layer's) chooses how the scalar template is printed."""
+        show = printer._print
         template = self.function.expr
         # an operand is parenthesized unless it is the whole argument of a function
         bare = isinstance(template, sp.Function) and all(a.is_Symbol for a in template.args)
@@ -258,13 +278,16 @@ class Elementwise(_Checked, sp.MatrixExpr):
         body = template.xreplace(dict(zip(self.function.variables, names, strict=True)))
         if body.is_Mul and all(isinstance(f, _Shown) for f in body.args):
             return (r" \circ " if latex else " ∘ ").join(n.text for n in names)
-        return (LatexPrinter() if latex else StrPrinter()).doprint(body)
+        body_printer = getattr(printer, "body_printer", None)
+        if body_printer is None:
+            body_printer = LatexPrinter if latex else StrPrinter
+        return body_printer().doprint(body)
 
     def _sympystr(self, printer: Any) -> str:
-        return self._printed(printer._print, latex=False)
+        return self._printed(printer, latex=False)
 
     def _latex(self, printer: Any) -> str:
-        return self._printed(printer._print, latex=True)
+        return self._printed(printer, latex=True)
 
 
 class _Shown(sp.Symbol):
@@ -274,6 +297,7 @@ class _Shown(sp.Symbol):
         obj = sp.Symbol.__new__(cls, f"«{k}:{text}»")
         wrap = not bare and precedence(operand) < PRECEDENCE["Mul"]
         obj.text = f"({text})" if wrap or (_needs_parentheses(operand) and not bare) else text
+        obj.is_array_operand = _shape(operand) is not None
         return obj
 
     def _sympystr(self, printer: Any) -> str:
@@ -301,6 +325,10 @@ class ArraySum(sp.Expr):
     @property
     def array(self) -> sp.MatrixExpr:
         return self.args[0]
+
+    def as_explicit(self) -> sp.Expr:
+        """The sum written out over the entries (for small shapes)."""
+        return sp.Add(*self.array.as_explicit())
 
     def _sympystr(self, printer: Any) -> str:
         return f"sum({printer._print(self.array)})"

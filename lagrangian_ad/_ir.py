@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from ._arrays import MatrixVariable
+from ._arrays import ArrayMultiplier, MatrixVariable
 from ._errors import ProgramError
 
 __all__ = ["Constraint", "ProgramIR", "Variable"]
@@ -78,7 +78,7 @@ class Constraint:
         """λ of this constraint (made on demand: the numeric path never needs it); a
         MatrixSymbol Λ of the target's shape for an array constraint."""
         if isinstance(self.target, sp.MatrixSymbol):
-            return sp.MatrixSymbol(MULTIPLIER_PREFIX + self.label, *self.target.shape)
+            return ArrayMultiplier(MULTIPLIER_PREFIX + self.label, *self.target.shape)
         return sp.Symbol(MULTIPLIER_PREFIX + self.label, real=True)
 
     @property

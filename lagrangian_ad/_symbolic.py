@@ -9,6 +9,10 @@ and ∇L = 0 reads
     ∂L/∂λ_i = 0  ⇔  z_i = f_i(z_Pa(i))                           (the forward pass)
     ∂L/∂z_j = 0  ⇔  λ_j = [j = N] + Σ_{i ∈ children(j)} λ_i ∂f_i/∂z_j   (the adjoint pass)
     ∂L/∂x_k      =  Σ_{i ∈ children(k)} λ_i ∂f_i/∂x_k  (= ∂z_N/∂x_k)  (the gradient)
+
+A program with array variables has one multiplier array per array constraint, the
+inner product ⟨Λ_i, Z_i − F_i⟩ in L and matrix equations as conditions
+(`_array_symbolic`); entry-wise programs are differentiated here, entry by entry.
 """
 
 from __future__ import annotations
@@ -18,13 +22,16 @@ from dataclasses import dataclass
 
 import sympy as sp
 
+from ._array_symbolic import MathLatexPrinter, MathStrPrinter, array_conditions, array_lagrangian
 from ._ir import ProgramIR
 
 __all__ = ["Conditions", "conditions", "lagrangian", "program_latex"]
 
 
 def lagrangian(ir: ProgramIR) -> sp.Expr:
-    """L = z_N − Σ_i λ_i c_i."""
+    """L = z_N − Σ_i λ_i c_i (⟨Λ_i, c_i⟩ for an array constraint)."""
+    if ir.has_arrays:
+        return array_lagrangian(ir)
     return ir.output - sp.Add(*[c.multiplier * c.residual for c in ir.constraints])
 
 
@@ -39,7 +46,10 @@ class Conditions:
     adjoint : list of sympy.Eq
         ∂L/∂z_j = 0 for every intermediate, solved for λ_j where the constraint is explicit.
     gradient : dict
-        Input entry name -> ∂L/∂x_k, a SymPy expression in the multipliers.
+        Input entry name -> ∂L/∂x_k, a SymPy expression in the multipliers (an input
+        array variable's name -> a matrix expression of its shape).
+
+    For an array program the equations are matrix equations, printed with Wᵀ and ∘.
     """
 
     constraints: list[sp.Eq]
@@ -47,29 +57,33 @@ class Conditions:
     gradient: dict[str, sp.Expr]
 
     def _repr_latex_(self) -> str:
+        latex = MathLatexPrinter().doprint
         rows = [r"&\text{forward } (\partial L/\partial \lambda_i = 0): && \\"]
-        rows += [rf"&& {sp.latex(e.lhs)} &= {sp.latex(e.rhs)} \\" for e in self.constraints]
+        rows += [rf"&& {latex(e.lhs)} &= {latex(e.rhs)} \\" for e in self.constraints]
         rows.append(r"&\text{adjoint } (\partial L/\partial z_j = 0): && \\")
-        rows += [rf"&& {sp.latex(e.lhs)} &= {sp.latex(e.rhs)} \\" for e in self.adjoint]
+        rows += [rf"&& {latex(e.lhs)} &= {latex(e.rhs)} \\" for e in self.adjoint]
         rows.append(r"&\text{gradient } (\partial L/\partial x_k): && \\")
         rows += [
-            rf"&& \frac{{\partial L}}{{\partial {sp.latex(sp.Symbol(k))}}} &= {sp.latex(v)} \\"
+            rf"&& \frac{{\partial L}}{{\partial {latex(sp.Symbol(k))}}} &= {latex(v)} \\"
             for k, v in self.gradient.items()
         ]
         return "$$\\begin{aligned}\n" + "\n".join(rows) + "\n\\end{aligned}$$"
 
     def __str__(self) -> str:
+        show = MathStrPrinter().doprint
         lines = ["forward (dL/dλ_i = 0):"]
-        lines += [f"  {e.lhs} = {e.rhs}" for e in self.constraints]
+        lines += [f"  {show(e.lhs)} = {show(e.rhs)}" for e in self.constraints]
         lines.append("adjoint (dL/dz_j = 0):")
-        lines += [f"  {e.lhs} = {e.rhs}" for e in self.adjoint]
+        lines += [f"  {show(e.lhs)} = {show(e.rhs)}" for e in self.adjoint]
         lines.append("gradient (dL/dx_k):")
-        lines += [f"  dL/d{k} = {v}" for k, v in self.gradient.items()]
+        lines += [f"  dL/d{k} = {show(v)}" for k, v in self.gradient.items()]
         return "\n".join(lines)
 
 
 def conditions(ir: ProgramIR) -> Conditions:
     """Differentiate the Lagrangian constraint by constraint (one pass over the program)."""
+    if ir.has_arrays:
+        return Conditions(*array_conditions(ir))
     forward = [
         sp.Eq(c.target, c.expr, evaluate=False)
         if c.target is not None
