@@ -132,6 +132,10 @@ class _Printer(NumPyPrinter):
         a, b = (self.parenthesize(a, PRECEDENCE["Mul"]) for a in expr.args)
         return f"{a}*{b}"
 
+    def _print_Softplus(self, expr: sp.Expr) -> str:
+        # lad.softplus: log(1 + exp(x)) = logaddexp(0, x), without overflow for large x
+        return f"numpy.logaddexp(0.0, {self._print(expr.args[0])})"
+
     def _print_SincPrime(self, expr: sp.Expr) -> str:
         return self._call("_lad.sinc_prime", expr)
 
@@ -162,6 +166,7 @@ _SCIPY_SPECIAL = {
     "bessely": "yv",
     "besseli": "iv",
     "besselk": "kv",
+    "Sigmoid": "expit",  # lad.sigmoid, 1 / (1 + exp(−x)) without overflow
 }
 
 

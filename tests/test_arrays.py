@@ -491,3 +491,24 @@ def test_the_certificate_of_stationarity_is_recomputed():
     assert tight.kkt["max_dL_dz"] < 1e-9
     assert tight.kkt["max_dL_dlambda"] < 1e-12
     assert loose.kkt["max_dL_dlambda"] > 10 * tight.kkt["max_dL_dlambda"]
+
+
+@pytest.mark.parametrize("array", [True, False])
+def test_sigmoid_and_softplus_compile_and_do_not_overflow(array):
+    """lad.sigmoid and lad.softplus on both engines against their closed forms, at
+    arguments where exp(−x) or exp(x) overflows (the generated code uses scipy's expit
+    and NumPy's logaddexp)."""
+    u0 = np.array([0.1, -2.0, 3.0, 40.0, -800.0, 800.0])
+    prog = lad.Program()
+    u = prog.input("u", (6,), array=array)
+    if array:
+        prog.define("s", lad.sum(lad.sigmoid(u)) + 2 * lad.sum(lad.softplus(u)))
+    else:
+        prog.define("s", sum(lad.sigmoid(u[i]) + 2 * lad.softplus(u[i]) for i in range(6)))
+    value, grad = prog.compile().value_and_grad({"u": u0})
+    sig = np.where(
+        u0 >= 0, 1 / (1 + np.exp(-np.abs(u0))), np.exp(-np.abs(u0)) / (1 + np.exp(-np.abs(u0)))
+    )
+    softplus = np.maximum(u0, 0) + np.log1p(np.exp(-np.abs(u0)))
+    np.testing.assert_allclose(value, sig.sum() + 2 * softplus.sum(), rtol=1e-15)
+    np.testing.assert_allclose(grad["u"], sig * (1 - sig) + 2 * sig, rtol=1e-14, atol=1e-300)
