@@ -29,8 +29,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .cells import Cell, Row, RunConfig
 from .implementations import IMPLEMENTATIONS
-from .runner import Cell, Row, RunConfig
 
 __all__ = ["SCHEMA", "read", "record", "results", "write"]
 

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from .cells import Cell, Row, fmt_bytes, fmt_time
 from .implementations import IMPLEMENTATIONS
-from .runner import Cell, Row, fmt_bytes, fmt_time
 
 __all__ = ["header_text", "load_average", "machine_info", "markdown"]
 

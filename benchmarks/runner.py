@@ -17,68 +17,21 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import problems as problems_mod
+from .cells import Cell, Row, RunConfig, fmt_time
 from .implementations import IMPLEMENTATIONS, Bench, Memory, Unsupported, load
-from .timing import Timing, measure
+from .timing import measure
 
 __all__ = ["TOLERANCE", "Cell", "RunConfig", "check", "main", "rel_error", "run"]
 
 TOLERANCE = 1e-8
 MEMORY_TRACE_LIMIT = 0.5  # seconds: slower calls are not run again under a memory tracer
 JSON_NAME = "results.json"  # the measurements as data, written beside the Markdown report
-
-
-@dataclass
-class Cell:
-    """One implementation on one problem and batch.
-
-    ``status`` is ``"ok"`` (timed), ``"wrong"`` (gradient check failed), ``"unsupported"``,
-    ``"missing"`` (library not installed) or ``"error"``; ``text`` is the table cell for
-    the statuses other than ok.
-    """
-
-    impl: str
-    status: str
-    text: str = ""
-    value: Timing | None = None
-    value_and_grad: Timing | None = None
-    cold: float | None = None
-    memory: Memory | None = None
-    error: float | None = None
-    checked_against: str = ""
-    note: str = ""
-    detail: str = ""
-    setup: dict[str, float | None] = field(default_factory=dict)
-
-    @property
-    def ratio(self) -> float | None:
-        if self.value and self.value_and_grad:
-            return self.value_and_grad.median / self.value.median
-        return None
-
-
-@dataclass
-class Row:
-    """One problem at one batch size: a cell per implementation."""
-
-    problem: problems_mod.Problem
-    batch: int
-    cells: dict[str, Cell] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    target: float = 0.2  # seconds per measurement
-    min_runs: int = 5
-    slow: float = 10.0  # seconds: a call this slow is timed once
-    seed: int = 0
-    verbose: bool = True
 
 
 # --------------------------------------------------------------------------- checking
@@ -236,27 +189,6 @@ def run(
         for batch in batches[problem.name]:
             rows.append(run_row(problem, batch, impls, modules, config))
     return rows, versions
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if seconds >= scale or unit == "µs":
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds:.3g} s"
-
-
-def fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n} B"
 
 
 # --------------------------------------------------------------------------- CLI

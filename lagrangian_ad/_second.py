@@ -32,7 +32,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sps
@@ -40,8 +40,9 @@ import scipy.sparse as sps
 from ._codegen import hvp_functions
 from ._errors import ProgramError
 
-if TYPE_CHECKING:
-    from ._compiled import CompiledProgram
+# The compiled program these functions serve (either engine). Not imported, not even for
+# type checking: `_compiled` imports this module, and the layers import one way only.
+CompiledProgram = Any
 
 __all__ = ["SparseHessian", "colored_hessian", "hvp", "hvp_source", "sparse_hessian"]
 

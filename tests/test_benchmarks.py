@@ -254,7 +254,8 @@ def test_results_json_round_trips_a_tiny_run(tmp_path, capsys):
     import math
 
     from benchmarks import records, report
-    from benchmarks.runner import Cell, fmt_time, main
+    from benchmarks.cells import Cell, fmt_time
+    from benchmarks.runner import main
 
     out = tmp_path / "RESULTS.md"
     argv = ["--quick", "--problems", "blog", "--batches", "2", "--impls", "lad,numpy", "--out"]
@@ -319,7 +320,7 @@ def test_compile_curve_counts_couplings(tmp_path):
 def test_report_ratios_and_issue12_targets():
     """The ratio table and issue 12's verdicts, from hand-made cells with known times."""
     from benchmarks import report
-    from benchmarks.runner import Cell, Row
+    from benchmarks.cells import Cell, Row
     from benchmarks.timing import Timing
 
     def ok(impl, seconds, **setup):
