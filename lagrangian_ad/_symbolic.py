@@ -9,12 +9,22 @@ and ∇L = 0 reads
     ∂L/∂λ_i = 0  ⇔  z_i = f_i(z_Pa(i))                           (the forward pass)
     ∂L/∂z_j = 0  ⇔  λ_j = [j = N] + Σ_{i ∈ children(j)} λ_i ∂f_i/∂z_j   (the adjoint pass)
     ∂L/∂x_k      =  Σ_{i ∈ children(k)} λ_i ∂f_i/∂x_k  (= ∂z_N/∂x_k)  (the gradient)
+
+Constraints that are not definitions (`Program.subject_to`), each written g_j ≤ 0 or
+g_j = 0, enter with multipliers μ_j in the sign convention of a maximization of z_N:
+
+    L(x, z, λ, μ) = z_N − Σ_i λ_i c_i(x, z) − Σ_j μ_j g_j(x, z),
+
+so that at a constrained maximum ∇z_N = Σ_j μ_j ∇g_j (along the definitions) with
+μ_j ≥ 0, g_j ≤ 0 and μ_j g_j = 0 for an inequality (complementarity). For a
+minimization of z_N the same μ satisfy ∇z_N + Σ_j μ_j ∇g_j = 0: they are the
+multipliers of L for the maximization of −z_N.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sympy as sp
 
@@ -24,8 +34,12 @@ __all__ = ["Conditions", "conditions", "lagrangian", "program_latex"]
 
 
 def lagrangian(ir: ProgramIR) -> sp.Expr:
-    """L = z_N − Σ_i λ_i c_i."""
-    return ir.output - sp.Add(*[c.multiplier * c.residual for c in ir.constraints])
+    """L = z_N − Σ_i λ_i c_i − Σ_j μ_j g_j."""
+    return (
+        ir.output
+        - sp.Add(*[c.multiplier * c.residual for c in ir.constraints])
+        - sp.Add(*[g.multiplier * g.g for g in ir.subject_to])
+    )
 
 
 @dataclass(frozen=True)
@@ -40,11 +54,16 @@ class Conditions:
         ∂L/∂z_j = 0 for every intermediate, solved for λ_j where the constraint is explicit.
     gradient : dict
         Input entry name -> ∂L/∂x_k, a SymPy expression in the multipliers.
+    complementarity : list of sympy relations
+        For each constraint of `Program.subject_to`, in order: ``g_j <= 0``,
+        ``mu_j >= 0`` and ``Eq(mu_j*g_j, 0)`` for an inequality, ``Eq(g_j, 0)`` for an
+        equality (g_j is written so that the constraint reads g_j ≤ 0 or g_j = 0).
     """
 
     constraints: list[sp.Eq]
     adjoint: list[sp.Eq]
     gradient: dict[str, sp.Expr]
+    complementarity: list[sp.Basic] = field(default_factory=list)
 
     def _repr_latex_(self) -> str:
         rows = [r"&\text{forward } (\partial L/\partial \lambda_i = 0): && \\"]
@@ -56,6 +75,9 @@ class Conditions:
             rf"&& \frac{{\partial L}}{{\partial {sp.latex(sp.Symbol(k))}}} &= {sp.latex(v)} \\"
             for k, v in self.gradient.items()
         ]
+        if self.complementarity:
+            rows.append(r"&\text{constraints and complementarity:} && \\")
+            rows += [rf"&& {sp.latex(e)} & \\" for e in self.complementarity]
         return "$$\\begin{aligned}\n" + "\n".join(rows) + "\n\\end{aligned}$$"
 
     def __str__(self) -> str:
@@ -65,6 +87,9 @@ class Conditions:
         lines += [f"  {e.lhs} = {e.rhs}" for e in self.adjoint]
         lines.append("gradient (dL/dx_k):")
         lines += [f"  dL/d{k} = {v}" for k, v in self.gradient.items()]
+        if self.complementarity:
+            lines.append("constraints and complementarity:")
+            lines += [f"  {_relation_text(e)}" for e in self.complementarity]
         return "\n".join(lines)
 
 
@@ -83,6 +108,19 @@ def conditions(ir: ProgramIR) -> Conditions:
         sign = 1 if c.target is not None else -1
         for s, d in _partials(c.expr):
             terms[s].append(sign * c.multiplier * d)
+    complementarity: list[sp.Basic] = []
+    for side in ir.subject_to:
+        g, mu = side.g, side.multiplier
+        for s, d in _partials(g):  # −μ_j ∂g_j/∂v, like an implicit equation
+            terms[s].append(-mu * d)
+        if side.is_equality:
+            complementarity.append(sp.Eq(g, 0, evaluate=False))
+        else:
+            complementarity += [
+                sp.Le(g, 0, evaluate=False),
+                sp.Ge(mu, 0, evaluate=False),
+                sp.Eq(mu * g, 0, evaluate=False),
+            ]
     own = {c.target: c for c in ir.constraints if c.target is not None}
     adjoint = []
     for var in ir.intermediates:
@@ -95,7 +133,13 @@ def conditions(ir: ProgramIR) -> Conditions:
             else:
                 adjoint.append(sp.Eq(rhs, 0, evaluate=False))
     gradient = {s.name: sp.Add(*terms[s]) for v in ir.inputs for s in v.symbols}
-    return Conditions(forward, adjoint, gradient)
+    return Conditions(forward, adjoint, gradient, complementarity)
+
+
+def _relation_text(rel: sp.Basic) -> str:
+    if isinstance(rel, sp.Equality):
+        return f"{rel.lhs} = {rel.rhs}"
+    return str(rel)
 
 
 def _partials(expr: sp.Expr) -> list[tuple[sp.Symbol, sp.Expr]]:
@@ -128,5 +172,9 @@ def program_latex(ir: ProgramIR) -> str:
         lhs = sp.latex(c.target) if c.target is not None else sp.latex(c.expr)
         rhs = sp.latex(c.expr) if c.target is not None else "0"
         rows.append(rf"& && {lhs} = {rhs} \\")
+    ops = {"<=": r"\le", ">=": r"\ge", "==": "="}
+    for side in ir.subject_to:
+        rel = rf"{sp.latex(side.lhs)} {ops[side.relation]} {sp.latex(side.rhs)}"
+        rows.append(rf"&\text{{subject to}} && {rel} \quad ({side.label}) \\")
     rows.append(rf"&\text{{output}} && {sp.latex(ir.output)}")
     return "$$\\begin{aligned}\n" + "\n".join(rows) + "\n\\end{aligned}$$"
