@@ -213,9 +213,7 @@ def solve_scipy(m: Model, method: str) -> Run:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = scipy.optimize.minimize(
-            f, x0, jac=grad, method=method, bounds=bounds, **kwargs
-        )
+        res = scipy.optimize.minimize(f, x0, jac=grad, method=method, bounds=bounds, **kwargs)
     elapsed = time.perf_counter() - t0
     name = "slsqp" if method == "SLSQP" else "trust-constr"
     return _run(m, name, res.x, f(res.x), int(res.nit), int(res.nfev), elapsed, str(res.status))
@@ -227,8 +225,9 @@ def _run(m, solver, x, fval, nit, nfev, elapsed, status, compile_time=0.0) -> Ru
     solved = bool(
         np.isfinite(fval) and viol <= FEAS_TOL and abs(fval - fstar) <= 1e-6 * (1 + abs(fstar))
     )
-    return Run(m.problem.name, solver, solved, float(fval), viol, nit, nfev, elapsed, status,
-               compile_time)
+    return Run(
+        m.problem.name, solver, solved, float(fval), viol, nit, nfev, elapsed, status, compile_time
+    )
 
 
 def to_casadi(expr: sp.Expr, table: dict):
@@ -330,9 +329,9 @@ def markdown(runs: list[Run]) -> str:
     by = {(r.problem, r.solver): r for r in runs}
     problems = sorted({r.problem for r in runs})
     s = summary(runs)
-    head = "| problem | f* | " + " | ".join(
-        f"{name} ok | it | nfev | ms" for name in SOLVERS
-    ) + " |"
+    head = (
+        "| problem | f* | " + " | ".join(f"{name} ok | it | nfev | ms" for name in SOLVERS) + " |"
+    )
     sep = "|" + "---|" * (2 + 4 * len(SOLVERS))
     lines = [
         "# Hock–Schittkowski problems: lagrangian_ad's interior point, IPOPT, SciPy",
@@ -359,8 +358,12 @@ def markdown(runs: list[Run]) -> str:
         cells = [p, f"{fstar[p]:.8g}"]
         for name in SOLVERS:
             r = by[p, name]
-            cells += ["yes" if r.solved else "**no**", str(r.nit), str(r.nfev),
-                      f"{1000 * r.time:.1f}"]
+            cells += [
+                "yes" if r.solved else "**no**",
+                str(r.nit),
+                str(r.nfev),
+                f"{1000 * r.time:.1f}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -381,7 +384,7 @@ def main(argv=None) -> int:
         problems = [p for p in PROBLEMS if p.number in wanted]
     runs = run_all(problems)
     text = markdown(runs)
-    print(text)  # noqa: T201
+    print(text)
     if not args.only:
         Path(args.out).write_text(text)
         Path(args.json).write_text(json.dumps([asdict(r) for r in runs], indent=1) + "\n")

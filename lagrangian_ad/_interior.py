@@ -56,6 +56,7 @@ itself (‖∇(½‖c_E‖² + ½‖max(c_I, 0)‖²)‖∞ ≤ ``infeasibility_
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,7 +78,7 @@ IP_OPTIONS = {
     "kappa_eps": 10.0,
     "tau_min": 0.99,
     "bound_push": 1e-2,
-    "eta": 1e-4,
+    "eta": 1e-8,
     "max_backtracks": 40,
     "soc": True,
     "scaling": True,
@@ -86,6 +87,7 @@ IP_OPTIONS = {
     "unbounded": 1e20,
     "infeasibility_tol": 1e-8,
     "infeasible_iterations": 5,
+    "restoration_maxiter": 200,
 }
 
 
@@ -178,6 +180,56 @@ def _ldl_solve(factors, b: np.ndarray) -> np.ndarray:
     return S * out
 
 
+GAMMA_THETA, GAMMA_PHI = 1e-5, 1e-8  # the filter's margins
+S_THETA, S_PHI, DELTA = 1.1, 2.3, 1.0  # the switching condition
+GAMMA_ALPHA = 0.05
+
+
+def _alpha_min(theta: float, gphi_d: float, theta_min: float) -> float:
+    """The smallest step the filter line search tries (IPOPT's α_min, eq. 23)."""
+    if gphi_d < 0 and theta <= theta_min:
+        return GAMMA_ALPHA * min(
+            GAMMA_THETA, GAMMA_PHI * theta / -gphi_d, DELTA * theta**S_THETA / (-gphi_d) ** S_PHI
+        )
+    if gphi_d < 0:
+        return GAMMA_ALPHA * min(GAMMA_THETA, GAMMA_PHI * theta / -gphi_d)
+    return GAMMA_ALPHA * GAMMA_THETA
+
+
+def _second_order_corrections(
+    P, factors, x, s, z, yd, c, c_t, s_t, rd, mu, tau, alpha, n, mE, eq, ineq, acceptable, infeas
+):
+    """Up to four second-order corrections of a rejected full step (IPOPT's A-5.5–5.10).
+
+    The same factorization, with the constraint part of the right-hand side replaced by
+    c_soc = α c(x) + c(x + αΔx) (c = (c_E, c_I + s)), accumulated while the violation
+    keeps falling by the factor 0.99. Returns (x, s, f, c, f_type) or None.
+    """
+    sigma_inv = s / z
+    c_soc = np.concatenate([alpha * c[eq] + c_t[eq], alpha * (c[ineq] + s) + c_t[ineq] + s_t])
+    theta_old = infeas(c_t, s_t)
+    for _ in range(4):
+        rhs = -np.concatenate([rd, c_soc[:mE], c_soc[mE:] + mu / z - sigma_inv * yd])
+        d = _ldl_solve(factors, rhs)
+        if not np.all(np.isfinite(d)):
+            return None
+        dx, dyd = d[:n], d[n + mE :]
+        ds = mu / z - sigma_inv * (yd + dyd)
+        a = _fraction_to_boundary(s, ds, tau) if s.size else 1.0
+        x_s, s_s = x + a * dx, s + a * ds
+        with np.errstate(all="ignore"):
+            f_s, c_s = P.fun(x_s)
+        verdict = acceptable(f_s, c_s, s_s)
+        if verdict is not None:
+            return x_s, s_s, f_s, c_s, verdict
+        theta_s = infeas(c_s, s_s)
+        if not np.isfinite(theta_s) or theta_s > 0.99 * theta_old:
+            return None
+        theta_old = theta_s
+        c_soc = a * c_soc + np.concatenate([c_s[eq], c_s[ineq] + s_s])
+    return None
+
+
 def _fraction_to_boundary(v: np.ndarray, dv: np.ndarray, tau: float) -> float:
     """Largest α ∈ (0, 1] with v + α dv ≥ (1 − τ) v (v > 0)."""
     neg = dv < 0
@@ -194,6 +246,8 @@ def interior_point(
     is_eq: np.ndarray,
     options: dict[str, Any],
     record: Callable[[dict[str, Any], np.ndarray], bool] | None = None,
+    is_bound: np.ndarray | None = None,
+    scale_at: np.ndarray | None = None,
 ) -> IPResult:
     """Minimize f(x) subject to c_E(x) = 0 and c_I(x) ≤ 0 (see the module docstring).
 
@@ -213,6 +267,12 @@ def interior_point(
         The entries of `IP_OPTIONS`.
     record : callable, optional
         ``record(entry, x) -> stop``, called after every iteration.
+    is_bound : ndarray of bool, optional
+        Which inequalities are bounds x_k ≤ u or x_k ≥ l: their multipliers start at 1
+        (the others by least squares).
+    scale_at : ndarray, optional
+        Where the gradient-based scale factors are computed (default x0; IPOPT uses the
+        user's start before it is pushed inside the bounds).
 
     Returns
     -------
@@ -224,18 +284,20 @@ def interior_point(
     is_eq = np.asarray(is_eq, dtype=bool)
     eq, ineq = np.flatnonzero(is_eq), np.flatnonzero(~is_eq)
     mE, mI = eq.size, ineq.size
-    P = _Scaled(fun, jac, hess, is_eq, x, o["scaling"])
+    P = _Scaled(fun, jac, hess, is_eq, x if scale_at is None else scale_at, o["scaling"])
     f, g, c, J = P.jac(x)
     mu = float(o["mu_init"])
     s = np.maximum(-c[ineq], o["bound_push"] * np.maximum(1.0, np.abs(c[ineq])))
-    z = np.ones(mI)
-    y = np.zeros(mE)
-    if mE:  # least-squares equality multipliers, as IPOPT (dropped if large)
-        r = g + J[ineq].T @ z
-        y_ls = np.linalg.lstsq(J[eq].T, -r, rcond=None)[0]
+    z = np.ones(mI)  # the slacks' bound multipliers
+    y = np.zeros(mE + mI)  # the constraints' multipliers (y_c, y_d of IPOPT)
+    bound_rows = np.zeros(mE + mI, dtype=bool) if is_bound is None else np.asarray(is_bound)
+    y[bound_rows] = 1.0  # bounds: y = z = 1 (IPOPT's bound_mult_init_val)
+    general = np.flatnonzero(~bound_rows)
+    if general.size:  # least squares from ∇f + Jᵀy = 0, dropped if large (as IPOPT)
+        r = g + J[bound_rows].T @ y[bound_rows]
+        y_ls = np.linalg.lstsq(J[general].T, -r, rcond=None)[0]
         if np.max(np.abs(y_ls), initial=0.0) <= 1e3:
-            y = y_ls
-    nu = 0.0
+            y[general] = y_ls
     delta_last = 0.0
     history: list[dict[str, Any]] = []
     status, message = MAXITER, "Maximum number of iterations reached"
@@ -253,14 +315,16 @@ def interior_point(
             )
         )
 
-    def lagrangian_grad(g_, J_, y_, z_):
-        return g_ + J_[eq].T @ y_ + J_[ineq].T @ z_
-
     def errors(g_, c_, J_, y_, z_, s_, mu_):
-        m_all = mE + mI
+        m_all = mE + 2 * mI
         s_d = max(s_max, (np.sum(np.abs(y_)) + np.sum(np.abs(z_))) / max(m_all, 1)) / s_max
         s_c = max(s_max, np.sum(np.abs(z_)) / max(mI, 1)) / s_max
-        stat = float(np.max(np.abs(lagrangian_grad(g_, J_, y_, z_)), initial=0.0))
+        stat = float(
+            max(
+                np.max(np.abs(g_ + J_.T @ y_), initial=0.0),  # ∂ℒ/∂x
+                np.max(np.abs(y_[ineq] - z_), initial=0.0),  # ∂ℒ/∂s
+            )
+        )
         feas = float(
             max(
                 np.max(np.abs(c_[eq]), initial=0.0),
@@ -270,11 +334,102 @@ def interior_point(
         comp = float(np.max(np.abs(s_ * z_ - mu_), initial=0.0))
         return max(stat / s_d, feas, comp / s_c), stat, feas, comp
 
-    def merit(f_, c_, s_, nu_):
+    def infeas(c_: np.ndarray, s_: np.ndarray) -> float:
+        """θ = ‖c_E‖₁ + ‖c_I + s‖₁ (scaled)."""
+        return float(np.sum(np.abs(c_[eq])) + np.sum(np.abs(c_[ineq] + s_)))
+
+    def barrier(f_: float, s_: np.ndarray) -> float:
         if np.any(s_ <= 0) or not np.isfinite(f_):
             return np.inf
-        pen = np.sum(np.abs(c_[eq])) + np.sum(np.abs(c_[ineq] + s_))
-        return float(f_ - mu * np.sum(np.log(s_)) + nu_ * pen)
+        return float(f_ - mu * np.sum(np.log(s_))) if mI else float(f_)
+
+    filter_: list[tuple[float, float]] = []
+    theta_start = infeas(c, s)
+    theta_max = 1e4 * max(1.0, theta_start)
+    theta_min = 1e-4 * max(1.0, theta_start)
+
+    def acceptable(f_t, c_t, s_t, theta0, phi0, gphi_d, alpha) -> bool | None:
+        """None if the filter rejects the trial point; else whether it is an f-type step
+        (Armijo on the barrier objective, the filter unchanged)."""
+        theta_t, phi_t = infeas(c_t, s_t), barrier(f_t, s_t)
+        if not (np.isfinite(theta_t) and np.isfinite(phi_t)) or theta_t >= theta_max:
+            return None
+        if any(theta_t >= th and phi_t >= ph for th, ph in filter_):
+            return None
+        slack = 10 * np.finfo(float).eps * max(1.0, abs(phi0))
+        switching = gphi_d < 0 and alpha * (-gphi_d) ** S_PHI > DELTA * theta0**S_THETA
+        if theta0 <= theta_min and switching:
+            return True if phi_t <= phi0 + o["eta"] * alpha * gphi_d + slack else None
+        if theta_t <= (1 - GAMMA_THETA) * theta0 or phi_t <= phi0 - GAMMA_PHI * theta0 + slack:
+            return False
+        return None
+
+    nit_restoration = 0
+
+    def log(entry: dict[str, Any], x_: np.ndarray) -> bool:
+        history.append(entry)
+        return record is not None and bool(record(entry, x_))
+
+    def restore(x_r: np.ndarray, theta_r: float, k0: int):
+        """(x, s, f, c, iterations) of an acceptable point, or (status, message)."""
+        lam = 1e-4
+        x_, its = x_r.copy(), 0
+        _, _, c_, J_ = P.jac(x_)
+        while its < int(o["restoration_maxiter"]):
+            active = c_[ineq] > 0
+            r = np.concatenate([c_[eq], np.where(active, c_[ineq], 0.0)])
+            Jr = np.vstack([J_[eq], J_[ineq] * active[:, None]])
+            grad = Jr.T @ r
+            size = float(r @ r) / 2
+            if np.max(np.abs(grad), initial=0.0) <= o["infeasibility_tol"] * max(1.0, size):
+                theta = violation(c_)
+                if theta > o["constr_viol_tol"]:
+                    return INFEASIBLE, (
+                        f"Infeasible: the constraint violation stays at {theta:.3g} at a "
+                        "point where it is stationary (a local minimizer of the violation)"
+                    )
+                break
+            while lam < 1e20:
+                d = np.linalg.solve(Jr.T @ Jr + lam * np.eye(n), -grad)
+                with np.errstate(all="ignore"):
+                    _, c_t = P.fun(x_ + d)
+                act_t = c_t[ineq] > 0
+                r_t = np.concatenate([c_t[eq], np.where(act_t, c_t[ineq], 0.0)])
+                if np.all(np.isfinite(r_t)) and float(r_t @ r_t) / 2 < size:
+                    break
+                lam *= 10
+            else:
+                return STALLED, "Feasibility restoration failed: no step lowered the violation"
+            lam = max(lam / 10, 1e-12)
+            x_ = x_ + d
+            its += 1
+            f_, _, c_, J_ = P.jac(x_)
+            s_ = np.maximum(-c_[ineq], np.minimum(mu, 1e-2))
+            theta_, phi_ = infeas(c_, s_), barrier(f_, s_)
+            log(
+                {
+                    "iteration": k0 + nit_restoration + its,
+                    "fun": f_ / P.sf,
+                    "grad_norm": np.nan,
+                    "constraint_violation": violation(c_),
+                    "kkt_residual": np.nan,
+                    "mu": mu,
+                    "step": 1.0,
+                    "backtracks": 0,
+                    "soc": False,
+                    "delta": lam,
+                    "restoration": True,
+                },
+                x_,
+            )
+            if theta_ <= 0.9 * theta_r and not any(
+                theta_ >= th and phi_ >= ph for th, ph in filter_
+            ):
+                return x_, s_, f_, c_, its
+        return STALLED, (
+            "Feasibility restoration failed to find a point acceptable to the filter "
+            f"(constraint violation {violation(c_):.3g})"
+        )
 
     W = None
     for k in range(int(o["maxiter"]) + 1):
@@ -316,12 +471,13 @@ def interior_point(
         # ---- barrier parameter update (monotone), possibly several times
         while mI and errors(g, c, J, y, z, s, mu)[0] <= o["kappa_eps"] * mu and mu > o["tol"] / 10:
             mu = max(o["tol"] / 10, min(o["kappa_mu"] * mu, mu ** o["theta_mu"]))
+            filter_.clear()  # a new barrier problem: a new filter
         tau = max(o["tau_min"], 1 - mu)
         # ---- the Newton step with inertia correction
-        W = P.hess(x, y_full(y, z, eq, ineq, mE + mI))
-        rd = lagrangian_grad(g, J, y, z)
-        rhs = -np.concatenate([rd, c[eq], c[ineq] + mu / z])
+        W = P.hess(x, y)
+        rd = g + J.T @ y
         sigma_inv = s / z
+        rhs = -np.concatenate([rd, c[eq], c[ineq] + s + mu / z - sigma_inv * y[ineq]])
         delta_w, delta_c = 0.0, 0.0
         first = True
         factors = None
@@ -355,65 +511,72 @@ def interior_point(
         if not np.all(np.isfinite(d)):
             status, message = FAILED, "The Newton step is not finite"
             break
-        dx, dy, dz = d[:n], d[n : n + mE], d[n + mE :]
-        ds = mu / z - s - sigma_inv * dz
+        dx, dy = d[:n], np.empty(mE + mI)
+        dy[eq], dy[ineq] = d[n : n + mE], d[n + mE :]  # the rows are (E, I): back in order
+        ds = mu / z - sigma_inv * (y[ineq] + dy[ineq])
+        dz = mu / s - z - z / s * ds
         alpha_max = _fraction_to_boundary(s, ds, tau) if mI else 1.0
         alpha_z = _fraction_to_boundary(z, dz, tau) if mI else 1.0
-        # ---- merit line search
-        pen0 = np.sum(np.abs(c[eq])) + np.sum(np.abs(c[ineq] + s))
-        bar_slope = float(g @ dx - mu * np.sum(ds / s))
-        curv = float(dx @ (W + delta_w * np.eye(n)) @ dx + np.sum(z / s * ds**2))
-        if pen0 > 0:
-            nu_req = (bar_slope + 0.5 * max(curv, 0.0)) / ((1 - 0.1) * pen0)
-            nu = max(nu, nu_req + 1e-8, float(np.max(np.abs(np.r_[y + dy, z + dz]), initial=0)))
-        D = bar_slope - nu * pen0
-        phi0 = merit(f, c, s, nu)
-        slack = 10 * np.finfo(float).eps * max(1.0, abs(phi0))
-        alpha, accepted, soc_used = alpha_max, False, False
+        # ---- filter line search (Wächter & Biegler 2006, section 2.3)
+        theta0 = infeas(c, s)
+        phi0 = barrier(f, s)
+        gphi_d = float(g @ dx - mu * np.sum(ds / s)) if mI else float(g @ dx)
+        alpha, accepted, soc_used, f_type = alpha_max, False, False, False
+        alpha_min = _alpha_min(theta0, gphi_d, theta_min)
         for backtracks in range(int(o["max_backtracks"]) + 1):
             x_t, s_t = x + alpha * dx, s + alpha * ds
             with np.errstate(all="ignore"):
                 f_t, c_t = P.fun(x_t)
-            if merit(f_t, c_t, s_t, nu) <= phi0 + o["eta"] * alpha * D + slack:
-                accepted = True
+            verdict = acceptable(f_t, c_t, s_t, theta0, phi0, gphi_d, alpha)
+            if verdict is not None:
+                accepted, f_type = True, verdict
                 break
-            if backtracks == 0 and o["soc"] and alpha == alpha_max and (mE + mI):
-                # second-order correction: the same matrix, the constraints at the trial
-                rhs_c = np.concatenate(
-                    [
-                        alpha * c[eq] + c_t[eq],
-                        alpha * (c[ineq] + s) + (c_t[ineq] + s_t) - s + mu / z,
-                    ]
+            if backtracks == 0 and o["soc"] and (mE + mI) and infeas(c_t, s_t) >= theta0:
+                found = _second_order_corrections(
+                    P,
+                    factors,
+                    x,
+                    s,
+                    z,
+                    y[ineq],
+                    c,
+                    c_t,
+                    s_t,
+                    rd,
+                    mu,
+                    tau,
+                    alpha,
+                    n,
+                    mE,
+                    eq,
+                    ineq,
+                    functools.partial(
+                        acceptable, theta0=theta0, phi0=phi0, gphi_d=gphi_d, alpha=alpha
+                    ),
+                    infeas,
                 )
-                d_s = _ldl_solve(factors, -np.concatenate([rd, rhs_c]))
-                dx_s, dz_s = d_s[:n], d_s[n + mE :]
-                ds_s = mu / z - s - sigma_inv * dz_s
-                a_s = _fraction_to_boundary(s, ds_s, tau) if mI else 1.0
-                x_s, s_s = x + a_s * dx_s, s + a_s * ds_s
-                with np.errstate(all="ignore"):
-                    f_s, c_s = P.fun(x_s)
-                if np.all(np.isfinite(d_s)) and merit(f_s, c_s, s_s, nu) <= (
-                    phi0 + o["eta"] * alpha * D + slack
-                ):
-                    x_t, s_t, f_t, c_t = x_s, s_s, f_s, c_s
+                if found is not None:
+                    x_t, s_t, f_t, c_t, f_type = found
                     accepted = soc_used = True
                     break
             alpha /= 2
+            if alpha < alpha_min:
+                break
         if not accepted:
-            theta = violation(c)
-            if theta > o["constr_viol_tol"]:
-                raw = c / P.sc
-                viol = np.where(is_eq, raw, np.maximum(raw, 0.0))
-                g_feas = (J / P.sc[:, None]).T @ viol
-                if np.max(np.abs(g_feas), initial=0.0) <= 1e-4 * max(1.0, theta):
-                    status, message = (
-                        INFEASIBLE,
-                        f"Infeasible: the line search failed with the constraint violation "
-                        f"at {theta:.3g}, where the violation is (nearly) stationary",
-                    )
-                    break
-            status, message = STALLED, "Line search failed: no step decreased the merit function"
-            break
+            # feasibility restoration: the filter takes the current point, then
+            # Levenberg–Marquardt steps on ½‖(c_E, max(c_I, 0))‖² until the filter
+            # accepts a point that lowers the violation θ by a tenth.
+            filter_.append(((1 - GAMMA_THETA) * theta0, phi0 - GAMMA_PHI * theta0))
+            restored = restore(x, theta0, k)
+            if isinstance(restored, tuple) and len(restored) == 2:
+                status, message = restored
+                break
+            x_t, s_t, f_t, c_t, used = restored
+            nit_restoration += used
+            alpha, dy, dz, f_type, backtracks = 1.0, np.zeros(mE + mI), np.zeros(mI), True, 0
+            alpha_z = 0.0
+        if not f_type:  # an h-type step: the filter grows
+            filter_.append(((1 - GAMMA_THETA) * theta0, phi0 - GAMMA_PHI * theta0))
         x, s = x_t, s_t
         y = y + alpha * dy
         z = z + alpha_z * dz
@@ -422,7 +585,7 @@ def interior_point(
             s = np.maximum(s, -c[ineq])  # slack reset: lowers the merit function
             kappa = 1e10
             z = np.clip(z, mu / (kappa * s), kappa * mu / s)
-        nit = k + 1
+        nit = k + 1 + nit_restoration
         E0, stat, _, _ = errors(g, c, J, y, z, s, 0.0)
         entry = {
             "iteration": nit,
@@ -435,13 +598,12 @@ def interior_point(
             "backtracks": backtracks,
             "soc": soc_used,
             "delta": delta_w,
-            "penalty": nu,
         }
-        history.append(entry)
-        if record is not None and record(entry, x):
+        if log(entry, x):
             status, message = STOPPED, "Stopped by the callback"
             break
-    yz = y_full(y, z, eq, ineq, mE + mI)
+    yz = y.copy()
+    yz[ineq] = z  # = y_d at a solution (∂ℒ/∂s = y_d − z = 0), and ≥ 0
     mult = yz * P.sc / P.sf
     f_raw, c_raw = f / P.sf, c / P.sc
     g_raw, J_raw = g / P.sf, J / P.sc[:, None]
@@ -464,11 +626,3 @@ def interior_point(
         kkt=kkt,
         history=history,
     )
-
-
-def y_full(y: np.ndarray, z: np.ndarray, eq: np.ndarray, ineq: np.ndarray, m: int) -> np.ndarray:
-    """The multipliers of all m constraints from those of the equalities and inequalities."""
-    out = np.zeros(m)
-    out[eq] = y
-    out[ineq] = z
-    return out

@@ -1777,6 +1777,20 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+def _push_inside(v: np.ndarray, lo: np.ndarray, hi: np.ndarray, kappa: float) -> np.ndarray:
+    """v moved into [lo + p_lo, hi − p_hi], p = min(κ max(1, |bound|), κ (hi − lo))
+    (IPOPT's bound_push and bound_frac, both κ)."""
+    width = hi - lo
+    with np.errstate(invalid="ignore"):
+        p_lo = np.minimum(kappa * np.maximum(1.0, np.abs(lo)), kappa * width)
+        p_hi = np.minimum(kappa * np.maximum(1.0, np.abs(hi)), kappa * width)
+    low = np.where(np.isfinite(lo), lo + np.nan_to_num(p_lo), -np.inf)
+    high = np.where(np.isfinite(hi), hi - np.nan_to_num(p_hi), np.inf)
+    with np.errstate(invalid="ignore"):
+        middle = (lo + hi) / 2
+    return np.where(low <= high, np.clip(v, low, high), middle)
+
+
 def _interior_point(problem: _Problem, opts: dict, monitor: _Monitor) -> OptimizeResult:
     """A primal-dual interior-point method in the space of the optimized inputs.
 
@@ -1803,8 +1817,17 @@ def _interior_point(problem: _Problem, opts: dict, monitor: _Monitor) -> Optimiz
         entry["nfev"] = problem.nfev
         return monitor.record(entry, problem.user_x(v))
 
+    v_user = v0
+    if box is not None:  # start strictly inside the bounds, as IPOPT does (bound_push)
+        v0 = _push_inside(v0, *box, float(opts["bound_push"]))
     problem.evaluate(v0)  # errors at the start are the caller's to see
-    r = interior_point(nlp.fun, nlp.jac, nlp.hess, v0, nlp.is_eq, opts, record)
+    is_bound = np.arange(nlp.is_eq.size) >= nlp.m
+    try:  # IPOPT scales at the user's start, before it is pushed inside the bounds
+        finite = bool(np.all(np.isfinite(nlp.jac(v_user)[1])))
+    except _SOLVE_FAILURES:
+        finite = False
+    scale_at = v_user if finite else v0
+    r = interior_point(nlp.fun, nlp.jac, nlp.hess, v0, nlp.is_eq, opts, record, is_bound, scale_at)
     m = nlp.m
     try:
         F, G = problem.evaluate(r.x)
