@@ -371,7 +371,8 @@ def interior_point(
         return record is not None and bool(record(entry, x_))
 
     def restore(x_r: np.ndarray, theta_r: float, k0: int):
-        """(x, s, f, c, iterations) of an acceptable point, or (status, message)."""
+        """(x, s, f, c, iterations) of an acceptable point, or (status, message, x,
+        iterations) where it failed."""
         lam = 1e-4
         x_, its = x_r.copy(), 0
         _, _, c_, J_ = P.jac(x_)
@@ -384,9 +385,14 @@ def interior_point(
             if np.max(np.abs(grad), initial=0.0) <= o["infeasibility_tol"] * max(1.0, size):
                 theta = violation(c_)
                 if theta > o["constr_viol_tol"]:
-                    return INFEASIBLE, (
-                        f"Infeasible: the constraint violation stays at {theta:.3g} at a "
-                        "point where it is stationary (a local minimizer of the violation)"
+                    return (
+                        INFEASIBLE,
+                        (
+                            f"Infeasible: the constraint violation stays at {theta:.3g} at a "
+                            "point where it is stationary (a local minimizer of the violation)"
+                        ),
+                        x_,
+                        its,
                     )
                 break
             while lam < 1e20:
@@ -399,7 +405,8 @@ def interior_point(
                     break
                 lam *= 10
             else:
-                return STALLED, "Feasibility restoration failed: no step lowered the violation"
+                message = "Feasibility restoration failed: no step lowered the violation"
+                return STALLED, message, x_, its
             lam = max(lam / 10, 1e-12)
             x_ = x_ + d
             its += 1
@@ -426,9 +433,14 @@ def interior_point(
                 theta_ >= th and phi_ >= ph for th, ph in filter_
             ):
                 return x_, s_, f_, c_, its
-        return STALLED, (
-            "Feasibility restoration failed to find a point acceptable to the filter "
-            f"(constraint violation {violation(c_):.3g})"
+        return (
+            STALLED,
+            (
+                "Feasibility restoration failed to find a point acceptable to the filter "
+                f"(constraint violation {violation(c_):.3g})"
+            ),
+            x_,
+            its,
         )
 
     W = None
@@ -568,8 +580,10 @@ def interior_point(
             # accepts a point that lowers the violation θ by a tenth.
             filter_.append(((1 - GAMMA_THETA) * theta0, phi0 - GAMMA_PHI * theta0))
             restored = restore(x, theta0, k)
-            if isinstance(restored, tuple) and len(restored) == 2:
-                status, message = restored
+            if len(restored) == 4:  # failed: the restoration's last point is the result
+                status, message, x, used = restored
+                nit = k + nit_restoration + used
+                f, g, c, J = P.jac(x)
                 break
             x_t, s_t, f_t, c_t, used = restored
             nit_restoration += used

@@ -35,6 +35,15 @@ the program's multipliers of docs/design.md (L = z_N − Σ λ_i c_i, λ_i = ∂
 * ``"newton-kkt"``: Newton's method on ∇ℒ = 0 in (x, z, μ) with the exact sparse KKT
   matrix, an ℓ1 merit function, backtracking, a second-order correction and inertia
   correction.
+
+Constrained problems (`Program.subject_to`: g_j(x, z) ≤ 0 or = 0 over inputs and
+intermediates):
+
+* ``"interior-point"``: a primal-dual interior-point method (IPOPT's algorithm) in the
+  reduced space: the forward pass eliminates the definitions, so the unknowns are the
+  optimized inputs and every g_j is a function of them, with its gradient by the
+  program's adjoint and the exact Hessian of the Lagrangian by second-order adjoints
+  (one auxiliary program, `_ConstraintProgram`). See `_interior_point`.
 """
 
 from __future__ import annotations
@@ -96,7 +105,10 @@ class OptimizeResult(scipy.optimize.OptimizeResult):
         Whether the method's tolerance was met.
     status : int
         0 converged, 1 iteration limit, 2 no acceptable step (line search or inner
-        solver failed), 3 stopped by the callback, 4 numerical failure.
+        solver failed), 3 stopped by the callback, 4 numerical failure; from
+        ``"interior-point"`` also 5 infeasible (the constraint violation stays positive
+        where it is stationary: a local minimizer of the violation) and 6 unbounded (a
+        feasible point with the objective below −1e20, or |x| above 1e20).
     message : str
         Why the method stopped.
     nit : int
@@ -122,6 +134,17 @@ class OptimizeResult(scipy.optimize.OptimizeResult):
         name (batch shape + own shape). ``"augmented-lagrangian"`` adds ``penalty`` (the
         final ρ) and ``inner_nit`` (all L-BFGS iterations); ``"newton-kkt"`` adds
         ``kkt_residual``.
+    multipliers, kkt, sensitivity, constraints, maxcv, nhev : ``"interior-point"``
+        ``multipliers``: constraint name (of `Program.subject_to`) -> μ, with
+        ∇F + Σ_j μ_j ∇g_j = 0 for `minimize` and ∇F = Σ_j μ_j ∇g_j for `maximize` (g_j
+        written g_j ≤ 0 or g_j = 0; μ_j ≥ 0 for inequalities either way: the μ of
+        `Program.lagrangian`). ``kkt``: ``stationarity``, ``feasibility`` and
+        ``complementarity``, the max residuals at ``x``. ``sensitivity``: data input
+        name -> ∂fun/∂p, with p's shape, by the envelope theorem (the gradient of
+        F + s Σ_j μ_j g_j with respect to the data at the optimum; empty unless
+        converged). ``constraints``: name -> g_j at ``x``. ``maxcv``: the largest
+        violation. ``nhev``: Hessian evaluations. ``bound_multipliers`` (with
+        ``bounds``): name -> (μ of the lower, μ of the upper bounds), x's shape.
     """
 
     def __repr__(self) -> str:
@@ -152,8 +175,10 @@ def minimize(
     fixed : dict, optional
         Input name -> value of each input that is data, not a variable; may be batched.
         Every input of the program must be in exactly one of ``x0`` and ``fixed``.
-    method : {"gradient", "lbfgs", "augmented-lagrangian", "newton-kkt"}
-        See the module docstring and the option lists below.
+    method : {"gradient", "lbfgs", "augmented-lagrangian", "newton-kkt", "interior-point"}
+        See the module docstring and the option lists below. Default: "interior-point"
+        for a program with constraints of `Program.subject_to` (the only method that
+        holds them; the others refuse such programs), "lbfgs" otherwise.
     tol : float, optional
         Sets the method's main tolerances: ``gtol`` for ``"gradient"``; ``ftol`` and
         ``gtol`` for ``"lbfgs"``; ``ctol`` and ``gtol`` for ``"augmented-lagrangian"``;
@@ -199,6 +224,17 @@ def minimize(
         ``max_reduced`` (500: above this many optimized entries ``"descent"`` is used),
         ``delta_min`` (1e-8), ``delta_max`` (1e20), ``damping`` (1e-3: the smallest
         proximal term added after a shortened step).
+
+        ``"interior-point"`` (see `lagrangian_ad._interior`): ``maxiter`` (3000),
+        ``tol`` (1e-8: the scaled KKT error), ``constr_viol_tol`` (1e-8), ``mu_init``
+        (0.1), ``kappa_mu`` (0.2), ``theta_mu`` (1.5), ``kappa_eps`` (10),
+        ``tau_min`` (0.99), ``bound_push`` (1e-2), ``eta`` (1e-8: Armijo constant),
+        ``max_backtracks`` (40), ``soc`` (True), ``scaling`` (True: gradient-based, as
+        IPOPT), ``delta_w0`` (1e-4), ``delta_w_max`` (1e40), ``unbounded`` (1e20),
+        ``infeasibility_tol`` (1e-8), ``infeasible_iterations`` (5),
+        ``restoration_maxiter`` (200), ``bounds`` (the same format as above: each
+        finite bound becomes an inequality of the method, and x0 is pushed inside).
+        Constraints with batched data are not supported yet.
 
     Returns
     -------
