@@ -17,9 +17,11 @@ import sympy as sp
 from ._arrays import ArrayMultiplier, MatrixVariable
 from ._errors import ProgramError
 
-__all__ = ["Constraint", "ProgramIR", "Variable"]
+__all__ = ["Constraint", "ProgramIR", "SideConstraint", "Variable"]
 
 MULTIPLIER_PREFIX = "lambda_"
+SIDE_MULTIPLIER_PREFIX = "mu_"
+RELATIONS = ("<=", ">=", "==")
 
 
 # --------------------------------------------------------------------------- data
@@ -93,13 +95,53 @@ class Constraint:
 
 
 @dataclass(frozen=True)
+class SideConstraint:
+    """A constraint that is not a definition: ``lhs <= rhs``, ``lhs >= rhs`` or
+    ``lhs == rhs`` over inputs and intermediates (`Program.subject_to`).
+
+    Its function g is written so that the constraint reads g ≤ 0 (an inequality) or
+    g = 0 (an equality): g = lhs − rhs for ``<=`` and ``==``, g = rhs − lhs for ``>=``.
+    Its multiplier μ is ≥ 0 for an inequality.
+    """
+
+    label: str
+    relation: str  # one of RELATIONS
+    lhs: sp.Expr
+    rhs: sp.Expr
+
+    @property
+    def is_equality(self) -> bool:
+        return self.relation == "=="
+
+    @property
+    def g(self) -> sp.Expr:
+        """g with the constraint g ≤ 0 (inequality) or g = 0 (equality)."""
+        return self.rhs - self.lhs if self.relation == ">=" else self.lhs - self.rhs
+
+    @property
+    def multiplier(self) -> sp.Symbol:
+        """μ of this constraint, the Symbol ``mu_<label>`` (μ ≥ 0 for an inequality)."""
+        return sp.Symbol(SIDE_MULTIPLIER_PREFIX + self.label, real=True)
+
+    @property
+    def free_symbols(self) -> set:
+        return self.lhs.free_symbols | self.rhs.free_symbols
+
+
+@dataclass(frozen=True)
 class ProgramIR:
-    """The frozen program: what compiling, solving and printing work from."""
+    """The frozen program: what compiling, solving and printing work from.
+
+    ``subject_to`` holds the constraints that are not definitions (`SideConstraint`):
+    the forward pass and the gradient ignore them; the constrained optimizers and the
+    symbolic Lagrangian include them.
+    """
 
     inputs: tuple[Variable, ...]
     intermediates: tuple[Variable, ...]
     constraints: tuple[Constraint, ...]
     output: sp.Symbol
+    subject_to: tuple[SideConstraint, ...] = ()
 
     @property
     def has_arrays(self) -> bool:
@@ -139,6 +181,16 @@ class ProgramIR:
             raise ProgramError(f"intermediate {_names(undefined)} declared but never defined")
         if self.output not in {s for v in self.intermediates for s in v.symbols}:
             raise ProgramError(f"the output {self.output} is not an intermediate")
+        labels = {c.label for c in self.constraints}
+        for side in self.subject_to:
+            if side.relation not in RELATIONS:
+                raise ProgramError(f"constraint {side.label!r}: unknown relation {side.relation}")
+            if side.label in labels:
+                raise ProgramError(f"constraint name {side.label!r} is used twice")
+            labels.add(side.label)
+            unknown = [s for s in side.free_symbols if s not in seen]
+            if unknown:
+                raise ProgramError(f"constraint {side.label!r} uses undefined {_names(unknown)}")
 
 
 # --------------------------------------------------------------------------- helpers

@@ -35,13 +35,24 @@ the program's multipliers of docs/design.md (L = z_N − Σ λ_i c_i, λ_i = ∂
 * ``"newton-kkt"``: Newton's method on ∇ℒ = 0 in (x, z, μ) with the exact sparse KKT
   matrix, an ℓ1 merit function, backtracking, a second-order correction and inertia
   correction.
+
+Constrained problems (`Program.subject_to`: g_j(x, z) ≤ 0 or = 0 over inputs and
+intermediates):
+
+* ``"interior-point"``: a primal-dual interior-point method (IPOPT's algorithm) in the
+  reduced space: the forward pass eliminates the definitions, so the unknowns are the
+  optimized inputs and every g_j is a function of them, with its gradient by the
+  program's adjoint and the exact Hessian of the Lagrangian by second-order adjoints
+  (one auxiliary program, `_ConstraintProgram`). See `_interior_point`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+import warnings
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,13 +66,14 @@ import sympy as sp
 from ._arrays import mul as lad_mul
 from ._arrays import sum as lad_sum
 from ._compiled import CompiledProgram
-from ._errors import ConvergenceError, ProgramError, SingularSystemError
+from ._errors import ConvergenceError, NonFiniteWarning, ProgramError, SingularSystemError
+from ._interior import IP_OPTIONS, interior_point
 from ._ir import ProgramIR, Variable
 from ._program import Program
 
 __all__ = ["METHODS", "OptimizeResult", "maximize", "minimize"]
 
-METHODS = ("gradient", "lbfgs", "augmented-lagrangian", "newton-kkt")
+METHODS = ("gradient", "lbfgs", "augmented-lagrangian", "newton-kkt", "interior-point")
 
 # Status codes, shared by every method.
 CONVERGED = 0  # the tolerance was met
@@ -69,6 +81,8 @@ MAXITER = 1  # the iteration (or evaluation) limit was reached
 STALLED = 2  # no acceptable step: line search or inner solver failed
 STOPPED = 3  # the callback asked to stop
 FAILED = 4  # a numerical failure (non-finite values, singular KKT matrix)
+# From the interior-point method: INFEASIBLE = 5 (no feasible point found: stationary
+# for the constraint violation), UNBOUNDED = 6 (the objective decreases without bound).
 
 # Failures of a forward solve at a trial point: a line search rejects the point.
 _SOLVE_FAILURES = (ConvergenceError, SingularSystemError, FloatingPointError)
@@ -91,7 +105,10 @@ class OptimizeResult(scipy.optimize.OptimizeResult):
         Whether the method's tolerance was met.
     status : int
         0 converged, 1 iteration limit, 2 no acceptable step (line search or inner
-        solver failed), 3 stopped by the callback, 4 numerical failure.
+        solver failed), 3 stopped by the callback, 4 numerical failure; from
+        ``"interior-point"`` also 5 infeasible (the constraint violation stays positive
+        where it is stationary: a local minimizer of the violation) and 6 unbounded (a
+        feasible point with the objective below −1e20, or |x| above 1e20).
     message : str
         Why the method stopped.
     nit : int
@@ -117,6 +134,17 @@ class OptimizeResult(scipy.optimize.OptimizeResult):
         name (batch shape + own shape). ``"augmented-lagrangian"`` adds ``penalty`` (the
         final ρ) and ``inner_nit`` (all L-BFGS iterations); ``"newton-kkt"`` adds
         ``kkt_residual``.
+    multipliers, kkt, sensitivity, constraints, maxcv, nhev : ``"interior-point"``
+        ``multipliers``: constraint name (of `Program.subject_to`) -> μ, with
+        ∇F + Σ_j μ_j ∇g_j = 0 for `minimize` and ∇F = Σ_j μ_j ∇g_j for `maximize` (g_j
+        written g_j ≤ 0 or g_j = 0; μ_j ≥ 0 for inequalities either way: the μ of
+        `Program.lagrangian`). ``kkt``: ``stationarity``, ``feasibility`` and
+        ``complementarity``, the max residuals at ``x``. ``sensitivity``: data input
+        name -> ∂fun/∂p, with p's shape, by the envelope theorem (the gradient of
+        F + s Σ_j μ_j g_j with respect to the data at the optimum; empty unless
+        converged). ``constraints``: name -> g_j at ``x``. ``maxcv``: the largest
+        violation. ``nhev``: Hessian evaluations. ``bound_multipliers`` (with
+        ``bounds``): name -> (μ of the lower, μ of the upper bounds), x's shape.
     """
 
     def __repr__(self) -> str:
@@ -131,7 +159,7 @@ def minimize(
     prog: Program | CompiledProgram,
     x0: Mapping[Any, Any],
     fixed: Mapping[Any, Any] | None = None,
-    method: str = "lbfgs",
+    method: str | None = None,
     tol: float | None = None,
     callback: Callable[[OptimizeResult], Any] | None = None,
     options: Mapping[str, Any] | None = None,
@@ -147,8 +175,10 @@ def minimize(
     fixed : dict, optional
         Input name -> value of each input that is data, not a variable; may be batched.
         Every input of the program must be in exactly one of ``x0`` and ``fixed``.
-    method : {"gradient", "lbfgs", "augmented-lagrangian", "newton-kkt"}
-        See the module docstring and the option lists below.
+    method : {"gradient", "lbfgs", "augmented-lagrangian", "newton-kkt", "interior-point"}
+        See the module docstring and the option lists below. Default: "interior-point"
+        for a program with constraints of `Program.subject_to` (the only method that
+        holds them; the others refuse such programs), "lbfgs" otherwise.
     tol : float, optional
         Sets the method's main tolerances: ``gtol`` for ``"gradient"``; ``ftol`` and
         ``gtol`` for ``"lbfgs"``; ``ctol`` and ``gtol`` for ``"augmented-lagrangian"``;
@@ -195,6 +225,17 @@ def minimize(
         ``delta_min`` (1e-8), ``delta_max`` (1e20), ``damping`` (1e-3: the smallest
         proximal term added after a shortened step).
 
+        ``"interior-point"`` (see `lagrangian_ad._interior`): ``maxiter`` (3000),
+        ``tol`` (1e-8: the scaled KKT error), ``constr_viol_tol`` (1e-8), ``mu_init``
+        (0.1), ``kappa_mu`` (0.2), ``theta_mu`` (1.5), ``kappa_eps`` (10),
+        ``tau_min`` (0.99), ``bound_push`` (1e-2), ``eta`` (1e-8: Armijo constant),
+        ``max_backtracks`` (40), ``soc`` (True), ``scaling`` (True: gradient-based, as
+        IPOPT), ``delta_w0`` (1e-4), ``delta_w_max`` (1e40), ``unbounded`` (1e20),
+        ``infeasibility_tol`` (1e-8), ``infeasible_iterations`` (5),
+        ``restoration_maxiter`` (200), ``bounds`` (the same format as above: each
+        finite bound becomes an inequality of the method, and x0 is pushed inside).
+        Constraints with batched data are not supported yet.
+
     Returns
     -------
     OptimizeResult
@@ -224,7 +265,7 @@ def maximize(
     prog: Program | CompiledProgram,
     x0: Mapping[Any, Any],
     fixed: Mapping[Any, Any] | None = None,
-    method: str = "lbfgs",
+    method: str | None = None,
     tol: float | None = None,
     callback: Callable[[OptimizeResult], Any] | None = None,
     options: Mapping[str, Any] | None = None,
@@ -248,8 +289,17 @@ def maximize(
 
 
 def _optimize(sense, prog, x0, fixed, method, tol, callback, options) -> OptimizeResult:
+    constrained = bool(_compiled(prog).ir.subject_to)
+    if method is None:
+        method = "interior-point" if constrained else "lbfgs"
     if method not in _METHODS:
         raise ProgramError(f"Unknown method {method!r}; methods: {', '.join(METHODS)}")
+    if constrained and method != "interior-point":
+        names = ", ".join(g.label for g in _compiled(prog).ir.subject_to)
+        raise ProgramError(
+            f"method {method!r} cannot hold the program's constraints ({names}, from "
+            "subject_to); use method='interior-point' (the default for such programs)"
+        )
     defaults, run = _METHODS[method]
     opts = _options(method, defaults, options)
     if tol is not None:
@@ -318,6 +368,7 @@ class _Problem:
         self.fixed = {n: arrays[n] for n in data}
         self.batch = batch
         self.shapes = {n: self.x0[n].shape for n in self.names}
+        self.ir_shapes = {v.name: v.shape for v in self.ir.inputs}
         sizes = [self.x0[n].size for n in self.names]
         self.offsets = dict(zip(self.names, np.cumsum([0, *sizes[:-1]]).tolist(), strict=True))
         self.n = int(sum(sizes))
@@ -1565,3 +1616,288 @@ _TOL_KEYS = {
     "augmented-lagrangian": ("ctol", "gtol"),
     "newton-kkt": ("tol",),
 }
+
+
+# --------------------------------------------------------------------------- interior point
+
+_INTERIOR = {**IP_OPTIONS, "bounds": None, "solve": None}
+
+
+@dataclass(frozen=True)
+class _ConstraintProgram:
+    """The program whose output is w_0 z_N + Σ_j w_j g_j, with the weights w an input.
+
+    The same inputs, intermediates and definitions as the program, the constraints g_j
+    of `Program.subject_to` (each written g_j ≤ 0 or g_j = 0), and one more input
+    ``weights`` of shape (1 + m,). The package differentiates it like any program, so:
+
+    * with w = e_k, its value is z_N (k = 0) or g_k, and its gradient ∇z_N or ∇g_k
+      (all m + 1 at once: a batch of m + 1 copies with the rows of the identity);
+    * with w = (s σ, y), its Hessian in x is that of the (scaled) Lagrangian
+      s σ F + Σ_j y_j g_j of the interior-point method, by Hessian-vector products;
+    * with w = (1, s y) at the optimum, its gradient with respect to the data is
+      ∂F*/∂p by the envelope theorem.
+
+    The forward pass eliminates the definitions (z = z(x)): the interior-point method
+    works in the space of the optimized inputs only.
+    """
+
+    fn: CompiledProgram
+    weights: str
+    labels: tuple[str, ...]
+    is_eq: np.ndarray
+
+
+_CONSTRAINT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _constraint_program(fn: CompiledProgram) -> _ConstraintProgram:
+    cached = _CONSTRAINT_CACHE.get(fn)
+    if cached is not None:
+        return cached
+    ir: ProgramIR = fn.ir
+    taken = {v.name for v in (*ir.inputs, *ir.intermediates)}
+    taken.update(c.label for c in ir.constraints)
+    taken.update(g.label for g in ir.subject_to)
+
+    def fresh(base: str) -> str:
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return name
+
+    lp = Program(progress=False)
+    for var in ir.inputs:
+        lp.input(var.name, shape=var.shape, array=var.matrix is not None)
+    for var in ir.intermediates:
+        lp.var(var.name, shape=var.shape, array=var.matrix is not None)
+    by_target = {c.target: c for c in ir.constraints if c.target is not None}
+    for var in ir.intermediates:
+        if var.matrix is not None:
+            if var.matrix in by_target:
+                lp.define(var.name, by_target[var.matrix].expr)
+        elif all(s in by_target for s in var.symbols):
+            exprs = [by_target[s].expr for s in var.symbols]
+            if var.shape == ():
+                lp.define(var.name, exprs[0])
+            else:
+                rows, cols = (var.shape[0], 1) if len(var.shape) == 1 else var.shape
+                lp.define(var.name, sp.Matrix(rows, cols, exprs))
+    for c in ir.constraints:
+        if c.target is None:
+            lp.equation(c.expr, 0, name=c.label)
+    m = len(ir.subject_to)
+    weights = fresh("ip_weights")
+    w = lp.input(weights, shape=(1 + m,))
+    total = w[0] * ir.output + sp.Add(*[w[1 + j] * g.g for j, g in enumerate(ir.subject_to)])
+    lp.output(lp.define(fresh("ip_lagrangian"), total))
+    out = _ConstraintProgram(
+        lp.compile(),
+        weights,
+        tuple(g.label for g in ir.subject_to),
+        np.array([g.is_equality for g in ir.subject_to], dtype=bool),
+    )
+    _CONSTRAINT_CACHE[fn] = out
+    return out
+
+
+class _ReducedNLP:
+    """F(x) and the constraints g(x, z(x)) of a program, with exact derivatives.
+
+    The optimized inputs are the flat vector v of `_Problem`; bounds become the
+    inequalities v_k − hi_k ≤ 0 and lo_k − v_k ≤ 0 (after the program's constraints).
+    Every evaluation is a call of `_ConstraintProgram`: values and the Jacobian from one
+    batched ``value_and_grad`` (rows: the objective, then each constraint), the Hessian
+    of the Lagrangian from one batched ``hvp`` along the n unit vectors.
+    """
+
+    def __init__(self, problem: _Problem, box: tuple[np.ndarray, np.ndarray] | None):
+        self.problem = problem
+        self.cp = _constraint_program(problem.fn)
+        self.m = len(self.cp.labels)
+        if self.m and problem.batch != ():
+            raise ProgramError(
+                f"interior-point: constraints (subject_to) with batched data (batch shape "
+                f"{problem.batch}) are not supported yet; give unbatched data, or one "
+                "scalar input per sample"
+            )
+        n = problem.n
+        self.n = n
+        lo, hi = box if box is not None else (np.full(n, -np.inf), np.full(n, np.inf))
+        self.upper, self.lower = np.flatnonzero(np.isfinite(hi)), np.flatnonzero(np.isfinite(lo))
+        self.hi, self.lo = hi[self.upper], lo[self.lower]
+        eye = np.eye(n)
+        self.J_bounds = np.vstack([eye[self.upper], -eye[self.lower]])
+        self.is_eq = np.concatenate(
+            [self.cp.is_eq, np.zeros(self.upper.size + self.lower.size, dtype=bool)]
+        )
+
+    def _bound_values(self, v: np.ndarray) -> np.ndarray:
+        return np.concatenate([v[self.upper] - self.hi, self.lo - v[self.lower]])
+
+    def _lift(self, v: np.ndarray, k: int, weights: np.ndarray) -> dict[str, Any]:
+        """The inputs for a batch of k copies of v: x broadcast along a new first axis,
+        the weights (k, 1 + m), and the data as given."""
+        x = self.problem.unpack(v)
+        batch_axes = len(self.problem.batch)
+        out: dict[str, Any] = {}
+        for name, a in x.items():
+            own = len(self.problem.ir_shapes[name])
+            lead = a.ndim - own
+            a = a.reshape((1,) * (1 + batch_axes - lead) + a.shape)
+            out[name] = np.broadcast_to(a, (k, *a.shape[1:]))
+        w = np.asarray(weights, dtype=np.float64).reshape((k,) + (1,) * batch_axes + (-1,))
+        return {**out, **self.problem.fixed, self.cp.weights: w}
+
+    def _rows(self, grad: Mapping[str, Any], k: int) -> np.ndarray:
+        return np.concatenate([np.reshape(grad[n], (k, -1)) for n in self.problem.names], axis=1)
+
+    def fun(self, v: np.ndarray) -> tuple[float, np.ndarray]:
+        k = 1 + self.m
+        try:
+            with np.errstate(all="ignore"), _quiet():
+                value = self.cp.fn.value(self._lift(v, k, np.eye(k)), check_finite=False)
+        except _SOLVE_FAILURES:
+            return np.inf, np.full(self.is_eq.size, np.nan)
+        value = np.reshape(value, (k, -1))
+        self.problem.nfev += 1
+        f = self.problem.sign * float(np.sum(value[0]))
+        return f, np.concatenate([value[1:, 0], self._bound_values(v)])
+
+    def jac(self, v: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+        k = 1 + self.m
+        with np.errstate(all="ignore"), _quiet():
+            value, grad = self.cp.fn.value_and_grad(
+                self._lift(v, k, np.eye(k)), check_finite=False, wrt=self.problem.names
+            )
+        self.problem.njev += 1
+        value = np.reshape(value, (k, -1))
+        rows = self._rows(grad, k)
+        s = self.problem.sign
+        f = s * float(np.sum(value[0]))
+        c = np.concatenate([value[1:, 0], self._bound_values(v)])
+        return f, s * rows[0], c, np.vstack([rows[1:], self.J_bounds])
+
+    def hess(self, v: np.ndarray, sigma: float, y: np.ndarray) -> np.ndarray:
+        n = self.n
+        w = np.concatenate([[self.problem.sign * sigma], y[: self.m]])
+        inputs = self._lift(v, n, np.broadcast_to(w, (n, w.size)))
+        eye, vectors, off = np.eye(n), {}, 0
+        for name in self.problem.names:
+            size = self.problem.x0[name].size
+            vectors[name] = eye[:, off : off + size].reshape(inputs[name].shape)
+            off += size
+        with np.errstate(all="ignore"), _quiet():
+            hv = self.cp.fn.hvp(inputs, vectors, check_finite=False)
+        H = self._rows(hv, n)
+        return (H + H.T) / 2
+
+    def sensitivity(self, v: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        """∂F*/∂p for each data input p: the gradient of F + s Σ_j y_j g_j (envelope)."""
+        data = list(self.problem.fixed)
+        if not data:
+            return {}
+        w = np.concatenate([[1.0], self.problem.sign * y[: self.m]])
+        inputs = {**self.problem.inputs(v), self.cp.weights: w}
+        _, grad = self.cp.fn.value_and_grad(inputs, wrt=data, **self.problem.solve_options)
+        return {n: _user(grad[n]) for n in data}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Trial points may overflow: the interior-point method handles it, no warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteWarning)
+        yield
+
+
+def _push_inside(v: np.ndarray, lo: np.ndarray, hi: np.ndarray, kappa: float) -> np.ndarray:
+    """v moved into [lo + p_lo, hi − p_hi], p = min(κ max(1, |bound|), κ (hi − lo))
+    (IPOPT's bound_push and bound_frac, both κ)."""
+    width = hi - lo
+    with np.errstate(invalid="ignore"):
+        p_lo = np.minimum(kappa * np.maximum(1.0, np.abs(lo)), kappa * width)
+        p_hi = np.minimum(kappa * np.maximum(1.0, np.abs(hi)), kappa * width)
+    low = np.where(np.isfinite(lo), lo + np.nan_to_num(p_lo), -np.inf)
+    high = np.where(np.isfinite(hi), hi - np.nan_to_num(p_hi), np.inf)
+    with np.errstate(invalid="ignore"):
+        middle = (lo + hi) / 2
+    return np.where(low <= high, np.clip(v, low, high), middle)
+
+
+def _interior_point(problem: _Problem, opts: dict, monitor: _Monitor) -> OptimizeResult:
+    """A primal-dual interior-point method in the space of the optimized inputs.
+
+    The problem is min s·F(x) subject to g_j(x, z(x)) ≤ 0 or = 0, the constraints of
+    `Program.subject_to` (and the bounds), with z(x) the forward pass: the definitions
+    are eliminated (reduced space), so every iterate satisfies them exactly and the
+    unknowns are the optimized inputs only. F, every g_j, their gradients and the exact
+    Hessian of the Lagrangian s σ F + Σ_j y_j g_j come from one auxiliary program
+    (`_ConstraintProgram`) through the package's own adjoint and second-order adjoint
+    passes. The iteration (barrier, slacks, dense LDLᵀ with inertia correction, ℓ1
+    merit line search with the fraction-to-boundary rule, infeasibility and
+    unboundedness detection) is `lagrangian_ad._interior.interior_point`.
+
+    The multipliers reported satisfy ∇F + Σ_j μ_j ∇g_j = 0 for `minimize` and
+    ∇F = Σ_j μ_j ∇g_j for `maximize` (the μ of `Program.lagrangian`), μ_j ≥ 0 for
+    inequalities in both cases; ``sensitivity`` is ∂F*/∂p = ∂/∂p (F + s Σ_j μ_j g_j).
+    """
+    box = _bounds(problem, opts.pop("bounds"))
+    nlp = _ReducedNLP(problem, box)
+    v0 = problem.pack(problem.x0)
+
+    def record(entry: dict[str, Any], v: np.ndarray) -> bool:
+        entry["fun"] = problem.sign * entry["fun"]
+        entry["nfev"] = problem.nfev
+        return monitor.record(entry, problem.user_x(v))
+
+    v_user = v0
+    if box is not None:  # start strictly inside the bounds, as IPOPT does (bound_push)
+        v0 = _push_inside(v0, *box, float(opts["bound_push"]))
+    problem.evaluate(v0)  # errors at the start are the caller's to see
+    is_bound = np.arange(nlp.is_eq.size) >= nlp.m
+    try:  # IPOPT scales at the user's start, before it is pushed inside the bounds
+        finite = bool(np.all(np.isfinite(nlp.jac(v_user)[1])))
+    except _SOLVE_FAILURES:
+        finite = False
+    scale_at = v_user if finite else v0
+    r = interior_point(nlp.fun, nlp.jac, nlp.hess, v0, nlp.is_eq, opts, record, is_bound, scale_at)
+    m = nlp.m
+    try:
+        F, G = problem.evaluate(r.x)
+    except _SOLVE_FAILURES:
+        F, G = np.nan, np.full(problem.n, np.nan)
+    multipliers = {label: float(r.y[j]) for j, label in enumerate(nlp.cp.labels)}
+    mu_hi = np.zeros(problem.n)
+    mu_lo = np.zeros(problem.n)
+    mu_hi[nlp.upper] = r.y[m : m + nlp.upper.size]
+    mu_lo[nlp.lower] = r.y[m + nlp.upper.size :]
+    extra: dict[str, Any] = {}
+    if box is not None:
+        lo_d, hi_d = problem.unpack(mu_lo), problem.unpack(mu_hi)
+        extra["bound_multipliers"] = {n: (_user(lo_d[n]), _user(hi_d[n])) for n in problem.names}
+    sensitivity = {}
+    if r.status == CONVERGED:
+        sensitivity = nlp.sensitivity(r.x, r.y)
+    return problem.finish(
+        r.x,
+        F,
+        np.nan_to_num(G),
+        status=r.status,
+        message=r.message,
+        nit=r.nit,
+        nhev=r.nhev,
+        multipliers=multipliers,
+        kkt=r.kkt,
+        maxcv=r.kkt["feasibility"],
+        sensitivity=sensitivity,
+        constraints={label: float(r.c[j]) for j, label in enumerate(nlp.cp.labels)},
+        history=monitor.history,
+        **extra,
+    )
+
+
+_METHODS["interior-point"] = (_INTERIOR, _interior_point)
+_TOL_KEYS["interior-point"] = ("tol",)

@@ -11,6 +11,8 @@ One statement a line; ``#`` starts a comment::
     h = tanh(0.5*h + a)  #   their line, so cycles are allowed
     u**3 + u = x         # an implicit equation c(z) = lhs − rhs = 0 (left side not a name)
     output h             # the output z_N (default: the last intermediate defined)
+    subject to a + h <= 2          # a constraint that is not a definition (named g1)
+    subject to cap: x**2 >= 0.1    # a named one; relations <=, >= and ==
 
 This is the format `str(program)` prints (`lagrangian_ad._text`), so
 ``parse(str(prog))`` gives the same program back — for programs whose names are ASCII
@@ -33,6 +35,7 @@ import itertools
 import keyword
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -871,10 +874,21 @@ class _Equation:
 
 
 @dataclass
+class _Relation:
+    name: str | None
+    relation: str  # "<=", ">=" or "=="
+    lhs: list[_Token]
+    rhs: list[_Token]
+    line: int
+    column: int
+
+
+@dataclass
 class _Statements:
     declarations: list[_Declaration] = field(default_factory=list)
     definitions: list[_Definition] = field(default_factory=list)
     equations: list[_Equation] = field(default_factory=list)
+    relations: list[_Relation] = field(default_factory=list)
     output: tuple[str, tuple[int, ...] | None, int, int] | None = None
 
 
@@ -883,6 +897,9 @@ def _statements(source: _Source) -> _Statements:
     out = _Statements()
     for number, raw in enumerate(source.lines, start=1):
         text = raw.split("#", 1)[0]
+        if _SUBJECT_TO.match(text):
+            out.relations.append(_relation(text, number, source))
+            continue
         tokens = _tokenize(text, number, source)
         first = tokens[0]
         if first.kind == "end":
@@ -928,6 +945,66 @@ def _statements(source: _Source) -> _Statements:
             )
         _assignment(tokens, number, source, out)
     return out
+
+
+_SUBJECT_TO = re.compile(r"\s*subject\s+to\b")
+_CONSTRAINT_NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*:")
+_RELATION_OP = re.compile(r"<=|>=|==|<|>|=")
+
+
+def _relation(text: str, line: int, source: _Source) -> _Relation:
+    """``subject to [NAME:] lhs OP rhs`` with OP one of <=, >=, ==.
+
+    The two sides are tokenized from the line with everything else blanked out, so
+    their columns are those of the line.
+    """
+    start = _SUBJECT_TO.match(text).end()
+    column = len(text) - len(text.lstrip()) + 1
+    name = None
+    named = _CONSTRAINT_NAME.match(text, start)
+    if named:
+        name = named.group(1)
+        if keyword.iskeyword(name) or name in FUNCTIONS or name in CONSTANTS:
+            raise source.error(
+                f"{name!r} cannot name a constraint", line, named.start(1) + 1, "choose another"
+            )
+        start = named.end()
+    ops = list(_RELATION_OP.finditer(text, start))
+    if not ops:
+        raise source.error(
+            "expected a relation after 'subject to'",
+            line,
+            start + 1,
+            "write `subject to lhs <= rhs` (or >=, ==), optionally named: `subject to g: …`",
+        )
+    op = ops[0]
+    if op.group() in ("<", ">"):
+        raise source.error(
+            f"strict inequality {op.group()!r}",
+            line,
+            op.start() + 1,
+            f"write {op.group()}= : an interior-point method works on the closure of the "
+            "feasible set, where < and <= are the same constraint",
+        )
+    if op.group() == "=":
+        raise source.error(
+            "'=' in a constraint", line, op.start() + 1, "an equality constraint is written =="
+        )
+    if len(ops) > 1:
+        raise source.error(
+            f"a second relation {ops[1].group()!r} in one constraint",
+            line,
+            ops[1].start() + 1,
+            "write one relation a line: `subject to a <= b` and `subject to b <= c`",
+        )
+    blank = " " * len(text)
+    lhs_text = blank[:start] + text[start : op.start()]
+    rhs_text = blank[: op.end()] + text[op.end() :]
+    lhs, rhs = _tokenize(lhs_text, line, source), _tokenize(rhs_text, line, source)
+    for side, at, where in ((lhs, start, "left"), (rhs, op.end(), "right")):
+        if side[0].kind == "end":
+            raise source.error(f"nothing on the {where} of {op.group()!r}", line, at + 1)
+    return _Relation(name, op.group(), lhs, rhs, line, column)
 
 
 def _indices(
@@ -1293,7 +1370,7 @@ def _build(source: _Source, progress: Any = None) -> Program:
         _check_numbers(expr, source, line, tokens[0].column)
         return expr
 
-    n_statements = len(st.definitions) + len(st.equations)
+    n_statements = len(st.definitions) + len(st.equations) + len(st.relations)
     for k, df in enumerate(st.definitions):
         report("reading expressions", k, n_statements)
         df.expr = expression(df.rhs, df.line)
@@ -1309,6 +1386,18 @@ def _build(source: _Source, progress: Any = None) -> Program:
                 eq.column,
                 "state an array unknown by a definition that uses it, as in h = tanh(W @ h + b)",
             )
+
+    relations = []
+    for rel in st.relations:
+        lhs, rhs = expression(rel.lhs, rel.line), expression(rel.rhs, rel.line)
+        if is_array(lhs) or is_array(rhs):
+            raise source.error(
+                "a constraint between arrays; a constraint is scalar",
+                rel.line,
+                rel.lhs[0].column,
+                "constrain an entry, or sum(A)",
+            )
+        relations.append((rel, _RELATION_BUILDERS[rel.relation](lhs, rhs, evaluate=False)))
 
     # Every declared intermediate must be defined (all its entries) or be an unknown.
     in_equations: set[sp.Symbol] = set()
@@ -1372,6 +1461,13 @@ def _build(source: _Source, progress: Any = None) -> Program:
         lhs, rhs = eq.exprs or (sp.S.Zero, sp.S.Zero)
         program_call(eq.line, eq.column, lambda a=lhs, b=rhs: prog.equation(a, b))
 
+    for rel, relation in relations:
+        program_call(
+            rel.line,
+            rel.column,
+            lambda r=relation, n=rel.name: prog.subject_to(r, name=n),
+        )
+
     if st.output is not None:
         name, index, line, col = st.output
         var = table.get(name)
@@ -1398,6 +1494,9 @@ def _build(source: _Source, progress: Any = None) -> Program:
     report.done(f"{n_statements:,} statements", verb="read")
     prog.progress = progress
     return prog
+
+
+_RELATION_BUILDERS = {"<=": sp.Le, ">=": sp.Ge, "==": sp.Eq}
 
 
 def _check_target(df: _Definition, var: _Var, source: _Source) -> None:

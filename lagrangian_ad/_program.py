@@ -25,14 +25,23 @@ from sympy.core.function import AppliedUndef
 from ._arrays import Elementwise, MatrixVariable, check_array_node, is_array
 from ._constants import bottom_up
 from ._errors import ProgramError
-from ._ir import MULTIPLIER_PREFIX, Constraint, ProgramIR, Variable, _as_sympy, _names
+from ._ir import (
+    MULTIPLIER_PREFIX,
+    SIDE_MULTIPLIER_PREFIX,
+    Constraint,
+    ProgramIR,
+    SideConstraint,
+    Variable,
+    _as_sympy,
+    _names,
+)
 from ._progress import BuildProgress
 
 if TYPE_CHECKING:
     from ._compiled import CompiledProgram, Solution
     from ._symbolic import Conditions
 
-__all__ = ["Constraint", "Program", "ProgramIR", "Variable"]
+__all__ = ["Constraint", "Program", "ProgramIR", "SideConstraint", "Variable"]
 
 _MULTIPLIER_PREFIX = MULTIPLIER_PREFIX
 _NOT_REAL = frozenset({sp.I, sp.zoo, sp.nan})
@@ -81,6 +90,7 @@ class Program:
         self._by_entry_name: dict[str, sp.Symbol] = {}  # "W[0,1]" -> symbol
         self._definitions: dict[str, tuple[sp.Expr, ...]] = {}  # in definition order
         self._equations: dict[str, sp.Expr] = {}  # label -> residual lhs − rhs
+        self._side: dict[str, SideConstraint] = {}  # subject_to, in order
         self._output: sp.Symbol | None = None
         self._frozen: ProgramIR | None = None
         self._compiled: CompiledProgram | None = None
@@ -152,11 +162,11 @@ class Program:
         """
         if name is None:
             k = len(self._equations) + 1
-            while f"eq{k}" in self._vars or f"eq{k}" in self._equations:
+            while self._name_taken(f"eq{k}"):
                 k += 1
             name = f"eq{k}"
         _check_name(name)
-        if name in self._vars or name in self._equations:
+        if self._name_taken(name):
             raise ProgramError(f"equation name {name!r} is already in use")
         left, right = _scalar_expr(lhs, name), _scalar_expr(rhs, name)
         residual = self._bind(left - right, name)
@@ -166,6 +176,114 @@ class Program:
         self._changed()
         self._building.step(1)
         return sp.Symbol(_MULTIPLIER_PREFIX + name, real=True)
+
+    def subject_to(self, relation: Any, name: str | None = None) -> sp.Symbol:
+        """Add a constraint that is not a definition; returns its multiplier μ.
+
+        ``relation`` is a SymPy relation over inputs and intermediates (entries of
+        arrays, ``lad.sum`` of an array variable): ``x**2 + y**2 <= 1``, ``z >= 0``,
+        ``sp.Eq(a + b, 1)``. The forward pass and the gradient ignore it; `lad.minimize`
+        and `lad.maximize` then solve the constrained problem (``method=
+        "interior-point"``), and `lagrangian` includes it with its multiplier.
+
+        Strict inequalities (``<``, ``>``) are rejected: an interior-point method (like
+        every solver of continuous problems) works on the closure of the feasible set,
+        where ``x < 1`` and ``x <= 1`` are the same constraint; accepting ``<`` would
+        promise something the solution may not hold (it may sit on the boundary).
+
+        Parameters
+        ----------
+        relation : sympy.Le, sympy.Ge or sympy.Eq
+        name : str, optional
+            The constraint's name (default ``g1``, ``g2``, …): the key of its multiplier
+            in the optimizer's result, and ``mu_<name>`` in the Lagrangian.
+
+        Returns
+        -------
+        sympy.Symbol
+            The multiplier μ of the constraint (≥ 0 for an inequality).
+
+        Raises
+        ------
+        ProgramError
+            Not a relation, a strict inequality, a relation that involves no variable
+            (or SymPy already evaluated to True or False), an unknown symbol, a name in
+            use.
+
+        Examples
+        --------
+        >>> import sympy as sp, lagrangian_ad as lad
+        >>> prog = lad.Program()
+        >>> x, y = prog.input("x"), prog.input("y")
+        >>> f = prog.define("f", x + y)
+        >>> prog.subject_to(x**2 + y**2 <= 1)
+        mu_g1
+        >>> res = lad.minimize(prog, {"x": 0.5, "y": 0.0})
+        >>> round(res.fun, 6), round(res.multipliers["g1"], 6)
+        (-1.414214, 0.707107)
+        """
+        if name is None:
+            k = len(self._side) + 1
+            while self._name_taken(f"g{k}"):
+                k += 1
+            name = f"g{k}"
+        label = name if isinstance(name, str) else repr(name)
+        if isinstance(relation, (bool, sp.logic.boolalg.BooleanAtom)):
+            raise ProgramError(
+                f"constraint {label!r}: the relation is the constant {relation}: SymPy "
+                "evaluated it because it involves no variable; a constraint must involve "
+                "an input or intermediate"
+            )
+        if isinstance(relation, (sp.StrictLessThan, sp.StrictGreaterThan)):
+            raise ProgramError(
+                f"constraint {label!r}: strict inequality {relation}; write it with <= or "
+                ">= (an interior-point method works on the closure of the feasible set, "
+                "where < and <= are the same constraint)"
+            )
+        if isinstance(relation, sp.Ne):
+            raise ProgramError(
+                f"constraint {label!r}: {relation} (≠) is not a constraint of a continuous "
+                "problem; use <=, >= or sp.Eq"
+            )
+        ops = {sp.LessThan: "<=", sp.GreaterThan: ">=", sp.Equality: "=="}
+        op = ops.get(type(relation))
+        if op is None:
+            raise ProgramError(
+                f"constraint {label!r}: {relation!r} is not a relation; write lhs <= rhs, "
+                "lhs >= rhs or sp.Eq(lhs, rhs)"
+            )
+        if not isinstance(name, str):
+            raise ProgramError(f"a constraint name must be a str, not {type(name).__name__}")
+        _check_name(name)
+        if self._name_taken(name):
+            raise ProgramError(f"constraint name {name!r} is already in use")
+        sides = []
+        for side in (relation.lhs, relation.rhs):
+            if isinstance(side, sp.MatrixBase) or isinstance(side, sp.MatrixExpr):
+                raise ProgramError(
+                    f"constraint {name!r}: {side} is an array; a constraint is scalar (use "
+                    "an entry, or lad.sum)"
+                )
+            sides.append(self._bind(side, name))
+        lhs, rhs = sides
+        if not (lhs.free_symbols | rhs.free_symbols):
+            raise ProgramError(
+                f"constraint {name!r}: {relation} involves no variable; a constraint must "
+                "involve an input or intermediate"
+            )
+        side = SideConstraint(name, op, lhs, rhs)
+        self._side[name] = side
+        self._changed()
+        return side.multiplier
+
+    def _name_taken(self, name: str) -> bool:
+        return (
+            name in self._vars
+            or name in self._equations
+            or name in self._side
+            or name in self._by_entry_name
+            or SIDE_MULTIPLIER_PREFIX + name in self._vars
+        )
 
     def output(self, target: str | sp.Symbol) -> sp.Symbol:
         """Choose the scalar output z_N (default: the last intermediate defined)."""
@@ -240,6 +358,8 @@ class Program:
         """The multiplier λ of an intermediate (a Matrix of them for an array)."""
         if isinstance(target, str) and target in self._equations:
             return sp.Symbol(_MULTIPLIER_PREFIX + target, real=True)
+        if isinstance(target, str) and target in self._side:
+            return self._side[target].multiplier
         var = self._vars.get(target) if isinstance(target, str) else None
         if var is not None and var.kind == "input":
             raise ProgramError(f"{target!r} is an input: it has no constraint, no multiplier")
@@ -348,6 +468,8 @@ class Program:
             raise ProgramError(f"variable {name!r} is declared twice")
         if name in self._equations:
             raise ProgramError(f"{name!r} already names an equation")
+        if name in self._side:
+            raise ProgramError(f"{name!r} already names a constraint (subject_to)")
         shape = _check_shape(name, shape)
         if not isinstance(array, bool):
             raise ProgramError(f"variable {name!r}: array must be True or False, not {array!r}")
@@ -575,6 +697,7 @@ class Program:
             intermediates=tuple(self._vars[n] for n in self._definitions) + tuple(unknowns),
             constraints=tuple(constraints),
             output=output,
+            subject_to=tuple(self._side.values()),
         )
         ir.validate()
         return ir

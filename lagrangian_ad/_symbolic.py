@@ -13,26 +13,38 @@ and ∇L = 0 reads
 A program with array variables has one multiplier array per array constraint, the
 inner product ⟨Λ_i, Z_i − F_i⟩ in L and matrix equations as conditions
 (`_array_symbolic`); entry-wise programs are differentiated here, entry by entry.
+
+Constraints that are not definitions (`Program.subject_to`), each written g_j ≤ 0 or
+g_j = 0, enter with multipliers μ_j in the sign convention of a maximization of z_N:
+
+    L(x, z, λ, μ) = z_N − Σ_i λ_i c_i(x, z) − Σ_j μ_j g_j(x, z),
+
+so that at a constrained maximum ∇z_N = Σ_j μ_j ∇g_j (along the definitions) with
+μ_j ≥ 0, g_j ≤ 0 and μ_j g_j = 0 for an inequality (complementarity). For a
+minimization of z_N the same μ satisfy ∇z_N + Σ_j μ_j ∇g_j = 0: they are the
+multipliers of L for the maximization of −z_N.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sympy as sp
 
 from ._array_symbolic import MathLatexPrinter, MathStrPrinter, array_conditions, array_lagrangian
+from ._errors import ProgramError
 from ._ir import ProgramIR
 
 __all__ = ["Conditions", "conditions", "lagrangian", "program_latex"]
 
 
 def lagrangian(ir: ProgramIR) -> sp.Expr:
-    """L = z_N − Σ_i λ_i c_i (⟨Λ_i, c_i⟩ for an array constraint)."""
+    """L = z_N − Σ_i λ_i c_i − Σ_j μ_j g_j (⟨Λ_i, c_i⟩ for an array constraint)."""
+    constrained = sp.Add(*[g.multiplier * g.g for g in ir.subject_to])
     if ir.has_arrays:
-        return array_lagrangian(ir)
-    return ir.output - sp.Add(*[c.multiplier * c.residual for c in ir.constraints])
+        return array_lagrangian(ir) - constrained
+    return ir.output - sp.Add(*[c.multiplier * c.residual for c in ir.constraints]) - constrained
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,10 @@ class Conditions:
     gradient : dict
         Input entry name -> ∂L/∂x_k, a SymPy expression in the multipliers (an input
         array variable's name -> a matrix expression of its shape).
+    complementarity : list of sympy relations
+        For each constraint of `Program.subject_to`, in order: ``g_j <= 0``,
+        ``mu_j >= 0`` and ``Eq(mu_j*g_j, 0)`` for an inequality, ``Eq(g_j, 0)`` for an
+        equality (g_j is written so that the constraint reads g_j ≤ 0 or g_j = 0).
 
     For an array program the equations are matrix equations, printed with Wᵀ and ∘.
     """
@@ -55,6 +71,7 @@ class Conditions:
     constraints: list[sp.Eq]
     adjoint: list[sp.Eq]
     gradient: dict[str, sp.Expr]
+    complementarity: list[sp.Basic] = field(default_factory=list)
 
     def _repr_latex_(self) -> str:
         latex = MathLatexPrinter().doprint
@@ -67,6 +84,9 @@ class Conditions:
             rf"&& \frac{{\partial L}}{{\partial {latex(sp.Symbol(k))}}} &= {latex(v)} \\"
             for k, v in self.gradient.items()
         ]
+        if self.complementarity:
+            rows.append(r"&\text{constraints and complementarity:} && \\")
+            rows += [rf"&& {sp.latex(e)} & \\" for e in self.complementarity]
         return "$$\\begin{aligned}\n" + "\n".join(rows) + "\n\\end{aligned}$$"
 
     def __str__(self) -> str:
@@ -77,12 +97,21 @@ class Conditions:
         lines += [f"  {show(e.lhs)} = {show(e.rhs)}" for e in self.adjoint]
         lines.append("gradient (dL/dx_k):")
         lines += [f"  dL/d{k} = {show(v)}" for k, v in self.gradient.items()]
+        if self.complementarity:
+            lines.append("constraints and complementarity:")
+            lines += [f"  {_relation_text(e)}" for e in self.complementarity]
         return "\n".join(lines)
 
 
 def conditions(ir: ProgramIR) -> Conditions:
     """Differentiate the Lagrangian constraint by constraint (one pass over the program)."""
     if ir.has_arrays:
+        if ir.subject_to:
+            raise ProgramError(
+                "conditions(): the matrix conditions of an array program do not include "
+                f"constraints of subject_to yet ({ir.subject_to[0].label!r}); the Lagrangian "
+                "has them, and lad.minimize solves such programs"
+            )
         return Conditions(*array_conditions(ir))
     forward = [
         sp.Eq(c.target, c.expr, evaluate=False)
@@ -97,6 +126,19 @@ def conditions(ir: ProgramIR) -> Conditions:
         sign = 1 if c.target is not None else -1
         for s, d in _partials(c.expr):
             terms[s].append(sign * c.multiplier * d)
+    complementarity: list[sp.Basic] = []
+    for side in ir.subject_to:
+        g, mu = side.g, side.multiplier
+        for s, d in _partials(g):  # −μ_j ∂g_j/∂v, like an implicit equation
+            terms[s].append(-mu * d)
+        if side.is_equality:
+            complementarity.append(sp.Eq(g, 0, evaluate=False))
+        else:
+            complementarity += [
+                sp.Le(g, 0, evaluate=False),
+                sp.Ge(mu, 0, evaluate=False),
+                sp.Eq(mu * g, 0, evaluate=False),
+            ]
     own = {c.target: c for c in ir.constraints if c.target is not None}
     adjoint = []
     for var in ir.intermediates:
@@ -109,7 +151,13 @@ def conditions(ir: ProgramIR) -> Conditions:
             else:
                 adjoint.append(sp.Eq(rhs, 0, evaluate=False))
     gradient = {s.name: sp.Add(*terms[s]) for v in ir.inputs for s in v.symbols}
-    return Conditions(forward, adjoint, gradient)
+    return Conditions(forward, adjoint, gradient, complementarity)
+
+
+def _relation_text(rel: sp.Basic) -> str:
+    if isinstance(rel, sp.Equality):
+        return f"{rel.lhs} = {rel.rhs}"
+    return str(rel)
 
 
 def _partials(expr: sp.Expr) -> list[tuple[sp.Symbol, sp.Expr]]:
@@ -142,5 +190,9 @@ def program_latex(ir: ProgramIR) -> str:
         lhs = sp.latex(c.target) if c.target is not None else sp.latex(c.expr)
         rhs = sp.latex(c.expr) if c.target is not None else "0"
         rows.append(rf"& && {lhs} = {rhs} \\")
+    ops = {"<=": r"\le", ">=": r"\ge", "==": "="}
+    for side in ir.subject_to:
+        rel = rf"{sp.latex(side.lhs)} {ops[side.relation]} {sp.latex(side.rhs)}"
+        rows.append(rf"&\text{{subject to}} && {rel} \quad ({side.label}) \\")
     rows.append(rf"&\text{{output}} && {sp.latex(ir.output)}")
     return "$$\\begin{aligned}\n" + "\n".join(rows) + "\n\\end{aligned}$$"

@@ -10,7 +10,9 @@ One statement a line::
 
 Array intermediates are printed entry by entry (``v[0] = …``) after a declaration
 ``var v[2]``; the unknowns of implicit equations are declared with ``var u`` and each
-equation is printed as ``residual = 0``; so parsing the text gives the same program back.
+equation is printed as ``residual = 0``; constraints that are not definitions
+(`Program.subject_to`) as ``subject to NAME: lhs <= rhs`` (or ``>=``, ``==``), after the
+output; so parsing the text gives the same program back.
 """
 
 from __future__ import annotations
@@ -69,4 +71,12 @@ def format_program(ir: ProgramIR) -> str:
             line = f"{c.target} = {expr_to_text(c.expr)}"
         lines.append(line if len(line) <= MAX_LINE_CHARS else line.replace(" ", ""))
     lines.append(f"output {ir.output}")
+    for side in ir.subject_to:
+        lhs, rhs = expr_to_text(side.lhs), expr_to_text(side.rhs)
+        line = f"subject to {side.label}: {lhs} {side.relation} {rhs}"
+        if len(line) > MAX_LINE_CHARS:
+            line = f"subject to {side.label}: {lhs.replace(' ', '')}{side.relation}" + rhs.replace(
+                " ", ""
+            )
+        lines.append(line)
     return "\n".join(lines) + "\n"

@@ -410,7 +410,8 @@ def test_unknown_method_lists_the_methods():
     with pytest.raises(ValueError) as err:
         lad.minimize(rosenbrock(), {"x": 0.0, "y": 0.0}, method="bfgs")
     assert str(err.value) == (
-        "Unknown method 'bfgs'; methods: gradient, lbfgs, augmented-lagrangian, newton-kkt"
+        "Unknown method 'bfgs'; methods: gradient, lbfgs, augmented-lagrangian, newton-kkt, "
+        "interior-point"
     )
 
 

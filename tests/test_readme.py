@@ -27,3 +27,18 @@ def test_the_array_example_runs_and_its_gradient_is_backprop(capsys):
     np.testing.assert_allclose(namespace["grad"]["W1"], ga.T @ d["x"], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(namespace["grad"]["b2"], gy.sum(0), rtol=1e-10, atol=1e-12)
     assert "matmul" in capsys.readouterr().out  # the printed adjoint is array code
+
+
+def test_the_constrained_example_holds_its_comments():
+    (block,) = [b for b in _blocks() if "subject_to" in b]
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # our own file, not user text
+    res = namespace["res"]
+    # the nearest point of the unit disc to (2, 1) is (2, 1)/√5; there ∇f = −μ ∇g gives
+    # μ = √5 − 1, and f* = (√5 − √r)² has ∂f*/∂r = −(√5 − 1) at r = 1
+    mu = np.sqrt(5) - 1
+    assert res.success
+    np.testing.assert_allclose([res.x["x"], res.x["y"]], np.array([2, 1]) / np.sqrt(5), atol=1e-8)
+    np.testing.assert_allclose(res.multipliers["disc"], mu, atol=1e-7)
+    np.testing.assert_allclose(res.multipliers["g2"], 0, atol=1e-7)
+    np.testing.assert_allclose(res.sensitivity["r"], -mu, atol=1e-7)

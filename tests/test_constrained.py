@@ -1,0 +1,367 @@
+"""Constraints that are not definitions (`Program.subject_to`) and the interior point.
+
+Known answers come from elsewhere: the published optima of the Hock–Schittkowski
+collection, multipliers from a hand KKT solve (SymPy's derivatives of the constraints at
+the optimum, NumPy least squares for ∇f + Σ μ_j ∇g_j = 0 over the active constraints),
+sensitivities from central differences of re-solves with the data moved, closed-form
+optima of small problems.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import lagrangian_ad as lad
+from benchmarks.hs_problems import PROBLEMS
+
+HS = {p.number: p for p in PROBLEMS}
+INFEASIBLE, UNBOUNDED = 5, 6
+
+
+def _hs(number: int):
+    """The problem's program (its text, bounds as constraints) and its start."""
+    p = HS[number]
+    prog = lad.parse(p.text)
+    return p, prog, {f"x{i + 1}": v for i, v in enumerate(p.x0)}
+
+
+def _hand_multipliers(prog: lad.Program, x: dict[str, float]) -> dict[str, float]:
+    """μ of ∇f + Σ μ_j ∇g_j = 0 over the active constraints, by least squares on SymPy's
+    gradients at x (inactive constraints: μ = 0)."""
+    ir = prog.ir
+    symbols = [v.symbols[0] for v in ir.inputs]
+    (definition,) = ir.constraints  # the HS programs define only f
+    at = {s: x[s.name] for s in symbols}
+    grad = lambda e: np.array([float(sp.diff(e, s).subs(at)) for s in symbols])  # noqa: E731
+    active = [g for g in ir.subject_to if g.is_equality or abs(float(g.g.subs(at))) <= 1e-6]
+    A = np.array([grad(g.g) for g in active]).T
+    mu = np.linalg.lstsq(A, -grad(definition.expr), rcond=None)[0]
+    out = {g.label: 0.0 for g in ir.subject_to}
+    out.update({g.label: float(m) for g, m in zip(active, mu, strict=True)})
+    return out
+
+
+@pytest.mark.parametrize("number", [6, 7, 10, 11, 12, 14, 15, 21, 35, 71])
+def test_hock_schittkowski_optimum_and_multipliers(number):
+    p, prog, x0 = _hs(number)
+    res = lad.minimize(prog, x0)  # method="interior-point": the default with constraints
+    assert res.success and res.status == 0, res.message
+    assert abs(res.fun - p.fstar) <= 1e-6 * (1 + abs(p.fstar))
+    assert res.kkt["feasibility"] <= 1e-8
+    assert res.kkt["stationarity"] <= 1e-6 and res.kkt["complementarity"] <= 1e-6
+    hand = _hand_multipliers(prog, res.x)
+    assert res.multipliers.keys() == hand.keys()
+    for name, mu in hand.items():
+        assert res.multipliers[name] == pytest.approx(mu, abs=1e-5, rel=1e-5), name
+    inequalities = [g.label for g in prog.ir.subject_to if not g.is_equality]
+    assert all(res.multipliers[k] >= 0 for k in inequalities)
+
+
+def test_hs71_solution_point():
+    _, prog, x0 = _hs(71)
+    res = lad.minimize(prog, x0)
+    # the published solution (Hock & Schittkowski 1981)
+    want = [1.0, 4.7429994, 3.8211503, 1.3794082]
+    assert [res.x[f"x{i}"] for i in range(1, 5)] == pytest.approx(want, abs=1e-6)
+
+
+def test_bounds_become_inequalities_of_the_same_mechanism():
+    # HS 21 with its bounds given as the ``bounds`` option instead of subject_to lines
+    prog = lad.Program()
+    x1, x2 = prog.input("x1"), prog.input("x2")
+    prog.define("f", 0.01 * x1**2 + x2**2 - 100)
+    prog.subject_to(10 * x1 - x2 - 10 >= 0)
+    bounds = {"x1": (2, 50), "x2": (-50, 50)}
+    res = lad.minimize(prog, {"x1": -1.0, "x2": -1.0}, options={"bounds": bounds})
+    assert res.success and res.fun == pytest.approx(-99.96, abs=1e-7)
+    assert res.x["x1"] == pytest.approx(2.0, abs=1e-7)
+    lower, upper = res.bound_multipliers["x1"]
+    # at x* = (2, 0): ∇f = (0.04, 0) = μ_lower (1, 0), the general constraint inactive
+    assert lower == pytest.approx(0.04, abs=1e-7) and upper == pytest.approx(0, abs=1e-7)
+    assert res.multipliers["g1"] == pytest.approx(0, abs=1e-7)
+
+
+def test_constraint_on_an_intermediate():
+    # min x² + y² subject to z = x y >= 1: x = y = 1, f = 2, and ∇f = μ ∇z gives μ = 2
+    prog = lad.Program()
+    x, y = prog.input("x"), prog.input("y")
+    z = prog.define("z", x * y)
+    prog.define("f", x**2 + y**2)
+    prog.subject_to(z >= 1, name="product")
+    res = lad.minimize(prog, {"x": 2.0, "y": 0.7})
+    assert res.success
+    assert (res.x["x"], res.x["y"], res.fun) == pytest.approx((1, 1, 2), abs=1e-7)
+    assert res.multipliers["product"] == pytest.approx(2, abs=1e-6)
+    assert res.constraints["product"] == pytest.approx(0, abs=1e-7)  # g = 1 − z, active
+
+
+def test_equality_between_intermediates_and_entries_of_an_array():
+    # min Σ X_i² subject to a = X0 + X1 equal to b = 2 X2 and X0 + X1 + X2 = 3:
+    # by hand X = (1, 1, 1), and the KKT system 2X + μ1 (1, 1, −2) + μ2 (1, 1, 1) = 0
+    # gives μ1 = 0, μ2 = −2
+    prog = lad.Program()
+    X = prog.input("X", shape=(3,))
+    a = prog.define("a", X[0] + X[1])
+    b = prog.define("b", 2 * X[2])
+    prog.define("f", X[0] ** 2 + X[1] ** 2 + X[2] ** 2)
+    prog.subject_to(sp.Eq(a, b))
+    prog.subject_to(sp.Eq(X[0] + X[1] + X[2], 3))
+    res = lad.minimize(prog, {"X": np.array([3.0, -1.0, 0.5])})
+    assert res.success
+    np.testing.assert_allclose(res.x["X"], [1, 1, 1], atol=1e-8)
+    assert res.multipliers["g1"] == pytest.approx(0, abs=1e-7)
+    assert res.multipliers["g2"] == pytest.approx(-2, abs=1e-7)
+
+
+def test_sum_of_an_array_variable():
+    # array program: min ‖x‖² subject to lad.sum(x) >= 3 (n = 3): x = 1, f = 3, μ = 2
+    prog = lad.Program()
+    x = prog.input("x", shape=(3,), array=True)
+    prog.define("f", lad.sum(lad.mul(x, x)))
+    prog.subject_to(lad.sum(x) >= 3)
+    res = lad.minimize(prog, {"x": np.array([0.2, -1.0, 0.5])})
+    assert res.success
+    np.testing.assert_allclose(res.x["x"], [1, 1, 1], atol=1e-7)
+    assert res.fun == pytest.approx(3, abs=1e-7)
+    assert res.multipliers["g1"] == pytest.approx(2, abs=1e-6)
+
+
+def _resolve(prog, x0, fixed, sense=lad.minimize):
+    res = sense(prog, x0, fixed=fixed, tol=1e-10)
+    assert res.success, res.message
+    return res
+
+
+@pytest.mark.parametrize("sense", [lad.minimize, lad.maximize])
+def test_sensitivity_equals_central_difference_of_resolves(sense):
+    # f = ±((x − 2)² + (y − 1)² + p x y) subject to x² + y² <= r and x + y == c:
+    # ∂f*/∂(r, c, p) from the multipliers (envelope theorem) against re-solving
+    s = 1 if sense is lad.minimize else -1
+    prog = lad.Program()
+    x, y = prog.input("x"), prog.input("y")
+    r, c, p = prog.input("r"), prog.input("c"), prog.input("p")
+    prog.define("f", s * ((x - 2) ** 2 + (y - 1) ** 2 + p * x * y))
+    prog.subject_to(x**2 + y**2 <= r, name="disc")
+    prog.subject_to(sp.Eq(x + 2 * y, c), name="line")
+    data = {"r": 1.0, "c": 0.5, "p": 0.3}
+    x0 = {"x": 0.1, "y": 0.1}
+    res = _resolve(prog, x0, data, sense)
+    assert res.multipliers["disc"] > 1e-3  # active: the difference is not trivially 0
+    h = 1e-5
+    for name in data:
+        up = _resolve(prog, x0, {**data, name: data[name] + h}, sense).fun
+        down = _resolve(prog, x0, {**data, name: data[name] - h}, sense).fun
+        assert res.sensitivity[name] == pytest.approx((up - down) / (2 * h), abs=1e-6), name
+
+
+def test_sensitivity_has_the_shape_of_the_data():
+    # min Σ (x_i − t_i)² subject to Σ x_i <= 1 for data t of shape (2, 2)
+    prog = lad.Program()
+    X, T = prog.input("X", shape=(2, 2)), prog.input("T", shape=(2, 2))
+    prog.define("f", sum((X[i, j] - T[i, j]) ** 2 for i in range(2) for j in range(2)))
+    prog.subject_to(X[0, 0] + X[0, 1] + X[1, 0] + X[1, 1] <= 1)
+    t = np.array([[1.0, 0.5], [0.25, 0.75]])
+    res = lad.minimize(prog, {"X": np.zeros((2, 2))}, fixed={"T": t})
+    assert res.sensitivity["T"].shape == (2, 2)
+    # by hand: x = t − (Σt − 1)/4, μ = (Σt − 1)/2, ∂f*/∂t = −2(x − t) = μ for every entry
+    mu = (t.sum() - 1) / 2
+    np.testing.assert_allclose(res.x["X"], t - mu / 2, atol=1e-8)
+    np.testing.assert_allclose(res.sensitivity["T"], np.full((2, 2), mu), atol=1e-7)
+
+
+def test_maximize_convention():
+    # max −(x − 3)² subject to x <= b (b = 1): x = 1, ∇F = μ ∇g gives μ = 4 >= 0, and
+    # ∂F*/∂b = 4 (F* = −(b − 3)²)
+    prog = lad.Program()
+    x, b = prog.input("x"), prog.input("b")
+    prog.define("F", -((x - 3) ** 2))
+    prog.subject_to(x <= b)
+    res = lad.maximize(prog, {"x": 0.0}, fixed={"b": 1.0})
+    assert res.success and res.fun == pytest.approx(-4, abs=1e-7)
+    assert res.multipliers["g1"] == pytest.approx(4, abs=1e-6)
+    assert res.sensitivity["b"] == pytest.approx(4, abs=1e-6)
+
+
+def test_infeasible_problem():
+    prog = lad.Program()
+    x, y = prog.input("x"), prog.input("y")
+    prog.define("f", x + y)
+    prog.subject_to(x**2 + y**2 <= 1)
+    prog.subject_to(x + y >= 3)
+    res = lad.minimize(prog, {"x": 0.3, "y": -0.2})
+    assert not res.success and res.status == INFEASIBLE
+    assert "nfeasible" in res.message
+    # it stops where ½ Σ violation² is stationary: by symmetry x = y = t with
+    # 8t (2t² − 1) = 4 (3 − 2t), i.e. t³ = 3/4; the largest violation is 3 − 2t
+    t = 0.75 ** (1 / 3)
+    assert (res.x["x"], res.x["y"]) == pytest.approx((t, t), abs=1e-6)
+    assert res.maxcv == pytest.approx(3 - 2 * t, abs=1e-6)
+
+
+def test_unbounded_problem():
+    prog = lad.Program()
+    x, y = prog.input("x"), prog.input("y")
+    prog.define("f", -x - y**2)
+    prog.subject_to(x - y >= 0)
+    res = lad.minimize(prog, {"x": 1.0, "y": 0.0})
+    assert not res.success and res.status == UNBOUNDED
+    assert "nbounded" in res.message
+
+
+def test_history_and_callback():
+    _, prog, x0 = _hs(71)
+    seen = []
+    res = lad.minimize(prog, x0, callback=lambda r: seen.append(r.nit))
+    assert len(res.history) == res.nit == len(seen)
+    assert res.history[-1]["kkt_residual"] <= 1e-8
+    # stopping from the callback: status 3, never success
+    res = lad.minimize(prog, x0, callback=lambda r: r.nit >= 2)
+    assert res.status == 3 and not res.success and res.nit == 2
+
+
+# --------------------------------------------------------------------------- the program
+
+
+def test_lagrangian_and_conditions_include_the_constraints():
+    prog = lad.Program()
+    x, y = prog.input("x"), prog.input("y")
+    z = prog.define("z", x * y)
+    prog.define("f", x**2 + y**2)
+    mu = prog.subject_to(z >= 1, name="product")
+    assert mu == sp.Symbol("mu_product", real=True) == prog.multiplier("product")
+    L = prog.lagrangian()
+    lam_z, lam_f = prog.multiplier("z"), prog.multiplier("f")
+    f = prog.ir.output
+    want = f - lam_z * (z - x * y) - lam_f * (f - x**2 - y**2) - mu * (1 - z)
+    assert sp.simplify(L - want) == 0
+    cond = prog.conditions()
+    assert sp.Le(1 - z, 0, evaluate=False) in cond.complementarity
+    assert sp.Eq(mu * (1 - z), 0, evaluate=False) in cond.complementarity
+    adjoint = {e.lhs: e.rhs for e in cond.adjoint}
+    assert sp.simplify(adjoint[lam_z] - mu) == 0  # λ_z = μ (z is read only by g)
+    assert "mu_{product}" in cond._repr_latex_() and r"\ge" in prog._repr_latex_()
+
+
+def test_text_format_round_trip():
+    text = (
+        "input x, y\n"
+        "z = x*y\n"
+        "f = (x - 2)**2 + (y - 1)**2\n"
+        "subject to x**2 + y**2 <= 1\n"
+        "subject to cap: z >= 0.1\n"
+        "subject to x + y == 1  # a comment\n"
+    )
+    prog = lad.parse(text)
+    assert [(g.label, g.relation) for g in prog.ir.subject_to] == [
+        ("g1", "<="),
+        ("cap", ">="),
+        ("g3", "=="),
+    ]
+    again = lad.parse(str(prog))
+    assert str(again) == str(prog)
+    assert again.ir.subject_to == prog.ir.subject_to
+
+
+@pytest.mark.parametrize(
+    ("line", "column", "words"),
+    [
+        ("subject to x < 1", 14, "strict"),
+        ("subject to x = 1", 14, "=="),
+        ("subject to x <= 1 <= 2", 19, "second relation"),
+        ("subject to q <= 1", 12, "undefined name 'q'"),
+        ("subject to 1 <= 2", 1, "involves no variable"),
+        ("subject to x <=", 16, "nothing on the right"),
+        ("subject to", 11, "expected a relation"),
+        ("subject to exp: x <= 1", 12, "cannot name a constraint"),
+    ],
+)
+def test_parse_errors_give_line_and_column(line, column, words):
+    with pytest.raises(lad.ParseError, match=words) as err:
+        lad.parse(f"input x\ny = x\n{line}\n")
+    assert (err.value.line, err.value.column) == (3, column)
+
+
+def test_duplicate_constraint_name_in_text():
+    with pytest.raises(lad.ParseError, match="already in use") as err:
+        lad.parse("input x\ny = x\nsubject to a: x <= 1\nsubject to a: x >= 0\n")
+    assert err.value.line == 4
+
+
+@pytest.mark.parametrize(
+    ("relation", "words"),
+    [
+        (lambda x: x + 1, "not a relation"),
+        (lambda x: x < 1, "strict inequality"),
+        (lambda x: x > 1, "strict inequality"),
+        (lambda x: sp.Eq(1, 1), "constant True"),
+        (lambda x: True, "constant True"),
+        (lambda x: sp.Symbol("q") <= 1, "q is not a variable"),
+        (lambda x: sp.Ne(x, 1), "not a constraint"),
+        (lambda x: sp.Matrix([x, x]), "not a relation"),
+    ],
+)
+def test_bad_relations_are_program_errors_naming_the_constraint(relation, words):
+    prog = lad.Program()
+    x = prog.input("x")
+    prog.define("y", x**2)
+    with pytest.raises(lad.ProgramError, match=words) as err:
+        prog.subject_to(relation(x), name="mine")
+    assert "'mine'" in str(err.value)
+
+
+def test_names_of_constraints():
+    prog = lad.Program()
+    x = prog.input("x")
+    prog.define("g1", x**2)  # a variable already takes the first default name
+    prog.subject_to(x <= 1)
+    prog.subject_to(x >= -1, name="low")
+    assert [g.label for g in prog.ir.subject_to] == ["g2", "low"]
+    for name in ("low", "x", "g1"):
+        with pytest.raises(lad.ProgramError, match="already in use"):
+            prog.subject_to(x <= 2, name=name)
+    with pytest.raises(lad.ProgramError, match="already names a constraint"):
+        prog.input("low")
+
+
+def test_other_methods_refuse_constraints_and_batched_data_is_refused():
+    prog = lad.Program()
+    x, t = prog.input("x"), prog.input("t")
+    prog.define("f", (x - t) ** 2)
+    prog.subject_to(x >= 0)
+    for method in ("lbfgs", "gradient", "newton-kkt", "augmented-lagrangian"):
+        with pytest.raises(lad.ProgramError, match="interior-point"):
+            lad.minimize(prog, {"x": 1.0}, fixed={"t": 0.5}, method=method)
+    with pytest.raises(lad.ProgramError, match="batched data"):
+        lad.minimize(prog, {"x": 1.0}, fixed={"t": np.array([0.5, 1.0])})
+
+
+def test_interior_point_without_constraints_is_newton_with_bounds():
+    # no subject_to: the default stays L-BFGS; interior-point runs on the bounds alone
+    prog = lad.Program()
+    x, y = prog.input("x"), prog.input("y")
+    prog.define("f", (1 - x) ** 2 + 100 * (y - x**2) ** 2)
+    res = lad.minimize(
+        prog, {"x": -1.2, "y": 1.0}, method="interior-point", options={"bounds": {"x": (None, 0.5)}}
+    )
+    # on x <= 0.5 the minimum of Rosenbrock's function is at (0.5, 0.25), f = 0.25
+    assert res.success and res.fun == pytest.approx(0.25, abs=1e-8)
+    assert res.x["y"] == pytest.approx(0.25, abs=1e-7)
+
+
+def test_array_program_lagrangian_has_its_constraints_and_conditions_say_what_is_missing():
+    """min Σ x² subject to Σ x ≥ 1 over an array x: the Lagrangian carries −μ (1 − Σ x);
+    the matrix conditions refuse by name rather than leave μ out; the optimum
+    x = 1/3, μ = 2/3 by hand (2 x = μ)."""
+    prog = lad.Program()
+    x = prog.input("x", (3,), array=True)
+    prog.define("s", lad.sum(lad.mul(x, x)))
+    prog.subject_to(lad.sum(x) >= 1)
+    mu = prog.multiplier("g1")
+    assert mu in prog.lagrangian().free_symbols
+    with pytest.raises(lad.ProgramError, match="'g1'"):
+        prog.conditions()
+    res = lad.minimize(prog, x0={"x": np.zeros(3)})
+    np.testing.assert_allclose(res.x["x"], np.full(3, 1 / 3), atol=1e-8)
+    assert res.multipliers["g1"] == pytest.approx(2 / 3, abs=1e-7)
