@@ -1405,6 +1405,19 @@ class ArrayProgram(CompiledProgram):
         self._output_unit = self._by_key[ir.output]
         gen = _Generator(self._units, self._order, self._output_unit, forms)
         forward, saved = gen.forward()
+        # the saved node values that depend on an intermediate (`_both_passes`)
+        moving: set[int] = set()
+        by_name: dict[str, bool] = {}
+        for st in _steps(self._order):
+            for n in st.nodes:
+                if n.op == "read":
+                    hit = n.data.kind != "input"
+                else:
+                    hit = any(id(a) in moving for a in n.args)
+                if hit:
+                    moving.add(id(n))
+                by_name.setdefault(gen._forward_names[id(n)], hit)
+        self._saved_per_sample = [by_name.get(name, False) for name in saved]
         adjoint = gen.adjoint(saved)
         tangent = gen.tangent(saved)
         blocks = [b for b in self._order if isinstance(b, _Block)]
@@ -1532,9 +1545,34 @@ class ArrayProgram(CompiledProgram):
         value, grad, *_ = self._both_passes(inputs, check_finite, options, wanted)
         return value, grad
 
-    def _both_passes(self, inputs: Mapping[Any, Any], check_finite: bool, options: dict, wrt=None):
+    def _both_passes(
+        self,
+        inputs: Mapping[Any, Any],
+        check_finite: bool,
+        options: dict,
+        wrt=None,
+        per_sample: bool = False,
+    ):
+        """Forward and adjoint passes. An intermediate the same for every sample (a
+        constant, a function of parameters only) is one value, and its multiplier the
+        batch sum, as a parameter's gradient; ``per_sample`` gives it a value per sample
+        for the adjoint instead, and so do the saved nodes that depend on it (the
+        others, functions of inputs alone, keep summing into the inputs' gradients):
+        ``solve`` reports λ per sample, as the contract says, at the memory of that
+        many copies."""
         arrays, leads, batch = self._check(inputs, check_finite)
         values, saved, ctx = self._forward(arrays, batch, options)
+        if per_sample and batch:
+            values = tuple(
+                np.broadcast_to(v, (*batch, *np.shape(v)))
+                if u.kind != "input" and np.ndim(v) == 2
+                else v
+                for u, v in zip(self._units, values, strict=True)
+            )
+            saved = tuple(
+                np.broadcast_to(v, (*batch, *np.shape(v))) if np.ndim(v) == 2 and moves else v
+                for v, moves in zip(saved, self._saved_per_sample, strict=True)
+            )
         lam = self._adjoint(values, saved, ctx, batch, wrt)
         value = self._output_value(values, batch)
         grad = self._grads(lam, arrays, leads, batch, wrt)
@@ -1545,7 +1583,7 @@ class ArrayProgram(CompiledProgram):
     def solve(self, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any):
         """Forward pass, multipliers and gradient; as `CompiledProgram.solve`."""
         value, grad, arrays, batch, values, saved, ctx, lam = self._both_passes(
-            inputs, check_finite, options
+            inputs, check_finite, options, per_sample=True
         )
         out_values = {n: v.copy() if isinstance(v, np.ndarray) else v for n, v in arrays.items()}
         out_values = {n: _user_array(np.array(a, dtype=np.float64)) for n, a in out_values.items()}

@@ -124,3 +124,20 @@ def test_gradients_for_some_inputs_on_either_engine(engine):
     _assert_same(part["w"], full["w"])
     with pytest.raises(lad.ProgramError, match="unknown input 'q'"):
         fn.value_and_grad(inputs, wrt=["q"])
+
+
+@pytest.mark.parametrize("engine", ["entries", "arrays"])
+def test_multipliers_of_intermediates_shared_by_all_samples_are_per_sample(engine):
+    """z0 = 1 and t = 2 w z0 are the same for every sample; their multipliers are not:
+    by hand λ_t = x0 and λ_z0 = 1 + 2 w λ_t, per sample, and ∂Σout/∂w = Σ 2 z0 x0."""
+    prog = lad.Program()
+    x0, w = prog.input("x0"), prog.input("w")
+    z0 = prog.define("z0", 1)
+    t = prog.define("t", 2 * w * z0)
+    prog.define("out", x0 * t + z0)
+    xs = np.array([1.0, 2.0, 3.0])
+    sol = prog.compile(engine=engine).solve({"x0": xs, "w": 0.5})
+    np.testing.assert_array_equal(sol.multipliers["t"], xs)
+    np.testing.assert_array_equal(sol.multipliers["z0"], 1 + xs)
+    assert sol.grad["w"] == pytest.approx(2 * xs.sum())
+    assert sol.kkt["max_dL_dz"] == 0.0
