@@ -372,3 +372,26 @@ def test_compiled_programs_pickle_by_source_and_build_once_per_process(client):
     fn.value_and_grad(inputs)  # 8 chunks on 2 workers: each builds the program once
     assert sum(client.run(cached).values()) <= 2
     assert all(n <= 1 for n in client.run(cached).values())
+
+
+# --------------------------------------------------------------------------- README
+
+
+def test_the_readme_dask_example_matches_numpy(client):
+    # last in the file: the example starts (and closes) a cluster and client of its own
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    (example,) = [b for b in blocks if "LocalCluster" in b]
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)  # our own file, not user text
+    exec(compile(example, "README.md", "exec"), namespace)
+    x, t = namespace["x"].compute(), namespace["t"].compute()  # the same seeds, here
+    fn, weights = namespace["fn"], namespace["weights"]
+    loss0, grad0 = fn.value_and_grad({"x": x, "t": t, **weights})
+    assert x.shape == (8_000, 784) and namespace["loss"].chunks == ((2_000,) * 4,)
+    for name in weights:
+        np.testing.assert_allclose(namespace["grad"][name], grad0[name], rtol=1e-11, atol=1e-11)
+    assert namespace["total"] == pytest.approx(loss0.sum(), rel=1e-12)
