@@ -204,11 +204,12 @@ def report(rows: list[dict], args, error: float, compile_s: float) -> str:
 
 Measured {when} by `python -m benchmarks.dask_batches` (see its docstring), on
 {platform.machine()} with {_cores()} cores: a `distributed.LocalCluster` of 2 worker
-processes, one thread each. The program is the README's MLP {N_IN}-{args.hidden}-{CLASSES}
-(tanh, softmax cross-entropy; one array constraint per layer, compiled in
-{compile_s:.2f} s); each call is `fn.value_and_grad(inputs, wrt=["W1", "b1", "W2", "b2"])`
-with x and t Dask arrays made chunk by chunk on the workers (`dask.array.random`, never
-whole), then the total loss from the per-sample losses it returns. Before the runs, the
+processes, one thread each. The program is the README's MLP with {args.hidden} hidden
+units, {N_IN}-{args.hidden}-{CLASSES} (tanh, softmax cross-entropy; one array constraint per
+layer, compiled in {compile_s:.2f} s); each call is
+`fn.value_and_grad(inputs, wrt=["W1", "b1", "W2", "b2"])` with x and t Dask arrays made
+chunk by chunk on the workers (`dask.array.random`, never whole), then the total loss
+from the per-sample losses it returns. Before the runs, the
 cluster's value and weight gradients matched the NumPy run of the same 3,000 samples to
 {error:.1e} (max relative error).
 
@@ -226,19 +227,37 @@ that grows with the data.
 
 
 def _reading(rows: list[dict], args) -> str:
-    same = [r for r in rows if r["chunk"] == args.pair_chunk]
-    if len(same) < 2:
-        return ""
-    small, large = sorted(same, key=lambda r: r["samples"])[:: len(same) - 1]
-    grow = max(large["peak_mb"]) - max(small["peak_mb"])
-    kept = large["kept_mb"] - small["kept_mb"]
-    return (
-        f"At chunk size {args.pair_chunk:,}, {large['samples'] // small['samples']}× the "
-        f"data ({small['samples']:,} → {large['samples']:,} samples) moved the larger "
-        f"worker peak by {grow:+,.0f} MB, against {kept:,.0f} MB more of per-sample losses "
-        "kept: memory per worker follows the chunk size, not the data size; time grows "
-        "with the data."
+    """What the rows say about memory: peaks in units of one chunk of x and t."""
+
+    def in_chunks(r: dict) -> str:
+        return " / ".join(
+            f"{(p - b) / r['chunk_mb']:.1f}"
+            for p, b in zip(r["peak_mb"], r["before_mb"], strict=True)
+        )
+
+    sweep = [r for r in rows if r["samples"] == args.sweep_samples]
+    text = "Above its start, each worker's peak is " + "; ".join(
+        f"{in_chunks(r)} chunks of x and t at chunk size {r['chunk']:,}" for r in sweep
     )
+    text += (
+        f" ({args.sweep_samples:,} samples): the peak follows the chunk size, a few chunks "
+        "held at once (the one being run, the next ones made ahead of it, and the "
+        "program's temporaries)."
+    )
+    same = [r for r in rows if r["chunk"] == args.pair_chunk]
+    if len(same) >= 2:
+        small, large = sorted(same, key=lambda r: r["samples"])[:: len(same) - 1]
+        data_gb = large["samples"] * (N_IN + CLASSES) * 8 / 2 / 2**30
+        grow = max(large["peak_mb"]) - max(small["peak_mb"])
+        text += (
+            f" At chunk size {args.pair_chunk:,}, {large['samples'] // small['samples']}× the "
+            f"data ({small['samples']:,} → {large['samples']:,} samples, {data_gb:,.1f} GB of "
+            f"x and t per worker at the larger size) moved the larger worker peak by "
+            f"{grow:+,.0f} MB ({in_chunks(small)} → {in_chunks(large)} chunks), of which "
+            f"{large['kept_mb'] - small['kept_mb']:,.0f} MB are the per-sample losses kept: "
+            "memory per worker is bounded by a few chunks, not by the data."
+        )
+    return text + (f"\n\n{args.note}" if args.note else "")
 
 
 def _cores() -> int:
@@ -254,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunks", type=int, nargs="+", default=[10_000, 25_000, 50_000])
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--out", type=Path, default=HERE / "DASK.md")
+    parser.add_argument("--note", default="", help="a paragraph added to the report")
     args = parser.parse_args(argv)
     args.pair_chunk = args.chunks[len(args.chunks) // 2]
     t0 = time.perf_counter()
