@@ -26,6 +26,7 @@ Dask is imported here only, when a call is given a Dask array.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,8 +50,8 @@ class _Plan:
     batch: tuple[int, ...]
     chunks: tuple[tuple[int, ...], ...]  # per batch axis
     leads: dict[str, tuple[int, ...]]  # each input's batch axes, as given
-    batched: dict[str, Any]  # inputs with batch axes, as Dask arrays in those chunks
-    params: dict[str, Any]  # inputs without batch axes: the same for every chunk
+    batched: dict[str, Any]  # Dask inputs, and the others with batch axes, in those chunks
+    params: dict[str, Any]  # the other inputs without batch axes: the same for every chunk
     given: dict[str, Any]  # the inputs as the caller gave them
 
     @property
@@ -184,10 +185,11 @@ def _plan(fn: CompiledProgram, inputs: Mapping, check_finite: bool, options: dic
             )
     batched, params = {}, {}
     for name, arr in arrays.items():
-        if not leads[name]:
+        if not leads[name] and not isinstance(arr, da.Array):
             params[name] = arr
             continue
         if not isinstance(arr, da.Array):  # split like the Dask inputs (broadcast: whole)
+            # (a Dask parameter stays a Dask array: every chunk gets it whole, see _per_chunk)
             lead = leads[name]
             mine = chunks[len(batch) - len(lead) :]
             split = [(1,) if d == 1 else c for d, c in zip(lead, mine, strict=True)]
@@ -257,6 +259,10 @@ def _block_id(block: np.ndarray, block_id: tuple[int, ...] | None = None) -> tup
     return block_id
 
 
+_first_call = threading.Lock()
+_first_calls_done: set[tuple] = set()
+
+
 class _Chunk:
     """The task of one chunk: the NumPy engine on that chunk's samples.
 
@@ -270,6 +276,15 @@ class _Chunk:
     def __call__(self, shared: tuple, block_id: tuple, *blocks: np.ndarray) -> dict:
         fn, params = shared
         inputs = {**params, **dict(zip(self.names, blocks, strict=True))}
+        first = (id(fn), self.job, None if self.wrt is None else tuple(self.wrt))
+        if first not in _first_calls_done:  # code made on a first call: once, not per thread
+            with _first_call:
+                out = self._run(fn, inputs, block_id)
+                _first_calls_done.add(first)
+            return out
+        return self._run(fn, inputs, block_id)
+
+    def _run(self, fn, inputs: dict, block_id: tuple) -> dict:
         try:
             if self.job == "value":
                 return {"value": fn._eager_value(inputs, self.check_finite, self.options)}

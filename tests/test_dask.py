@@ -141,6 +141,8 @@ def test_entrywise_arrays(client):
     inputs = {"x": da.from_array(X, chunks=(3, 3)), "W": Wv}
     sol, sol0 = fn.solve(inputs), fn.solve({"x": X, "W": Wv})
     assert isinstance(sol.grad["W"], np.ndarray) and sol.grad["W"].shape == (2, 3)
+    _, g = fn.value_and_grad(dict(inputs, W=da.from_array(Wv)))  # a Dask parameter: whole
+    _close(g["W"], sol0.grad["W"])
     _close(sol.grad["W"], sol0.grad["W"])
     _close(sol.grad["x"].compute(), sol0.grad["x"])
     assert sol.values["v"].chunks == ((3, 3, 3, 1), (2,))
