@@ -37,7 +37,14 @@ import dask.array as da
 import numpy as np
 
 from ._blocks import BlockReport
-from ._compiled import CompiledProgram, Solution, _as_float_array, _finite, _not_finite
+from ._compiled import (
+    CompiledProgram,
+    Solution,
+    _as_float_array,
+    _finite,
+    _not_finite,
+    _user_array,
+)
 from ._errors import LagrangianADError, NonFiniteWarning, ProgramError
 
 __all__ = ["solve", "value", "value_and_grad"]
@@ -111,8 +118,8 @@ def solve(fn: CompiledProgram, inputs: Mapping, check_finite: bool, options: dic
         (lazy if any(plan.spans(name)) else partial)[name] = g
     summary = _summary(results)
     lazy, partial, (reports, kkt) = _run(lazy, partial, summary)
-    values = {
-        name: v if isinstance(v, da.Array) else np.array(v, dtype=np.float64)
+    values = {  # the inputs, as eager `solve` gives them (NumPy ones copied)
+        name: v if isinstance(v, da.Array) else _user_array(np.array(v, dtype=np.float64))
         for name, v in plan.given.items()
     }
     values.update({k[1]: v for k, v in lazy.items() if k[0:1] == ("values",)})
@@ -408,7 +415,7 @@ def _run(lazy: dict, partial: dict, summary: Any) -> tuple[dict, dict, Any]:
     lazy = dict(zip(keys_l, persisted[: len(keys_l)], strict=True))
     held = persisted[len(keys_l) :]
     computed = dask.compute(*held)
-    partial = {k: _as_user(v) for k, v in zip(keys_p, computed[: len(keys_p)], strict=True)}
+    partial = {k: _user_array(v) for k, v in zip(keys_p, computed[: len(keys_p)], strict=True)}
     for name, g in partial.items():
         if not _finite(g):
             warnings.warn(
@@ -419,8 +426,3 @@ def _run(lazy: dict, partial: dict, summary: Any) -> tuple[dict, dict, Any]:
                 stacklevel=4,
             )
     return lazy, partial, (computed[-1] if extra else None)
-
-
-def _as_user(a: np.ndarray) -> Any:
-    a = np.asarray(a, dtype=np.float64)
-    return float(a) if a.ndim == 0 else a

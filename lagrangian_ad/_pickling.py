@@ -70,6 +70,11 @@ class _Pickler(pickle.Pickler):
         if isinstance(obj, types.FunctionType):
             loader = obj.__globals__.get("__loader__")
             if isinstance(loader, _Loader):
+                if obj.__globals__.get(obj.__name__) is not obj:  # not found again by name
+                    raise pickle.PicklingError(
+                        f"generated function {obj.__qualname__!r} is not defined at the top "
+                        "level of its source"
+                    )
                 return _function, (self._namespace(obj.__globals__), obj.__name__)
         return NotImplemented
 

@@ -10,8 +10,6 @@ runs each chunk once.
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 import sympy as sp
@@ -337,25 +335,12 @@ def test_a_non_finite_dask_input_names_the_input_and_the_chunk(client):
         fn.value({"x": da.from_array(x, chunks=2), "w": 1.0, "t": 0.0}).compute()
 
 
-# --------------------------------------------------------------------------- pickling
+# --------------------------------------------------------------------------- workers
 
 
-def test_compiled_programs_pickle_by_source_and_build_once_per_process(client):
-    for fn, inputs in [
-        (_scalar_program(), {"x": np.linspace(0, 1, 3), "w": 0.2, "t": 1.0}),
-        (_cyclic_program(), {"x": np.linspace(0, 1, 3), "c": 0.5}),
-        (_mlp(), _mlp_inputs(np.random.default_rng(7))),
-    ]:
-        blob = pickle.dumps(fn)
-        again = pickle.loads(blob)
-        assert type(again) is type(fn) and again.source == fn.source
-        assert pickle.loads(blob) is again  # built once, then taken from the cache
-        v, g = again.value_and_grad(inputs)
-        v0, g0 = fn.value_and_grad(inputs)
-        _close(v, v0)
-        for name in g0:
-            _close(g[name], g0[name])
-
+def test_each_worker_builds_the_program_once(client):
+    # the program is one key of the graph, and unpickling is cached per process
+    # (`_pickling`; tests/test_pickling.py checks the numbers of pickled programs)
     def cached() -> int:
         from lagrangian_ad import _pickling
 
@@ -372,8 +357,8 @@ def test_compiled_programs_pickle_by_source_and_build_once_per_process(client):
     inputs = dict(data, x=da.from_array(data["x"], chunks=(5, 5)), t=da.from_array(data["t"]))
     inputs["t"] = inputs["t"].rechunk((5, 3))
     fn.value_and_grad(inputs)  # 8 chunks on 2 workers: each builds the program once
-    assert sum(client.run(cached).values()) <= 2
-    assert all(n <= 1 for n in client.run(cached).values())
+    built = client.run(cached)  # programs built on each worker since the clear
+    assert 1 <= sum(built.values()) <= 2 and all(n <= 1 for n in built.values()), built
 
 
 # --------------------------------------------------------------------------- README
