@@ -400,8 +400,9 @@ class _Generator:
             else:
                 self._values(w, item, saved, final=True)
         # the passes over the forward values (adjoint, tangent, hvp, stationarity) read
-        # these names; the blocks' own functions rename nodes locally
-        self._forward_names = {id(n): n.name for st in _steps(self.order) for n in st.nodes}
+        # these names; the blocks' own functions rename nodes locally (a list in node
+        # order, not keyed by id(): the generator is pickled with the compiled program)
+        self._forward_names = [n.name for st in _steps(self.order) for n in st.nodes]
         units = ", ".join(u.name for u in self.units)
         header = f"forward(_ctx, {', '.join(u.name for u in self.inputs)})"
         return w.function(header, f"({units},), ({', '.join(saved)}{',' if saved else ''})"), saved
@@ -590,9 +591,9 @@ class _Generator:
 
     def _over_forward_values(self) -> None:
         """Give every node its name in the forward pass again (see `forward`)."""
-        for st in _steps(self.order):
-            for n in st.nodes:
-                n.name = self._forward_names[id(n)]
+        nodes = [n for st in _steps(self.order) for n in st.nodes]
+        for n, name in zip(nodes, self._forward_names, strict=True):
+            n.name = name
 
     def _tangent_writer(self, saved: list[str]) -> tuple[_Writer, dict[int, str | None]]:
         """A writer for a pass over the forward values and the inputs' tangents."""
@@ -1521,26 +1522,21 @@ class ArrayProgram(CompiledProgram):
 
     # ----------------------------------------------------------------- calls
 
-    def value(self, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any):
-        """The output z_N only (forward pass); as `CompiledProgram.value`."""
+    # `value`, `value_and_grad` and `solve` are `CompiledProgram`'s (where inputs that
+    # are Dask arrays go to `_dask`); these are what they run on arrays in memory.
+
+    def _eager_value(self, inputs: Mapping[Any, Any], check_finite: bool, options: dict):
         arrays, _leads, batch = self._check(inputs, check_finite)
         values, _, _ = self._forward(arrays, batch, options)
         value = self._output_value(values, batch)
         if not _finite(value):
-            self._warn(values, None, batch)
+            self._warn(values, None, batch, stacklevel=4)
         return value
 
-    def value_and_grad(
-        self,
-        inputs: Mapping[Any, Any],
-        check_finite: bool = True,
-        wrt: Any = None,
-        **options: Any,
+    def _eager_value_and_grad(
+        self, inputs: Mapping[Any, Any], check_finite: bool, wrt: Any, options: dict
     ):
-        """The output and ∂(Σ z_N)/∂x for every input; as `CompiledProgram.value_and_grad`.
-
-        ``wrt`` (input names): the gradients of those inputs only — the adjoint pass then
-        skips what leads only to the others (the data of a training step)."""
+        # ``wrt``: the adjoint pass skips what leads only to the other inputs
         wanted = None if wrt is None else frozenset(self._input_name(k) for k in wrt)
         value, grad, *_ = self._both_passes(inputs, check_finite, options, wanted)
         return value, grad
@@ -1577,21 +1573,20 @@ class ArrayProgram(CompiledProgram):
         value = self._output_value(values, batch)
         grad = self._grads(lam, arrays, leads, batch, wrt)
         if not _all_finite(value, grad):
-            self._warn(values, lam, batch)
+            self._warn(values, lam, batch, stacklevel=5)
         return value, grad, arrays, batch, values, saved, ctx, lam
 
-    def solve(self, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any):
-        """Forward pass, multipliers and gradient; as `CompiledProgram.solve`."""
+    def _eager_solve(self, inputs: Mapping[Any, Any], check_finite: bool, options: dict):
         value, grad, arrays, batch, values, saved, ctx, lam = self._both_passes(
             inputs, check_finite, options, per_sample=True
         )
         out_values = {n: v.copy() if isinstance(v, np.ndarray) else v for n, v in arrays.items()}
         out_values = {n: _user_array(np.array(a, dtype=np.float64)) for n, a in out_values.items()}
         multipliers = {}
-        defined = {c.label.split("[", 1)[0] for c in self.ir.constraints if c.target is not None}
+        keys = self._multiplier_shapes()
         for var in self.ir.intermediates:
             out_values[var.name] = self._user_value(var, values, batch)
-            if var.name in defined:  # an unknown's multiplier is its equation's
+            if var.name in keys:  # an unknown's multiplier is its equation's
                 multipliers[var.name] = self._user_value(var, lam, batch, zero_missing=True)
         for st in _steps(self._order):
             if st.implicit:
@@ -1687,6 +1682,13 @@ class ArrayProgram(CompiledProgram):
 
             warnings.warn("the Hessian is not finite", NonFiniteWarning, stacklevel=2)
         return result
+
+    def _multiplier_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The keys of ``Solution.multipliers``, in order, with their shapes per sample."""
+        defined = {c.label.split("[", 1)[0] for c in self.ir.constraints if c.target is not None}
+        shapes = {v.name: v.shape for v in self.ir.intermediates if v.name in defined}
+        shapes.update({st.label: () for st in _steps(self._order) if st.implicit})
+        return shapes
 
     def _tangents(self, tangents: Mapping[Any, Any], arrays: dict, check_finite: bool) -> list:
         """The tangent of each input unit, in the generated code's layout (zeros where
@@ -1822,7 +1824,7 @@ class ArrayProgram(CompiledProgram):
         worst = lambda parts: max((float(np.max(p, initial=0.0)) for p in parts), default=0.0)  # noqa: E731
         return {"max_dL_dlambda": worst(dlam), "max_dL_dz": worst(dz)}
 
-    def _warn(self, values: tuple, lam: tuple | None, batch: tuple) -> None:
+    def _warn(self, values: tuple, lam: tuple | None, batch: tuple, stacklevel: int) -> None:
         import warnings
 
         for step in _steps(self._order):
@@ -1832,7 +1834,7 @@ class ArrayProgram(CompiledProgram):
                     f"the output is not finite: the value of constraint {step.label!r} is "
                     "not finite",
                     NonFiniteWarning,
-                    stacklevel=3,
+                    stacklevel=stacklevel,
                 )
                 return
         if lam is not None:
@@ -1843,7 +1845,7 @@ class ArrayProgram(CompiledProgram):
                         f"the gradient is not finite: the multiplier of constraint "
                         f"{step.label!r} is not finite",
                         NonFiniteWarning,
-                        stacklevel=3,
+                        stacklevel=stacklevel,
                     )
                     return
 

@@ -11,6 +11,7 @@ The multipliers are per sample: λ_i = ∂z_N/∂z_i, with shape B + the variabl
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from . import _second
+from . import _pickling, _second
 from ._blocks import METHODS, BlockReport, SolveOptions
 from ._codegen import Passes, generate, hessian_functions, jvp_functions, kkt_function
 from ._errors import LagrangianADError, NonFiniteWarning, ProgramError
@@ -186,6 +187,16 @@ class CompiledProgram:
             f"{self.graph.n_inputs} scalar inputs, {len(self.graph.cyclic_blocks)} cyclic blocks>"
         )
 
+    # ----------------------------------------------------------------- pickling
+
+    def __reduce__(self) -> tuple:
+        """Pickled with its generated source, re-run on unpickling (`_pickling`): a
+        worker process gets the compiled program without deriving anything again, and
+        builds it once however many chunks it runs."""
+        state = dict(self.__dict__)
+        state["_fused"] = None  # Numba's kernels: made again where the program lands
+        return _unpickle, (_pickling.dumps((type(self), state)),)
+
     # ----------------------------------------------------------------- solving
 
     def value(self, inputs: Mapping[Any, Any], check_finite: bool = True, **options: Any) -> Array:
@@ -195,11 +206,21 @@ class CompiledProgram:
         False skips that check. Either way a non-finite output is reported by a
         `NonFiniteWarning` naming the first constraint, in evaluation order, whose value
         is not finite.
+
+        Inputs may be Dask arrays chunked along their batch axes (`_dask`): the output
+        is then a Dask array with their chunks, and nothing runs until it is computed.
         """
+        if _dask_inputs(inputs):
+            from . import _dask
+
+            return _dask.value(self, inputs, check_finite, options)
+        return self._eager_value(inputs, check_finite, options)
+
+    def _eager_value(self, inputs: Mapping[Any, Any], check_finite: bool, options: dict) -> Array:
         arrays, leads, batch = self._check(inputs, check_finite)
         value = self._value(arrays, leads, batch, options)
         if not _finite(value):
-            self._warn_non_finite(arrays, leads, batch, options, adjoint=False)
+            self._warn_non_finite(arrays, leads, batch, options, adjoint=False, stacklevel=4)
         return value
 
     def _value(self, arrays, leads, batch, options) -> Array:
@@ -226,14 +247,29 @@ class CompiledProgram:
         ``check_finite`` as in `value`; a non-finite output or gradient is reported by a
         `NonFiniteWarning` naming the first constraint whose value or multiplier is not
         finite.
+
+        Inputs may be Dask arrays chunked along their batch axes (`_dask`): the output
+        and the gradients of inputs with batch axes are Dask arrays with their chunks;
+        the gradients of the others (parameters) are summed over the chunks and are
+        NumPy arrays, so the chunks run in this call (once: its Dask results are
+        persisted). Without such gradients nothing runs until a result is computed.
         """
+        if _dask_inputs(inputs):
+            from . import _dask
+
+            return _dask.value_and_grad(self, inputs, check_finite, wrt, options)
+        return self._eager_value_and_grad(inputs, check_finite, wrt, options)
+
+    def _eager_value_and_grad(
+        self, inputs: Mapping[Any, Any], check_finite: bool, wrt: Any, options: dict
+    ) -> tuple[Array, dict[str, Array]]:
         wanted = None if wrt is None else [self._input_name(k) for k in wrt]
         arrays, leads, batch = self._check(inputs, check_finite)
         value, grad = self._value_and_grad(arrays, leads, batch, options)
         if wanted is not None:
             grad = {name: grad[name] for name in wanted}
         if not _all_finite(value, grad):
-            self._warn_non_finite(arrays, leads, batch, options, adjoint=True)
+            self._warn_non_finite(arrays, leads, batch, options, adjoint=True, stacklevel=4)
         return value, grad
 
     def _value_and_grad(self, arrays, leads, batch, options) -> tuple[Array, dict[str, Array]]:
@@ -428,11 +464,24 @@ class CompiledProgram:
         """Forward values, multipliers and gradient: the full stationary point.
 
         ``check_finite`` and the `NonFiniteWarning` as in `value_and_grad`.
+
+        Inputs may be Dask arrays chunked along their batch axes (`_dask`): values,
+        multipliers and the gradients of inputs with batch axes are then Dask arrays
+        with their chunks (persisted: the chunks run in this call, once), the gradients
+        of parameters NumPy arrays summed over the chunks; ``blocks`` and ``kkt`` are the
+        worst over the chunks.
         """
+        if _dask_inputs(inputs):
+            from . import _dask
+
+            return _dask.solve(self, inputs, check_finite, options)
+        return self._eager_solve(inputs, check_finite, options)
+
+    def _eager_solve(self, inputs: Mapping[Any, Any], check_finite: bool, options: dict):
         arrays, leads, batch = self._check(inputs, check_finite)
         sol = self._solve(arrays, leads, batch, options)
         if not _all_finite(sol.value, sol.grad):
-            self._warn_non_finite(arrays, leads, batch, options, adjoint=True)
+            self._warn_non_finite(arrays, leads, batch, options, adjoint=True, stacklevel=4)
         return sol
 
     def _solve(self, arrays, leads, batch, options) -> Solution:
@@ -596,6 +645,10 @@ class CompiledProgram:
             ),
             stacklevel=stacklevel,
         )
+
+    def _multiplier_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The keys of ``Solution.multipliers``, in order, with their shapes per sample."""
+        return {name: self._multiplier_shape(name) for name in self._lam_positions}
 
     def _multiplier_shape(self, name: str) -> tuple[int, ...]:
         var = self._intermediates.get(name)
@@ -783,6 +836,30 @@ class CompiledProgram:
             )
             out[name] = _user_array(grad)
         return out
+
+
+def _dask_inputs(inputs: Any) -> bool:
+    """Whether any input is a Dask array (never true unless Dask is already imported:
+    Dask is optional, and this check must cost nothing on the hot path)."""
+    da = sys.modules.get("dask.array")
+    if da is None or not isinstance(inputs, Mapping):
+        return False
+    return any(isinstance(v, da.Array) for v in inputs.values())
+
+
+def _unpickle(blob: bytes) -> CompiledProgram:
+    return _pickling.loads(blob, _rebuilt)
+
+
+def _rebuilt(pickled: tuple) -> CompiledProgram:
+    cls, state = pickled
+    fn = cls.__new__(cls)
+    fn.__dict__.update(state)
+    if fn.backend == "numba":
+        from ._fused import FusedEngine
+
+        fn._fused = FusedEngine(fn)
+    return fn
 
 
 # --------------------------------------------------------------------------- shapes
