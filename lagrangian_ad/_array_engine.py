@@ -1409,15 +1409,15 @@ class ArrayProgram(CompiledProgram):
         # the saved node values that depend on an intermediate (`_both_passes`)
         moving: set[int] = set()
         by_name: dict[str, bool] = {}
-        for st in _steps(self._order):
-            for n in st.nodes:
-                if n.op == "read":
-                    hit = n.data.kind != "input"
-                else:
-                    hit = any(id(a) in moving for a in n.args)
-                if hit:
-                    moving.add(id(n))
-                by_name.setdefault(gen._forward_names[id(n)], hit)
+        nodes = [n for st in _steps(self._order) for n in st.nodes]
+        for n, name in zip(nodes, gen._forward_names, strict=True):
+            if n.op == "read":
+                hit = n.data.kind != "input"
+            else:
+                hit = any(id(a) in moving for a in n.args)
+            if hit:
+                moving.add(id(n))
+            by_name.setdefault(name, hit)
         self._saved_per_sample = [by_name.get(name, False) for name in saved]
         adjoint = gen.adjoint(saved)
         tangent = gen.tangent(saved)
