@@ -108,7 +108,7 @@ class OptimizeResult(scipy.optimize.OptimizeResult):
         solver failed), 3 stopped by the callback, 4 numerical failure; from
         ``"interior-point"`` also 5 infeasible (the constraint violation stays positive
         where it is stationary: a local minimizer of the violation) and 6 unbounded (a
-        feasible point with the objective below −1e20, or |x| above 1e20).
+        feasible point with the objective below −1e20, or ``|x|`` above 1e20).
     message : str
         Why the method stopped.
     nit : int
