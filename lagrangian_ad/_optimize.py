@@ -896,16 +896,7 @@ def _augmented_program(fn: CompiledProgram, sign: float) -> _AugmentedProgram:
     if sign in per_program:
         return per_program[sign]
     ir: ProgramIR = fn.ir
-    taken = {v.name for v in (*ir.inputs, *ir.intermediates)}
-    taken.update(c.label for c in ir.constraints)
-
-    def fresh(base: str) -> str:
-        name, k = base, 0
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        taken.add(name)
-        return name
+    fresh = _namer(ir)
 
     lp = Program()
     for var in (*ir.inputs, *ir.intermediates):
@@ -1656,17 +1647,7 @@ def _constraint_program(fn: CompiledProgram) -> _ConstraintProgram:
     if cached is not None:
         return cached
     ir: ProgramIR = fn.ir
-    taken = {v.name for v in (*ir.inputs, *ir.intermediates)}
-    taken.update(c.label for c in ir.constraints)
-    taken.update(g.label for g in ir.subject_to)
-
-    def fresh(base: str) -> str:
-        name, k = base, 0
-        while name in taken:
-            k += 1
-            name = f"{base}_{k}"
-        taken.add(name)
-        return name
+    fresh = _namer(ir)
 
     lp = Program(progress=False)
     for var in ir.inputs:
@@ -1901,3 +1882,21 @@ def _interior_point(problem: _Problem, opts: dict, monitor: _Monitor) -> Optimiz
 
 _METHODS["interior-point"] = (_INTERIOR, _interior_point)
 _TOL_KEYS["interior-point"] = ("tol",)
+
+
+def _namer(ir: ProgramIR) -> Callable[[str], str]:
+    """Names for the variables of a program derived from ``ir``: ``base``, or ``base_k``
+    where that is taken by a variable, a constraint or a constraint of subject_to."""
+    taken = {v.name for v in (*ir.inputs, *ir.intermediates)}
+    taken.update(c.label for c in ir.constraints)
+    taken.update(g.label for g in ir.subject_to)
+
+    def fresh(base: str) -> str:
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return name
+
+    return fresh
