@@ -6,7 +6,7 @@ to backprop's adjoints, and there ∂L/∂x is the gradient of the output z_N.
 """
 
 from ._arrays import apply, cos, exp, log, mul, sigmoid, sin, softplus, sqrt, sum, tanh
-from ._compiled import CompiledProgram, Solution
+from ._compiled import CompiledProgram
 from ._decompose import decompose
 from ._errors import (
     ConvergenceError,
@@ -21,6 +21,7 @@ from ._optimize import OptimizeResult, maximize, minimize
 from ._parse import load, parse
 from ._program import Program
 from ._symbolic import Conditions
+from ._values import Solution
 
 __all__ = [
     "CompiledProgram",

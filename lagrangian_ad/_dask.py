@@ -37,17 +37,14 @@ import dask.array as da
 import numpy as np
 
 from ._blocks import BlockReport
-from ._compiled import (
-    CompiledProgram,
-    Solution,
-    _as_float_array,
-    _finite,
-    _not_finite,
-    _user_array,
-)
 from ._errors import LagrangianADError, NonFiniteWarning, ProgramError
+from ._values import Solution, _as_float_array, _finite, _not_finite, _user_array
 
 __all__ = ["solve", "value", "value_and_grad"]
+
+# The compiled program these functions serve (either engine). Not imported: `_compiled`
+# imports this module (lazily, for Dask inputs), and the layers import one way only.
+CompiledProgram = Any
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,9 @@ from ._ir import (
 from ._progress import BuildProgress
 
 if TYPE_CHECKING:
-    from ._compiled import CompiledProgram, Solution
+    from ._compiled import CompiledProgram
     from ._symbolic import Conditions
+    from ._values import Solution
 
 __all__ = ["Constraint", "Program", "ProgramIR", "SideConstraint", "Variable"]
 

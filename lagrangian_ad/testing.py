@@ -38,11 +38,12 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from ._compiled import CompiledProgram, _sum_to
+from ._compiled import CompiledProgram
 from ._errors import ProgramError
 from ._graph import analyse
 from ._ir import ProgramIR
 from ._program import Program
+from ._values import _sum_to
 
 __all__ = ["check_grads", "inline_output"]
 
