@@ -15,9 +15,9 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 import lagrangian_ad as lad
-from lagrangian_ad._array_symbolic import Inner
-from lagrangian_ad._arrays import ArraySum, Elementwise
-from lagrangian_ad._cli import main
+from lagrangian_ad.core._arrays import ArraySum, Elementwise
+from lagrangian_ad.symbolic._array_symbolic import Inner
+from lagrangian_ad.using._cli import main
 
 # --------------------------------------------------------------------------- helpers
 

@@ -222,7 +222,7 @@ def test_matrix_free_paths_against_a_dense_implicit_solve(norm, forward, linear)
     ways (forward and λ); one with ‖W‖₂ near 1 (h small: tanh' near 1), whose first
     steps contract too slowly for plain iteration, by Anderson, and λ by GMRES. Both
     give the dense implicit-function solve's multipliers."""
-    from lagrangian_ad import _array_engine
+    from lagrangian_ad.compiling import _array_engine
 
     n = _array_engine.DENSE_MAX + 24
     rng = np.random.default_rng(int(norm * 1000))

@@ -21,8 +21,8 @@ import pytest
 import sympy as sp
 
 import lagrangian_ad as lad
-from lagrangian_ad._cli import main
-from lagrangian_ad._parse import parse_expression
+from lagrangian_ad.building._parse import parse_expression
+from lagrangian_ad.using._cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

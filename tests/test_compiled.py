@@ -12,8 +12,8 @@ import sympy as sp
 
 import lagrangian_ad as lad
 from lagrangian_ad import ProgramError
-from lagrangian_ad._demo import blog_program
 from lagrangian_ad.testing import check_grads
+from lagrangian_ad.using._demo import blog_program
 
 
 def _blog_by_hand(x: float) -> dict[str, float]:

@@ -196,7 +196,7 @@ def test_init_selects_the_fixed_point():
 def test_sparse_block_of_300_unknowns():
     """A ring z_i = 0.3 tanh(z_{i−1}) + 0.3 tanh(z_{i+1}) + x_i, one block of 300: beyond
     DENSE_MAX, so sparse LU per sample (2,000 unknowns tested the same in 15 s)."""
-    from lagrangian_ad._blocks import DENSE_MAX
+    from lagrangian_ad.solving._blocks import DENSE_MAX
 
     n = 300
     assert n > DENSE_MAX

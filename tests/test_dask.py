@@ -342,12 +342,12 @@ def test_each_worker_builds_the_program_once(client):
     # the program is one key of the graph, and unpickling is cached per process
     # (`_pickling`; tests/test_pickling.py checks the numbers of pickled programs)
     def cached() -> int:
-        from lagrangian_ad import _pickling
+        from lagrangian_ad.compiling import _pickling
 
         return len(_pickling._cache)
 
     def clear() -> None:
-        from lagrangian_ad import _pickling
+        from lagrangian_ad.compiling import _pickling
 
         _pickling._cache.clear()
 

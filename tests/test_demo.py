@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from lagrangian_ad._demo import run_demo
+from lagrangian_ad.using._demo import run_demo
 
 
 def test_demo_prints_every_stage_and_agrees(capsys):

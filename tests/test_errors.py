@@ -24,32 +24,32 @@ PACKAGE = Path(lad.__file__).resolve().parent
 
 # (module, builtin, enclosing function) -> why it may stay a builtin exception.
 ALLOWED = {
-    ("_blocks.py", "AssertionError", "_anderson"): (
+    ("solving/_blocks.py", "AssertionError", "_anderson"): (
         "after a loop that returns or raises on every path: unreachable"
     ),
-    ("_array_engine.py", "AssertionError", "value"): (
+    ("compiling/_array_engine.py", "AssertionError", "value"): (
         "the operations of a node come only from the lowering (_lowering): unreachable"
     ),
-    ("_array_engine.py", "AssertionError", "vjp"): (
+    ("compiling/_array_engine.py", "AssertionError", "vjp"): (
         "the operations of a node come only from the lowering (_lowering): unreachable"
     ),
-    ("_array_symbolic.py", "AssertionError", "_value"): (
+    ("symbolic/_array_symbolic.py", "AssertionError", "_value"): (
         "the operations of a node come only from _lowering, which both readers share"
     ),
-    ("_array_symbolic.py", "AssertionError", "_vjp"): (
+    ("symbolic/_array_symbolic.py", "AssertionError", "_vjp"): (
         "the operations of a node come only from _lowering, which both readers share"
     ),
-    ("_graph.py", "RuntimeError", "analyse"): (
+    ("compiling/_graph.py", "RuntimeError", "analyse"): (
         "the condensation of a graph is acyclic, so its block order is always complete"
     ),
-    ("_fused.py", "ValueError", "source"): (
+    ("compiling/_fused.py", "ValueError", "source"): (
         "the kind of a kernel comes only from the module's own call sites (value, grad, full)"
     ),
-    ("_fused.py", "ImportError", "_numba"): (
+    ("compiling/_fused.py", "ImportError", "_numba"): (
         "a missing optional dependency is an ImportError, as callers test for it "
         "(`except ImportError`, `pytest.importorskip`); the message says what to install"
     ),
-    ("_optimize.py", "StopIteration", "callback"): (
+    ("using/_optimize.py", "StopIteration", "callback"): (
         "SciPy's documented way for a minimize callback to stop the iteration; SciPy catches it"
     ),
     ("testing.py", "AssertionError", "compare"): (

@@ -8,7 +8,7 @@ import sympy as sp
 
 import lagrangian_ad as lad
 from lagrangian_ad import ProgramError
-from lagrangian_ad._demo import blog_program
+from lagrangian_ad.using._demo import blog_program
 
 
 def _mixed_program():

@@ -13,8 +13,8 @@ import sympy as sp
 pytest.importorskip("numba")
 
 import lagrangian_ad as lad
-from lagrangian_ad._demo import blog_program
-from lagrangian_ad._fused import FusedEngine
+from lagrangian_ad.compiling._fused import FusedEngine
+from lagrangian_ad.using._demo import blog_program
 from tests.test_random_programs import BINARY, UNARY
 
 RTOL = 1e-12
@@ -258,7 +258,7 @@ def test_code_numba_cannot_compile_names_the_constraint():
 
 def test_compile_backend_numba_matches_numpy():
     """The public switch: prog.compile(backend="numba") gives the NumPy engine's numbers."""
-    from lagrangian_ad._demo import blog_program
+    from lagrangian_ad.using._demo import blog_program
 
     prog = blog_program()
     fast = prog.compile(backend="numba")

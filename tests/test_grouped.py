@@ -333,7 +333,7 @@ def test_chain_programs_are_not_grouped():
 
 def test_adjoint_falls_back_to_the_factorization(monkeypatch):
     """When the iteration for the multipliers fails, I − J is factorized at the solution."""
-    import lagrangian_ad._grouped as grouped
+    import lagrangian_ad.compiling._grouped as grouped
 
     calls = []
     mixed = grouped._mixed_richardson
@@ -376,7 +376,7 @@ def test_auto_chooses_by_the_measured_cost_of_the_inner_iterations(rho, expected
     that cost one Newton step (77 here, `_grouped._inner_budget`): at ρ = 0.5 they
     suffice; at ρ = 0.99 the measured rate predicts more, and Newton takes over. Both
     match the implicit function theorem."""
-    import lagrangian_ad._grouped as grouped
+    import lagrangian_ad.compiling._grouped as grouped
 
     fn = _equilibrium(16, 3).compile()
     inp = _rotation_equilibrium(rho, 2)
@@ -412,7 +412,7 @@ def test_mixed_precision_refinement_against_a_dense_solve(rate, size):
     also at a rate of 0.999 (|x| ≈ 700 |b|: float32 resolves each correction only to a
     few parts in 10⁴, so several rounds, each ended at float32's rounding floor), and
     falls back to float64 for values beyond float32's range."""
-    from lagrangian_ad._grouped import _mixed_richardson
+    from lagrangian_ad.compiling._grouped import _mixed_richardson
 
     rng = np.random.default_rng(5)
     n, batch = 40, 7
@@ -435,7 +435,7 @@ def test_inexact_newton_backtracks_on_a_slowly_contracting_rotation(monkeypatch)
     """W = 0.95·Q for a rotation Q: J's eigenvalues lie near a circle of radius ~0.95, the
     first Newton steps (solved loosely) overshoot and are halved sample by sample; the
     answer still matches the implicit function theorem's dense solve."""
-    import lagrangian_ad._grouped as grouped
+    import lagrangian_ad.compiling._grouped as grouped
 
     n, d = 16, 3
     inp = _rotation_equilibrium(0.95, 12)  # its seed makes a step overshoot (most do not)

@@ -7,7 +7,7 @@ import pytest
 import sympy as sp
 
 import lagrangian_ad as lad
-from lagrangian_ad._demo import blog_program
+from lagrangian_ad.using._demo import blog_program
 
 x, y, w = sp.symbols("x y w")
 

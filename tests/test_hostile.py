@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lagrangian_ad as lad
-from lagrangian_ad._program import MAX_EXPRESSION_DEPTH
+from lagrangian_ad.building._program import MAX_EXPRESSION_DEPTH
 from lagrangian_ad.testing import check_grads
 
 x = sp.Symbol("x", real=True)

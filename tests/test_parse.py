@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lagrangian_ad as lad
-from lagrangian_ad._demo import blog_program
-from lagrangian_ad._parse import FUNCTIONS, MAX_DEPTH, parse_expression
+from lagrangian_ad.building._parse import FUNCTIONS, MAX_DEPTH, parse_expression
+from lagrangian_ad.using._demo import blog_program
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.lad"))
@@ -569,7 +569,7 @@ def test_non_utf8_bytes_and_nul_bytes_in_files(tmp_path):
 
 
 def test_size_limits(tmp_path):
-    from lagrangian_ad import _parse
+    from lagrangian_ad.building import _parse
 
     with pytest.raises(lad.ParseError, match="too large"):
         lad.parse(b"#" * (_parse.MAX_FILE_BYTES + 1))

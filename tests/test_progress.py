@@ -8,7 +8,7 @@ import re
 import sympy as sp
 
 import lagrangian_ad as lad
-import lagrangian_ad._progress as progress
+import lagrangian_ad.core._progress as progress
 
 
 def _chain(n: int) -> lad.Program:

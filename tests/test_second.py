@@ -9,7 +9,7 @@ import sympy as sp
 
 import lagrangian_ad as lad
 from lagrangian_ad import ProgramError
-from lagrangian_ad._second import hvp, hvp_source, sparse_hessian
+from lagrangian_ad.compiling._second import hvp, hvp_source, sparse_hessian
 from lagrangian_ad.testing import inline_output
 
 x, y = sp.symbols("x y")

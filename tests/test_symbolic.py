@@ -5,7 +5,7 @@ from __future__ import annotations
 import sympy as sp
 
 import lagrangian_ad as lad
-from lagrangian_ad._demo import blog_program
+from lagrangian_ad.using._demo import blog_program
 
 
 def _array_program():

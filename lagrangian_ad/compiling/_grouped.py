@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from ._blocks import BlockReport, BlockSolver, SolveOptions, _anderson, _Factorized
-from ._errors import ConvergenceError
+from ..core._errors import ConvergenceError
+from ..solving._blocks import BlockReport, BlockSolver, SolveOptions, _anderson, _Factorized
 from ._forms import Form, _differentiate, _print, _print_shared, _SparseDiff
 
 __all__ = ["GroupedEngine", "worth_grouping"]

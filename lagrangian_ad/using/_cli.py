@@ -39,10 +39,11 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from ._decompose import decompose
-from ._errors import LagrangianADError, NonFiniteWarning, ParseError
-from ._parse import MAX_FILE_BYTES, parse, parse_expression
-from ._program import Program
+from ..building._decompose import decompose
+from ..building._parse import MAX_FILE_BYTES, parse, parse_expression
+from ..building._program import Program
+from ..core._errors import LagrangianADError, NonFiniteWarning, ParseError
+from ..core._version import __version__
 
 __all__ = ["main"]
 
@@ -380,8 +381,6 @@ def _parser() -> _ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show the Python traceback of an error"
     )
-    from . import __version__
-
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
 

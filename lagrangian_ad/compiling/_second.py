@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sps
 
+from ..core._errors import ProgramError
 from ._codegen import hvp_functions
-from ._errors import ProgramError
 
 # The compiled program these functions serve (either engine). Not imported, not even for
 # type checking: `_compiled` imports this module, and the layers import one way only.

@@ -12,7 +12,7 @@ import math
 
 import sympy as sp
 
-from ._program import Program
+from ..building._program import Program
 
 __all__ = ["blog_program", "run_demo"]
 

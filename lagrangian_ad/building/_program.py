@@ -22,10 +22,10 @@ import numpy as np
 import sympy as sp
 from sympy.core.function import AppliedUndef
 
-from ._arrays import Elementwise, MatrixVariable, check_array_node, is_array
-from ._constants import bottom_up
-from ._errors import ProgramError
-from ._ir import (
+from ..core._arrays import Elementwise, MatrixVariable, check_array_node, is_array
+from ..core._constants import bottom_up
+from ..core._errors import ProgramError
+from ..core._ir import (
     MULTIPLIER_PREFIX,
     SIDE_MULTIPLIER_PREFIX,
     Constraint,
@@ -35,12 +35,12 @@ from ._ir import (
     _as_sympy,
     _names,
 )
-from ._progress import BuildProgress
+from ..core._progress import BuildProgress
 
 if TYPE_CHECKING:
-    from ._compiled import CompiledProgram
-    from ._symbolic import Conditions
-    from ._values import Solution
+    from ..compiling._compiled import CompiledProgram
+    from ..solving._values import Solution
+    from ..symbolic._symbolic import Conditions
 
 __all__ = ["Constraint", "Program", "ProgramIR", "SideConstraint", "Variable"]
 
@@ -384,13 +384,13 @@ class Program:
     def lagrangian(self) -> sp.Expr:
         """L = z_N − Σ_i λ_i (z_i − f_i) as a SymPy expression (for an array constraint
         the term is the Frobenius inner product ⟨Λ_i, Z_i − F_i⟩)."""
-        from ._symbolic import lagrangian
+        from ..symbolic._symbolic import lagrangian
 
         return lagrangian(self.ir)
 
     def conditions(self) -> Conditions:
         """The stationarity conditions of the Lagrangian (forward, adjoint, gradient)."""
-        from ._symbolic import conditions
+        from ..symbolic._symbolic import conditions
 
         return conditions(self.ir)
 
@@ -412,7 +412,7 @@ class Program:
         or "entries" (the entry-wise engine: per-scalar code, and the grouped engine for
         batches of programs with repeated structure). ``fn.engine`` says which runs.
         """
-        from ._compiled import CompiledProgram
+        from ..compiling._compiled import CompiledProgram
 
         if engine not in ("auto", "arrays", "entries"):
             raise ProgramError(f"unknown engine {engine!r}: use 'auto', 'arrays' or 'entries'")
@@ -425,7 +425,7 @@ class Program:
                     "only the array engine runs"
                 )
             if engine == "arrays" or (engine == "auto" and ir.has_arrays):
-                from ._array_engine import ArrayProgram
+                from ..compiling._array_engine import ArrayProgram
 
                 if backend != "numpy":
                     raise ProgramError(
@@ -453,7 +453,7 @@ class Program:
         return f"<Program: {n_in} scalar inputs, {n_c} constraints>"
 
     def _repr_latex_(self) -> str:
-        from ._symbolic import program_latex
+        from ..symbolic._symbolic import program_latex
 
         return program_latex(self.ir)
 

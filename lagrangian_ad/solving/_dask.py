@@ -36,8 +36,8 @@ import dask
 import dask.array as da
 import numpy as np
 
+from ..core._errors import LagrangianADError, NonFiniteWarning, ProgramError
 from ._blocks import BlockReport
-from ._errors import LagrangianADError, NonFiniteWarning, ProgramError
 from ._values import Solution, _as_float_array, _finite, _not_finite, _user_array
 
 __all__ = ["solve", "value", "value_and_grad"]

@@ -22,8 +22,8 @@ import sympy as sp
 from sympy.core.function import ArgumentIndexError
 from sympy.printing.numpy import NumPyPrinter
 
-from ._constants import ConstantError, bottom_up, constant_value
-from ._errors import ProgramError
+from ..core._constants import ConstantError, bottom_up, constant_value
+from ..core._errors import ProgramError
 
 __all__ = ["Form", "FormTable", "float_text", "form_key", "instantiate"]
 

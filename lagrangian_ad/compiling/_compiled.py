@@ -19,15 +19,11 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from . import _pickling, _second
-from ._blocks import METHODS, SolveOptions
-from ._codegen import Passes, generate, hessian_functions, jvp_functions, kkt_function
-from ._errors import LagrangianADError, NonFiniteWarning, ProgramError
-from ._graph import analyse
-from ._grouped import GroupedEngine, plan, worth_grouping
-from ._ir import ProgramIR
-from ._progress import Progress
-from ._values import (
+from ..core._errors import LagrangianADError, NonFiniteWarning, ProgramError
+from ..core._ir import ProgramIR
+from ..core._progress import Progress
+from ..solving._blocks import METHODS, SolveOptions
+from ..solving._values import (
     Array,
     Solution,
     _all_finite,
@@ -40,6 +36,10 @@ from ._values import (
     _sum_to,
     _user_array,
 )
+from . import _pickling, _second
+from ._codegen import Passes, generate, hessian_functions, jvp_functions, kkt_function
+from ._graph import analyse
+from ._grouped import GroupedEngine, plan, worth_grouping
 
 __all__ = ["CompiledProgram", "Solution"]
 
@@ -182,7 +182,7 @@ class CompiledProgram:
         is then a Dask array with their chunks, and nothing runs until it is computed.
         """
         if _dask_inputs(inputs):
-            from . import _dask
+            from ..solving import _dask
 
             return _dask.value(self, inputs, check_finite, options)
         return self._eager_value(inputs, check_finite, options)
@@ -226,7 +226,7 @@ class CompiledProgram:
         persisted). Without such gradients nothing runs until a result is computed.
         """
         if _dask_inputs(inputs):
-            from . import _dask
+            from ..solving import _dask
 
             return _dask.value_and_grad(self, inputs, check_finite, wrt, options)
         return self._eager_value_and_grad(inputs, check_finite, wrt, options)
@@ -443,7 +443,7 @@ class CompiledProgram:
         worst over the chunks.
         """
         if _dask_inputs(inputs):
-            from . import _dask
+            from ..solving import _dask
 
             return _dask.solve(self, inputs, check_finite, options)
         return self._eager_solve(inputs, check_finite, options)

@@ -14,7 +14,7 @@ One statement a line; ``#`` starts a comment::
     subject to a + h <= 2          # a constraint that is not a definition (named g1)
     subject to cap: x**2 >= 0.1    # a named one; relations <=, >= and ==
 
-This is the format `str(program)` prints (`lagrangian_ad._text`), so
+This is the format `str(program)` prints (`lagrangian_ad.building._text`), so
 ``parse(str(prog))`` gives the same program back — for programs whose names are ASCII
 identifiers other than the function names of `FUNCTIONS` and the constants ``E`` and
 ``pi`` (the text format reserves those).
@@ -43,12 +43,12 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from . import _arrays as arrays
-from ._arrays import _add, _matmul, _times, is_array
-from ._constants import RANGE, ConstantError, constant_value, is_clamped
-from ._errors import ParseError, ProgramError
+from ..core import _arrays as arrays
+from ..core._arrays import _add, _matmul, _times, is_array
+from ..core._constants import RANGE, ConstantError, constant_value, is_clamped
+from ..core._errors import ParseError, ProgramError
+from ..core._progress import Progress
 from ._program import Program
-from ._progress import Progress
 from ._text import MAX_LINE_CHARS
 
 __all__ = [
@@ -1723,7 +1723,7 @@ def parse_expression(text: str) -> tuple[sp.Expr, list[sp.Symbol]]:
 
     Examples
     --------
-    >>> from lagrangian_ad._parse import parse_expression
+    >>> from lagrangian_ad.building._parse import parse_expression
     >>> parse_expression("exp(y) * sin(x)")
     (exp(y)*sin(x), [y, x])
     """

@@ -56,7 +56,7 @@ import numpy as np
 import scipy.sparse as sps
 import scipy.sparse.linalg as spla
 
-from ._errors import ConvergenceError, SingularSystemError
+from ..core._errors import ConvergenceError, SingularSystemError
 
 __all__ = ["BlockReport", "BlockSolver", "SolveOptions"]
 

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from ..core._errors import ProgramError
+from ..core._ir import ProgramIR
 from ._array_symbolic import MathLatexPrinter, MathStrPrinter, array_conditions, array_lagrangian
-from ._errors import ProgramError
-from ._ir import ProgramIR
 
 __all__ = ["Conditions", "conditions", "lagrangian", "program_latex"]
 

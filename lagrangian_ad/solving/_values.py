@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core._errors import ProgramError
 from ._blocks import BlockReport
-from ._errors import ProgramError
 
 __all__ = ["Solution"]
 

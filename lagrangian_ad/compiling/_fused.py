@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core._errors import ProgramError
 from . import _codegen
-from ._errors import ProgramError
 
 __all__ = ["FusedEngine", "numba_available"]
 

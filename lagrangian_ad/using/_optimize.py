@@ -63,13 +63,13 @@ import scipy.sparse as sps
 import scipy.sparse.linalg as spla
 import sympy as sp
 
-from ._arrays import mul as lad_mul
-from ._arrays import sum as lad_sum
-from ._compiled import CompiledProgram
-from ._errors import ConvergenceError, NonFiniteWarning, ProgramError, SingularSystemError
+from ..building._program import Program
+from ..compiling._compiled import CompiledProgram
+from ..core._arrays import mul as lad_mul
+from ..core._arrays import sum as lad_sum
+from ..core._errors import ConvergenceError, NonFiniteWarning, ProgramError, SingularSystemError
+from ..core._ir import ProgramIR, Variable
 from ._interior import IP_OPTIONS, interior_point
-from ._ir import ProgramIR, Variable
-from ._program import Program
 
 __all__ = ["METHODS", "OptimizeResult", "maximize", "minimize"]
 
@@ -225,7 +225,7 @@ def minimize(
         ``delta_min`` (1e-8), ``delta_max`` (1e20), ``damping`` (1e-3: the smallest
         proximal term added after a shortened step).
 
-        ``"interior-point"`` (see `lagrangian_ad._interior`): ``maxiter`` (3000),
+        ``"interior-point"`` (see `lagrangian_ad.using._interior`): ``maxiter`` (3000),
         ``tol`` (1e-8: the scaled KKT error), ``constr_viol_tol`` (1e-8), ``mu_init``
         (0.1), ``kappa_mu`` (0.2), ``theta_mu`` (1.5), ``kappa_eps`` (10),
         ``tau_min`` (0.99), ``bound_push`` (1e-2), ``eta`` (1e-8: Armijo constant),
@@ -1819,7 +1819,7 @@ def _interior_point(problem: _Problem, opts: dict, monitor: _Monitor) -> Optimiz
     (`_ConstraintProgram`) through the package's own adjoint and second-order adjoint
     passes. The iteration (barrier, slacks, dense LDLᵀ with inertia correction, ℓ1
     merit line search with the fraction-to-boundary rule, infeasibility and
-    unboundedness detection) is `lagrangian_ad._interior.interior_point`.
+    unboundedness detection) is `lagrangian_ad.using._interior.interior_point`.
 
     The multipliers reported satisfy ∇F + Σ_j μ_j ∇g_j = 0 for `minimize` and
     ∇F = Σ_j μ_j ∇g_j for `maximize` (the μ of `Program.lagrangian`), μ_j ≥ 0 for

@@ -34,10 +34,10 @@ import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.precedence import PRECEDENCE
 
-from ._blocks import BlockSolver
+from ..core._ir import ProgramIR
+from ..solving._blocks import BlockSolver
 from ._forms import FormTable, float_text, form_key, instantiate
 from ._graph import Graph
-from ._ir import ProgramIR
 
 __all__ = ["Generated", "generate"]
 

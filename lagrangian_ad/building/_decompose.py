@@ -18,7 +18,7 @@ from typing import Any
 
 import sympy as sp
 
-from ._errors import ProgramError
+from ..core._errors import ProgramError
 from ._program import Program
 
 __all__ = ["decompose"]

@@ -24,8 +24,8 @@ import numpy as np
 import scipy.sparse as sps
 from scipy.sparse.csgraph import connected_components, maximum_bipartite_matching
 
-from ._errors import ProgramError
-from ._ir import ProgramIR
+from ..core._errors import ProgramError
+from ..core._ir import ProgramIR
 
 __all__ = ["Block", "Graph", "analyse"]
 

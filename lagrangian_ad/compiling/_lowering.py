@@ -26,10 +26,10 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement
 
-from ._arrays import ArraySum, Elementwise, is_array
-from ._errors import ProgramError
+from ..core._arrays import ArraySum, Elementwise, is_array
+from ..core._errors import ProgramError
+from ..core._ir import ProgramIR
 from ._forms import FormTable, form_key
-from ._ir import ProgramIR
 
 __all__ = ["Lowering", "Node", "Step", "Unit", "build_units", "chain"]
 

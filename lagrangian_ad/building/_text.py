@@ -20,7 +20,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.printing.str import StrPrinter
 
-from ._ir import ProgramIR
+from ..core._ir import ProgramIR
 
 __all__ = ["MAX_LINE_CHARS", "expr_to_text", "format_program"]
 

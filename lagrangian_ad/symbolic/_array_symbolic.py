@@ -36,11 +36,11 @@ from sympy.printing.latex import LatexPrinter
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
 
-from ._arrays import ArrayMatAdd, ArrayMatMul, ArraySum, ArrayTranspose, Elementwise
-from ._codegen import _Printer
-from ._forms import FormTable
-from ._ir import ProgramIR
-from ._lowering import Lowering, Node, Unit, build_units
+from ..compiling._codegen import _Printer
+from ..compiling._forms import FormTable
+from ..compiling._lowering import Lowering, Node, Unit, build_units
+from ..core._arrays import ArrayMatAdd, ArrayMatMul, ArraySum, ArrayTranspose, Elementwise
+from ..core._ir import ProgramIR
 
 __all__ = [
     "Inner",

@@ -56,15 +56,15 @@ import scipy.sparse.linalg as spla
 import sympy as sp
 from scipy.sparse import coo_matrix
 
-from ._blocks import FORWARD, BlockReport, BlockSolver, SolveOptions, _anderson
+from ..core._errors import ConvergenceError, NonFiniteWarning, ProgramError, SingularSystemError
+from ..core._ir import ProgramIR
+from ..solving._blocks import FORWARD, BlockReport, BlockSolver, SolveOptions, _anderson
+from ..solving._values import Solution, _all_finite, _as_float_array, _finite, _shaped, _user_array
 from ._codegen import NUMPY_NAMESPACE, _compile, _exec, _Printer
 from ._compiled import CompiledProgram
-from ._errors import ConvergenceError, NonFiniteWarning, ProgramError, SingularSystemError
 from ._forms import Form, FormTable, float_text, instantiate
-from ._ir import ProgramIR
 from ._lowering import Lowering, Node, Step, Unit, build_units
 from ._second import SparseHessian, colored_hessian
-from ._values import Solution, _all_finite, _as_float_array, _finite, _shaped, _user_array
 
 __all__ = ["ArrayProgram"]
 
