@@ -424,7 +424,7 @@ def test_the_command_line_exits_1_on_a_non_finite_result():
         [sys.executable, "-m", "lagrangian_ad", "grad", "log(x)", "--at", "x=-1"],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         timeout=120,
     )
     assert proc.returncode == 1

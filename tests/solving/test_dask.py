@@ -340,7 +340,7 @@ def test_a_non_finite_dask_input_names_the_input_and_the_chunk(client):
 
 def test_each_worker_builds_the_program_once(client):
     # the program is one key of the graph, and unpickling is cached per process
-    # (`_pickling`; tests/test_pickling.py checks the numbers of pickled programs)
+    # (`_pickling`; tests/compiling/test_pickling.py checks the numbers of pickled programs)
     def cached() -> int:
         from lagrangian_ad.compiling import _pickling
 
@@ -369,7 +369,7 @@ def test_the_readme_dask_example_matches_numpy(client):
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     (example,) = [b for b in blocks if "LocalCluster" in b]
     namespace: dict = {}

@@ -292,3 +292,4 @@ def test_fuzz_small_hostile_expressions(time_limit, text):
 @given(_SHAPES)
 def test_fuzz_hostile_shapes(time_limit, text):
     _parses_and_compiles_or_says_where(text, time_limit)
+

@@ -24,7 +24,7 @@ import lagrangian_ad as lad
 from lagrangian_ad.building._parse import parse_expression
 from lagrangian_ad.using._cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 

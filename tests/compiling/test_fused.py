@@ -12,10 +12,11 @@ import sympy as sp
 
 pytest.importorskip("numba")
 
+from test_random_programs import BINARY, UNARY
+
 import lagrangian_ad as lad
 from lagrangian_ad.compiling._fused import FusedEngine
 from lagrangian_ad.using._demo import blog_program
-from tests.test_random_programs import BINARY, UNARY
 
 RTOL = 1e-12
 

@@ -18,7 +18,7 @@ import lagrangian_ad as lad
 from lagrangian_ad.building._parse import FUNCTIONS, MAX_DEPTH, parse_expression
 from lagrangian_ad.using._demo import blog_program
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.lad"))
 
 x, y, z = sp.symbols("x y z", real=True)
