@@ -609,8 +609,9 @@ class _ExprParser:
         numeric = base.is_number and exponent.is_number
         if numeric and exponent.is_Number:
             # |log10 of the result| is at most |exponent| times the largest |log10| of a
-            # number in the base; estimate it before SymPy computes anything.
-            size = max((_log10_size(a) for a in base.atoms(sp.Number)), default=0.0)
+            # number SymPy multiplies out in the base; estimate it before SymPy computes
+            # anything. Numbers inside functions stay there (cos(10**308)**2 is at most 1).
+            size = max((_log10_size(a) for a in _exposed_numbers(base)), default=0.0)
             if size > 0:
                 log_magnitude = _log10_abs(exponent) + math.log10(size)
                 if log_magnitude > math.log10(MAX_NUMBER_DIGITS):
@@ -781,6 +782,19 @@ def _array_call(name: str, func: _Function, args: list[Any]) -> Any:
 def _negate(expr: sp.Expr) -> sp.Expr:
     """``-expr``, distributed over a sum as Python and SymPy do."""
     return -expr
+
+
+def _exposed_numbers(expr: sp.Expr) -> list[sp.Number]:
+    """The numbers of ``expr`` outside function arguments: those a power of ``expr``
+    computes exactly ((2*x)**n is 2**n * x**n; cos(2)**n keeps cos(2))."""
+    found, stack = [], [expr]
+    while stack:
+        node = stack.pop()
+        if node.is_Number:
+            found.append(node)
+        elif node.is_Add or node.is_Mul or node.is_Pow:
+            stack.extend(node.args)
+    return found
 
 
 def _log10_size(n: sp.Number) -> float:

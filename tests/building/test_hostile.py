@@ -293,3 +293,14 @@ def test_fuzz_small_hostile_expressions(time_limit, text):
 def test_fuzz_hostile_shapes(time_limit, text):
     _parses_and_compiles_or_says_where(text, time_limit)
 
+
+def test_a_power_of_a_function_of_a_huge_number_round_trips(time_limit):
+    """cos(10**308)*cos(10**308) is printed cos(10**308)**2: the power's size bound reads
+    the numbers SymPy multiplies out, not those inside a function (found by the fuzzer)."""
+    with time_limit(5):
+        prog = lad.parse("input x\nz = x*cos(10**308)*cos(10**308)\n")
+        again = lad.parse(str(prog))
+    assert "**2" in str(prog) and str(again) == str(prog)
+    with mpmath.workdps(400):  # cos of a 309-digit integer needs all of its digits
+        exact = 0.5 * float(mpmath.cos(mpmath.mpf(10) ** 308) ** 2)
+    assert again.compile().value({"x": 0.5}) == pytest.approx(exact, rel=1e-12)
