@@ -48,7 +48,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from graphlib import TopologicalSorter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse.csgraph as csgraph
@@ -60,6 +60,7 @@ from ..core._errors import ConvergenceError, NonFiniteWarning, ProgramError, Sin
 from ..core._ir import ProgramIR
 from ..solving._blocks import FORWARD, BlockReport, BlockSolver, SolveOptions, _anderson
 from ..solving._values import Solution, _all_finite, _as_float_array, _finite, _shaped, _user_array
+from . import _rules as rules
 from ._codegen import NUMPY_NAMESPACE, _compile, _exec, _Printer
 from ._compiled import CompiledProgram
 from ._forms import Form, FormTable, float_text, instantiate
@@ -205,6 +206,81 @@ def _names(form: Form, node: Node, operand_names: list[str]) -> dict[str, str]:
     return names
 
 
+class _Transposed(str):
+    """The code of Aᵀ, remembering A (so that (Aᵀ)ᵀ is A and g Bᵀ fits one GEMM)."""
+
+    def __new__(cls, inner: str) -> _Transposed:
+        code = super().__new__(cls, f"numpy.swapaxes({inner}, -1, -2)")
+        code.inner = inner
+        return code
+
+
+class _Product(str):
+    """The code of A B, remembering A and B (for `_NumpyAlgebra.fit`)."""
+
+    def __new__(cls, a: str, b: str) -> _Product:
+        code = super().__new__(cls, f"_rt.matmul({a}, {b})")
+        code.a, code.b = a, b
+        return code
+
+
+class _Placed(NamedTuple):
+    """g at entry (i, j) of an operand, zero elsewhere: accumulated in place by the
+    adjoint walk (`_rt.add_entry`) rather than as a whole array per entry."""
+
+    g: str
+    i: int
+    j: int
+
+
+class _NumpyAlgebra:
+    """The algebra of `_rules` as NumPy code over arrays with leading batch axes.
+
+    ``fit`` sums a contribution down to its operand's shape (a weight given without
+    batch axes gets the sum over the batch); the two products of matmul's rules are
+    fitted by one GEMM each (`_rt.matmul_ga`, `_rt.matmul_gb`), never as a batch of
+    outer products."""
+
+    @staticmethod
+    def matmul(a: str, b: str) -> str:
+        return _Product(a, b)
+
+    @staticmethod
+    def T(a: str) -> str:
+        return a.inner if isinstance(a, _Transposed) else _Transposed(a)
+
+    @staticmethod
+    def total(a: str) -> str:
+        return f"_rt.total({a})"
+
+    @staticmethod
+    def entry(a: str, i: int, j: int) -> str:
+        return f"{a}[..., {i}:{i + 1}, {j}:{j + 1}]"
+
+    @staticmethod
+    def spread(g: str, like: str) -> str:
+        return f"_rt.total_vjp({g}, {like})"
+
+    @staticmethod
+    def place(g: str, like: str, i: int, j: int) -> _Placed:
+        return _Placed(g, i, j)
+
+    @staticmethod
+    def fit(c: str, like: str) -> str:
+        if isinstance(c, _Product) and isinstance(c.b, _Transposed):  # g Bᵀ -> A's shape
+            return f"_rt.matmul_ga({c.a}, {like}, {c.b.inner})"
+        if isinstance(c, _Product) and isinstance(c.a, _Transposed):  # Aᵀ g -> B's shape
+            return f"_rt.matmul_gb({c.b}, {c.a.inner}, {like})"
+        return f"_rt.sum_to({c}, {like}.shape)"
+
+    @staticmethod
+    def add(a: str, b: str) -> str:
+        return f"{a} + {b}"
+
+
+_NUMPY = _NumpyAlgebra()
+
+
 class _Rules:
     """Value, vector-Jacobian and Jacobian-vector rules of each operation, as code."""
 
@@ -220,22 +296,13 @@ class _Rules:
     def value(n: Node, a: list[str]) -> str:
         if n.op == "ew":
             return instantiate(n.data[0].forward, _names(n.data[0], n, a))
-        if n.op == "matmul":
-            return f"_rt.matmul({a[0]}, {a[1]})"
-        if n.op == "T":
-            return f"numpy.swapaxes({a[0]}, -1, -2)"
-        if n.op == "sum":
-            return f"_rt.total({a[0]})"
-        if n.op == "entry":
-            i, j = n.data
-            return f"{a[0]}[..., {i}:{i + 1}, {j}:{j + 1}]"
-        raise AssertionError(n.op)
+        return rules.value(_NUMPY, n.op, n.data, a)
 
     # vector-Jacobian ------------------------------------------------------
 
     def vjp(self, w: _Writer, n: Node, g: str, a: list[str], out: str, label: str):
         """Code of the contribution of ``g`` (the adjoint of n) to each operand:
-        a list of (operand position, code or None for an entry update)."""
+        a list of (operand position, code, or a `_Placed` entry update)."""
         if n.op == "ew" and id(n) in self.partials:
             return [
                 (k, f"_rt.sum_to({g} * {p}, {a[k]}.shape)") for k, p in self.partials[id(n)].items()
@@ -252,23 +319,12 @@ class _Rules:
                 (k, f"_rt.sum_to({instantiate(term, names)}, {a[k]}.shape)")
                 for (k, _), term in zip(form.partials, form.terms, strict=True)
             ]
-        if n.op == "matmul":
-            return [
-                (0, f"_rt.matmul_ga({g}, {a[0]}, {a[1]})"),
-                (1, f"_rt.matmul_gb({g}, {a[0]}, {a[1]})"),
-            ]
-        if n.op == "T":
-            return [(0, f"numpy.swapaxes({g}, -1, -2)")]
-        if n.op == "sum":
-            return [(0, f"_rt.total_vjp({g}, {a[0]})")]
-        if n.op == "entry":
-            return [(0, None)]
-        raise AssertionError(n.op)
+        return rules.vjp(_NUMPY, n.op, n.data, g, a)
 
     def vjp_tangent(self, w: _Writer, n: Node, g: str, dg: str | None, a: list[str], da: list):
         """The tangents of `vjp`'s contributions (second order): for each operand the code
         of d(contribution) from the tangent ``dg`` of g and ``da`` of the operands (None:
-        zero); entries (code None) take ``dg`` at their position."""
+        zero); entries are `_Placed` updates with ``dg``."""
         out: dict[int, list[str]] = {}
         if n.op == "ew":
             form: Form = n.data[0]
@@ -291,17 +347,7 @@ class _Rules:
                                 f"_rt.sum_to(({c}) * {da[other]}, {a[k]}.shape)"
                             )
             return [(k, " + ".join(v)) for k, v in out.items()]
-        if n.op == "matmul":
-            terms_a = [] if dg is None else [f"_rt.matmul_ga({dg}, {a[0]}, {a[1]})"]
-            terms_b = [] if dg is None else [f"_rt.matmul_gb({dg}, {a[0]}, {a[1]})"]
-            if da[1] is not None:
-                terms_a.append(f"_rt.matmul_ga({g}, {a[0]}, {da[1]})")
-            if da[0] is not None:
-                terms_b.append(f"_rt.matmul_gb({g}, {da[0]}, {a[1]})")
-            return [(k, " + ".join(t)) for k, t in ((0, terms_a), (1, terms_b)) if t]
-        if dg is None:  # transpose, sum and entries: linear in g alone
-            return []
-        return self.vjp(w, n, dg, a, n.name, "")
+        return rules.vjp_tangent(_NUMPY, n.op, n.data, g, dg, a, da)
 
     # Jacobian-vector ------------------------------------------------------
 
@@ -324,16 +370,7 @@ class _Rules:
                 if d[k] is not None:
                     terms.append(f"({instantiate(code, names)}) * {d[k]}")
             return " + ".join(terms) if terms else None
-        if n.op == "matmul":
-            terms = []
-            if d[0] is not None:
-                terms.append(f"_rt.matmul({d[0]}, {a[1]})")
-            if d[1] is not None:
-                terms.append(f"_rt.matmul({a[0]}, {d[1]})")
-            return " + ".join(terms) if terms else None
-        if d[0] is None:
-            return None
-        return self.value(n, [d[0]])  # transpose, sum and entries are linear
+        return rules.jvp(_NUMPY, n.op, n.data, a, d)
 
 
 # --------------------------------------------------------------------------- passes
@@ -525,26 +562,24 @@ class _Generator:
             dgname = _sum_code(w, dparts or [], dent or [], n.shape) if dparts or dent else None
             a = [x.name for x in n.args]
             contributions = [
-                (adj, entries, k, c, gname)
-                for k, c in self.rules.vjp(w, n, gname, a, n.name, s.label)
+                (adj, entries, k, c) for k, c in self.rules.vjp(w, n, gname, a, n.name, s.label)
             ]
             if second:
                 da = [dnode.get(id(x)) for x in n.args]
                 contributions += [
-                    (dadj, dentries, k, c, dgname)
+                    (dadj, dentries, k, c)
                     for k, c in self.rules.vjp_tangent(w, n, gname, dgname, a, da)
                 ]
             relevant = self._relevant
-            for into, into_entries, k, code, source in contributions:
+            for into, into_entries, k, code in contributions:
                 child = n.args[k]
                 no = skip if into is adj else dskip
                 if child.op == "const" or (child.op == "read" and child.data.index in no):
                     continue
                 if relevant is not None and id(child) not in relevant:
                     continue
-                if code is None:  # an entry: its parent gets g at (i, j)
-                    if source is not None:
-                        into_entries.setdefault(id(child), []).append((source, n.data))
+                if isinstance(code, _Placed):  # an entry: its parent gets g at (i, j)
+                    into_entries.setdefault(id(child), []).append((code.g, (code.i, code.j)))
                 else:
                     name = w.fresh("_g")
                     w.emit(f"{name} = {code}")

@@ -36,6 +36,7 @@ from sympy.printing.latex import LatexPrinter
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
 
+from ..compiling import _rules as rules
 from ..compiling._codegen import _Printer
 from ..compiling._forms import FormTable
 from ..compiling._lowering import Lowering, Node, Unit, build_units
@@ -313,15 +314,7 @@ def _value(n: Node, a: list[sp.Basic]) -> sp.Basic:
         if any(_is_matrix(x) for x in a):
             return Elementwise(sp.Lambda(tuple(ps), body), *a)
         return body.xreplace(dict(zip(ps, a, strict=True)))
-    if n.op == "matmul":
-        return ArrayMatMul(a[0], a[1])
-    if n.op == "T":
-        return _transpose(a[0])
-    if n.op == "sum":
-        return ArraySum(a[0])
-    if n.op == "entry":
-        return MatrixElement(a[0], *n.data)
-    raise AssertionError(n.op)
+    return rules.value(_SYMPY, n.op, n.data, a)
 
 
 def _transpose(e: sp.Basic) -> sp.Basic:
@@ -329,7 +322,8 @@ def _transpose(e: sp.Basic) -> sp.Basic:
 
 
 def _vjp(n: Node, g: sp.Basic, a: list[sp.Basic], out: sp.Basic) -> list[tuple[int, sp.Basic]]:
-    """(operand position, contribution of ``g`` to that operand's adjoint): the rules."""
+    """(operand position, contribution of ``g`` to that operand's adjoint): the form's
+    partials for an elementwise node, the table of `_rules` for the others."""
     if n.op == "ew":
         form, floats = n.data[0], n.data[1]
         result = []
@@ -341,15 +335,36 @@ def _vjp(n: Node, g: sp.Basic, a: list[sp.Basic], out: sp.Basic) -> list[tuple[i
             else:
                 result.append((k, g * local))
         return result
-    if n.op == "matmul":
-        return [(0, ArrayMatMul(g, _transpose(a[1]))), (1, ArrayMatMul(_transpose(a[0]), g))]
-    if n.op == "T":
-        return [(0, _transpose(g))]
-    if n.op == "sum":
-        return [(0, ArrayMatMul(g, sp.OneMatrix(*a[0].shape)))]
-    if n.op == "entry":
-        return [(0, ArrayMatMul(g, MatrixUnit(*a[0].shape, *n.data)))]
-    raise AssertionError(n.op)
+    return rules.vjp(_SYMPY, n.op, n.data, g, a)
+
+
+class _SympyAlgebra:
+    """The algebra of `_rules` as SymPy matrix expressions (no batch: ``fit`` is the
+    identity), printed the way the conditions read: g Bᵀ, Aᵀ g, g 𝟙, g E_ij."""
+
+    matmul = staticmethod(ArrayMatMul)
+    T = staticmethod(_transpose)
+    total = staticmethod(ArraySum)
+    entry = staticmethod(MatrixElement)
+
+    @staticmethod
+    def spread(g: sp.Basic, like: sp.Basic) -> sp.Basic:
+        return ArrayMatMul(g, sp.OneMatrix(*like.shape))
+
+    @staticmethod
+    def place(g: sp.Basic, like: sp.Basic, i: int, j: int) -> sp.Basic:
+        return ArrayMatMul(g, MatrixUnit(*like.shape, i, j))
+
+    @staticmethod
+    def fit(c: sp.Basic, like: sp.Basic) -> sp.Basic:
+        return c
+
+    @staticmethod
+    def add(a: sp.Basic, b: sp.Basic) -> sp.Basic:
+        return ArrayMatAdd(a, b) if _is_matrix(a) else a + b
+
+
+_SYMPY = _SympyAlgebra()
 
 
 def _instantiate(d: sp.Expr, a: list[sp.Basic], floats: tuple, out: sp.Basic) -> sp.Basic:
