@@ -837,7 +837,7 @@ def _tuple(names: list[str]) -> str:
 
 def _signed(w: _Writer, st: Step, lam: str) -> str:
     """``lam`` as the weight of the root's vector-Jacobian product (see `Step.sign`)."""
-    if not st.implicit or lam == "None":
+    if not st.sign or lam == "None":
         return lam
     name = w.fresh("_n")
     w.emit(f"{name} = -{lam}")

@@ -34,7 +34,7 @@ import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.precedence import PRECEDENCE
 
-from ..core._ir import ProgramIR
+from ..core._ir import ProgramIR, adjoint_sign
 from ..solving._blocks import BlockSolver
 from ._forms import FormTable, float_text, form_key, instantiate
 from ._graph import Graph
@@ -327,7 +327,7 @@ class _Emitter:
         target, when ``target``); for an implicit one, −λ ∂c/∂p.
         """
         form, sl = self.forms[e], self.slots(e, lam)
-        sign = "+" if self.graph.targets[e] is not None else "-"
+        sign = _SIGN[adjoint_sign(self.graph.targets[e] is not None)]
         lines = [f"    {instantiate(t, sl)}" for t in form.temps]
         for (k, _), term in zip(form.partials, form.terms, strict=True):
             p = self.graph.parents[e][k]
@@ -339,6 +339,9 @@ class _Emitter:
             lines.append(_accumulate(acc[t], "-", sl["l"], t in assigned))
             assigned.add(t)
         return lines
+
+
+_SIGN = {1: "+", -1: "-"}  # `adjoint_sign` as the operator that accumulates a term
 
 
 def _accumulate(name: str, sign: str, code: str, exists: bool) -> str:
@@ -609,7 +612,7 @@ def hessian_functions(em: _Emitter) -> tuple[Callable, Callable, str]:
         em.ensure_temps(len(temps))  # second order may need more names
         sl = em.slots(e, lam[e])
         lines += [f"    {instantiate(t, sl)}" for t in temps]
-        sign = "+" if c.target is not None else "-"
+        sign = _SIGN[c.sign]
         for a, b, code in pairs:
             pa, pb = dot[graph.parents[e][a]], dot[graph.parents[e][b]]
             kind = "_outer" if a == b else "_outer2"
@@ -695,7 +698,7 @@ def _second_adjoint_source(em: _Emitter, name: str, lam: list[str], dot: list[st
             return []
         em.ensure_temps(len(temps))  # second order may need more names
         sl = em.slots(e, lam[e])
-        sign = "+" if c.target is not None else "-"
+        sign = _SIGN[c.sign]
         out = [f"    {instantiate(t, sl)}" for t in temps]
         parents = graph.parents[e]
         for a, b, code in pairs:

@@ -41,6 +41,7 @@ import numpy as np
 import sympy as sp
 
 from ..core._errors import ConvergenceError
+from ..core._ir import adjoint_sign
 from ..solving._blocks import BlockReport, BlockSolver, SolveOptions, _anderson, _Factorized
 from ._forms import Form, _differentiate, _print, _print_shared, _SparseDiff
 
@@ -585,7 +586,7 @@ class GroupedEngine:
             contractions,
             out_store,
             out,
-            sign=1.0 if t is not None else -1.0,
+            sign=float(adjoint_sign(t is not None)),
         )
         group.needed = any(e in graph.needed for e in members)
         group.whole = out is not None and out_store >= 0 and out.span == (0, self.sizes[out_store])

@@ -28,7 +28,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 
 from ..core._arrays import ArraySum, Elementwise, is_array
 from ..core._errors import ProgramError
-from ..core._ir import ProgramIR
+from ..core._ir import ProgramIR, adjoint_sign
 from ._forms import FormTable, form_key
 
 __all__ = ["Lowering", "Node", "Step", "Unit", "build_units", "chain"]
@@ -71,7 +71,7 @@ class Step:
     def sign(self) -> str:
         """How λ enters the vector-Jacobian products of the root: L = … − λ (z − F) gives
         +λ ∂F, L = … − λ c gives −λ ∂c."""
-        return "-" if self.implicit else ""
+        return "" if adjoint_sign(not self.implicit) > 0 else "-"
 
 
 class Lowering:

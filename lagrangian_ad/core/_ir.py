@@ -62,6 +62,13 @@ class Variable:
         return _as_sympy(self.shape, self.symbols)
 
 
+def adjoint_sign(explicit: bool) -> int:
+    """The ± convention of every pass, stated once: the sign with which a constraint's
+    multiplier weighs the derivatives of its expression. L = … − λ (z − f) gives +λ ∂f
+    for an explicit constraint; L = … − λ c gives −λ ∂c for an implicit equation."""
+    return 1 if explicit else -1
+
+
 @dataclass(frozen=True)
 class Constraint:
     """One scalar constraint and its multiplier.
@@ -92,6 +99,11 @@ class Constraint:
     @property
     def residual(self) -> sp.Expr:
         return self.expr if self.target is None else self.target - self.expr
+
+    @property
+    def sign(self) -> int:
+        """+1 or −1: how λ weighs the derivatives of ``expr`` (`adjoint_sign`)."""
+        return adjoint_sign(self.target is not None)
 
 
 @dataclass(frozen=True)

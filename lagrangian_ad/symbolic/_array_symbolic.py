@@ -232,12 +232,12 @@ def array_conditions(
     for c in ir.constraints:
         if c.target is not None:
             step = low.constraint(c.label, by_key[c.target], c.expr)
-            _backward(step.nodes, step.root, c.multiplier, c.target, parts)
+            _backward(step.nodes, step.root, c.sign * c.multiplier, c.target, parts)
             forward.append(sp.Eq(c.target, c.expr, evaluate=False))
         else:  # L = … − λ c: the root's adjoint is −λ, its value c itself
             scalar = Unit(-1, None, c.label, c.label, (1, 1), "equation")
             step = low.constraint(c.label, scalar, c.expr, implicit=True)
-            _backward(step.nodes, step.root, -c.multiplier, None, parts)
+            _backward(step.nodes, step.root, c.sign * c.multiplier, None, parts)
             forward.append(sp.Eq(c.expr, 0, evaluate=False))
     own = {c.target: c for c in ir.constraints if c.target is not None}
     adjoint = []

@@ -123,9 +123,8 @@ def conditions(ir: ProgramIR) -> Conditions:
     # +λ_i ∂f_i/∂v for an explicit constraint, −λ_i ∂c_i/∂v for an implicit one.
     terms: dict[sp.Symbol, list[sp.Expr]] = defaultdict(list)
     for c in ir.constraints:
-        sign = 1 if c.target is not None else -1
         for s, d in _partials(c.expr):
-            terms[s].append(sign * c.multiplier * d)
+            terms[s].append(c.sign * c.multiplier * d)
     complementarity: list[sp.Basic] = []
     for side in ir.subject_to:
         g, mu = side.g, side.multiplier
