@@ -27,18 +27,6 @@ ALLOWED = {
     ("solving/_blocks.py", "AssertionError", "_anderson"): (
         "after a loop that returns or raises on every path: unreachable"
     ),
-    ("compiling/_array_engine.py", "AssertionError", "value"): (
-        "the operations of a node come only from the lowering (_lowering): unreachable"
-    ),
-    ("compiling/_array_engine.py", "AssertionError", "vjp"): (
-        "the operations of a node come only from the lowering (_lowering): unreachable"
-    ),
-    ("symbolic/_array_symbolic.py", "AssertionError", "_value"): (
-        "the operations of a node come only from _lowering, which both readers share"
-    ),
-    ("symbolic/_array_symbolic.py", "AssertionError", "_vjp"): (
-        "the operations of a node come only from _lowering, which both readers share"
-    ),
     ("compiling/_graph.py", "RuntimeError", "analyse"): (
         "the condensation of a graph is acyclic, so its block order is always complete"
     ),
