@@ -63,6 +63,9 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse as sps
+import scipy.sparse.csgraph
+import scipy.sparse.linalg as spla
 
 __all__ = ["IP_OPTIONS", "IPResult", "interior_point"]
 
@@ -88,7 +91,11 @@ IP_OPTIONS = {
     "infeasibility_tol": 1e-8,
     "infeasible_iterations": 5,
     "restoration_maxiter": 200,
+    "linear_solver": "auto",
+    "sparse_threshold": 400,
 }
+
+LINEAR_SOLVERS = ("auto", "dense", "sparse")
 
 
 @dataclass
@@ -114,16 +121,32 @@ class IPResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class _Scaled:
-    """f and c multiplied by the gradient-based scale factors; evaluations counted."""
+def _row_max(J) -> np.ndarray:
+    """max_j |J_ij| per row, dense or sparse J."""
+    if sps.issparse(J):
+        return np.asarray(abs(J).max(axis=1).todense()).ravel() if J.shape[0] else np.zeros(0)
+    return np.max(np.abs(J), axis=1, initial=0.0) if J.shape[0] else np.zeros(0)
 
-    def __init__(self, fun, jac, hess, is_eq, x0, scaling):
+
+def _finite(J) -> bool:
+    return bool(np.all(np.isfinite(J.data if sps.issparse(J) else J)))
+
+
+class _Scaled:
+    """f and c multiplied by the gradient-based scale factors; evaluations counted.
+
+    With ``sparse``, J and W come back as CSR matrices (converted if the problem gives
+    arrays); otherwise as arrays.
+    """
+
+    def __init__(self, fun, jac, hess, is_eq, x0, scaling, sparse=False):
         self.fun_, self.jac_, self.hess_ = fun, jac, hess
+        self.sparse = sparse
         self.nfev = self.njev = self.nhev = 0
         _, g, c, J = self.raw_jac(x0)
         m = len(c)
         self.sf = min(1.0, 100.0 / max(np.max(np.abs(g), initial=0.0), 1e-300))
-        rows = np.max(np.abs(J), axis=1, initial=0.0) if m else np.zeros(0)
+        rows = _row_max(J) if m else np.zeros(0)
         self.sc = np.minimum(1.0, 100.0 / np.maximum(rows, 1e-300))
         if not scaling or not np.isfinite(self.sf):
             self.sf, self.sc = 1.0, np.ones(m)
@@ -131,7 +154,12 @@ class _Scaled:
 
     def raw_jac(self, x):
         self.njev += 1
-        return self.jac_(x)
+        f, g, c, J = self.jac_(x)
+        if self.sparse:
+            J = sps.csr_matrix(J)
+        elif sps.issparse(J):
+            J = J.toarray()
+        return f, g, c, J
 
     def fun(self, x):
         self.nfev += 1
@@ -140,11 +168,15 @@ class _Scaled:
 
     def jac(self, x):
         f, g, c, J = self.raw_jac(x)
-        return self.sf * f, self.sf * g, self.sc * c, self.sc[:, None] * J
+        J = (sps.diags(self.sc) @ J).tocsr() if self.sparse else self.sc[:, None] * J
+        return self.sf * f, self.sf * g, self.sc * c, J
 
     def hess(self, x, y):
         self.nhev += 1
-        return self.hess_(x, self.sf, self.sc * y)
+        W = self.hess_(x, self.sf, self.sc * y)
+        if self.sparse:
+            return sps.csr_matrix(W)
+        return W.toarray() if sps.issparse(W) else W
 
 
 def _inertia(K: np.ndarray) -> tuple[int, int, int, Any]:
@@ -180,6 +212,137 @@ def _ldl_solve(factors, b: np.ndarray) -> np.ndarray:
     return S * out
 
 
+class DenseKKT:
+    """The KKT matrix of the module docstring as one dense array, LDLᵀ (Bunch–Kaufman).
+
+    ``factor`` builds K (rows x, then E, then I) and returns its inertia; ``solve``
+    applies K⁻¹ with the last factorization.
+    """
+
+    name = "dense"
+
+    def factor(self, W, J_E, J_I, sigma_inv, delta_w, delta_c) -> tuple[int, int, int]:
+        n, mE, mI = W.shape[0], J_E.shape[0], J_I.shape[0]
+        K = np.zeros((n + mE + mI, n + mE + mI))
+        K[:n, :n] = W + delta_w * np.eye(n)
+        K[n : n + mE, :n] = J_E
+        K[n + mE :, :n] = J_I
+        K[:n, n:] = K[n:, :n].T
+        K[n : n + mE, n : n + mE] = -delta_c * np.eye(mE)
+        K[n + mE :, n + mE :] = -np.diag(sigma_inv + delta_c)
+        pos, neg, zero, self._factors = _inertia(K)
+        return pos, neg, zero
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        return _ldl_solve(self._factors, rhs)
+
+
+class SparseKKT:
+    """The same KKT matrix as `DenseKKT`, assembled sparse (``scipy.sparse``) and
+    factorized by SuperLU as an LDLᵀ whose pivots give the inertia.
+
+    SciPy has no sparse symmetric-indefinite factorization that reports its inertia
+    (IPOPT gets it from MA27/MA57/MUMPS). But an LU without row interchanges of a
+    symmetric matrix taken in a symmetric order P K Pᵀ is an LDLᵀ (U = D Lᵀ), so the
+    pivots diag(U) are D and, by Sylvester's law of inertia, count the signs of K's
+    eigenvalues. SuperLU computes exactly that when it is given the order
+    (``permc_spec="NATURAL"`` on the permuted matrix) with ``diag_pivot_thresh=0`` and
+    ``SymmetricMode``; that its row order stayed the identity is checked.
+
+    With 1×1 pivots only, the order must not meet a zero pivot where K is nonsingular
+    (a singular W with equality constraints, HS28). So the diagonal blocks go first:
+    the inequalities, −(S Z⁻¹ + δ_c), and the equalities, −δ_c with δ_c raised to
+    ``reg`` (relative, after equilibration) in the matrix that is factorized. Their
+    pivots are exact and negative; what is left is the condensed primal-dual Hessian
+
+        A = W + δ_w I + J_Iᵀ (S Z⁻¹ + δ_c)⁻¹ J_I + J_Eᵀ J_E / δ_c     (n × n),
+
+    taken in reverse Cuthill–McKee order of its pattern, whose pivots are all positive
+    iff A ≻ 0, i.e. (for δ_c small: Finsler's lemma) iff W + δ_w I + J_Iᵀ Σ J_I is
+    positive definite on the null space of J_E — the inertia (n, m, 0) that IPOPT asks
+    for. The regularized factorization then serves as a preconditioner: the step is
+    refined (up to ``refine`` steps) against the matrix the caller asked for, and a
+    solve whose residual stays above ``residual_tol`` is reported (`accurate`) so that
+    the caller regularizes more, as IPOPT does when its solver is inaccurate. The
+    matrix is equilibrated (S K S, as `_inertia`) first; "zero" pivots are relative.
+    """
+
+    name = "sparse"
+
+    def __init__(self, reg: float = 1e-8, refine: int = 5, residual_tol: float = 1e-10):
+        self.reg, self.refine, self.residual_tol = reg, refine, residual_tol
+        self._order: np.ndarray | None = None
+        self._key: tuple | None = None
+
+    def _ordering(self, W, J_E, J_I, n: int, mE: int, mI: int) -> np.ndarray:
+        pattern = abs(W) + abs(J_I).T @ abs(J_I) + abs(J_E).T @ abs(J_E)
+        pattern = sps.csr_matrix((pattern + sps.identity(n)) != 0, dtype=np.int8)
+        rcm = scipy.sparse.csgraph.reverse_cuthill_mckee(pattern, symmetric_mode=True)
+        return np.concatenate([n + mE + np.arange(mI), n + np.arange(mE), rcm])
+
+    def factor(self, W, J_E, J_I, sigma_inv, delta_w, delta_c) -> tuple[int, int, int]:
+        W, J_E, J_I = (sps.csr_matrix(a) for a in (W, J_E, J_I))
+        n, mE, mI = W.shape[0], J_E.shape[0], J_I.shape[0]
+        N = n + mE + mI
+        key = (n, mE, mI, W.nnz, J_E.nnz, J_I.nnz)
+        if self._order is None or key != self._key:  # the pattern is the problem's
+            self._order, self._key = self._ordering(W, J_E, J_I, n, mE, mI), key
+        K = sps.bmat(
+            [
+                [W + delta_w * sps.identity(n), J_E.T, J_I.T],
+                [J_E, -delta_c * sps.identity(mE), None],
+                [J_I, None, sps.diags(-(sigma_inv + delta_c))],
+            ],
+            format="csr",
+        )
+        rows = _row_max(K)
+        S = 1 / np.sqrt(np.where(rows > 0, rows, 1.0))
+        Ks = (sps.diags(S) @ K @ sps.diags(S)).tolil()
+        for i in range(n, n + mE):  # −δ_c raised to −reg: the equality pivots
+            Ks[i, i] = min(Ks[i, i], -self.reg)
+        p = self._order
+        Ks = Ks.tocsr()[p][:, p].tocsc()
+        self._K, self._S, self._lu = K, S, None
+        try:
+            lu = spla.splu(
+                Ks, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
+            )
+        except RuntimeError:  # exactly singular
+            return 0, 0, N
+        d = lu.U.diagonal()
+        if not (np.array_equal(lu.perm_r, np.arange(N)) and np.all(np.isfinite(d))):
+            return 0, 0, N
+        self._lu = lu
+        # the diagonal blocks' pivots are their (negative) entries; the condensed x
+        # block's are zero relative to its largest
+        dx = d[mE + mI :]
+        tiny = N * np.finfo(float).eps * max(1.0, float(np.max(np.abs(dx), initial=0.0)))
+        neg = int(np.sum(d[: mE + mI] < 0)) + int(np.sum(dx < -tiny))
+        return int(np.sum(dx > tiny)), neg, int(np.sum(np.abs(dx) <= tiny))
+
+    def _apply(self, b: np.ndarray) -> np.ndarray:
+        p, S = self._order, self._S
+        out = np.empty_like(b)
+        out[p] = self._lu.solve((S * b)[p])
+        return S * out
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        d = self._apply(rhs)
+        scale = np.max(np.abs(rhs), initial=0.0) + 1e-300
+        for _ in range(self.refine):
+            r = rhs - self._K @ d
+            if not np.max(np.abs(r), initial=0.0) > self.residual_tol * scale:
+                break
+            d = d + self._apply(r)
+        return d
+
+    def accurate(self, rhs: np.ndarray, d: np.ndarray) -> bool:
+        """Whether K d = rhs to ``residual_tol`` relative to ‖rhs‖∞ (K unregularized)."""
+        r = rhs - self._K @ d
+        scale = np.max(np.abs(rhs), initial=0.0) + 1e-300
+        return bool(np.max(np.abs(r), initial=0.0) <= 1e3 * self.residual_tol * scale)
+
+
 GAMMA_THETA, GAMMA_PHI = 1e-5, 1e-8  # the filter's margins
 S_THETA, S_PHI, DELTA = 1.1, 2.3, 1.0  # the switching condition
 GAMMA_ALPHA = 0.05
@@ -210,7 +373,7 @@ def _second_order_corrections(
     theta_old = infeas(c_t, s_t)
     for _ in range(4):
         rhs = -np.concatenate([rd, c_soc[:mE], c_soc[mE:] + mu / z - sigma_inv * yd])
-        d = _ldl_solve(factors, rhs)
+        d = factors.solve(rhs)
         if not np.all(np.isfinite(d)):
             return None
         dx, dyd = d[:n], d[n + mE :]
@@ -284,7 +447,17 @@ def interior_point(
     is_eq = np.asarray(is_eq, dtype=bool)
     eq, ineq = np.flatnonzero(is_eq), np.flatnonzero(~is_eq)
     mE, mI = eq.size, ineq.size
-    P = _Scaled(fun, jac, hess, is_eq, x if scale_at is None else scale_at, o["scaling"])
+    if o["linear_solver"] not in LINEAR_SOLVERS:
+        raise ValueError(
+            f"Unknown linear_solver {o['linear_solver']!r}: one of {', '.join(LINEAR_SOLVERS)}"
+        )
+    sparse = o["linear_solver"] == "sparse" or (
+        o["linear_solver"] == "auto" and n + mE + mI > int(o["sparse_threshold"])
+    )
+    kkt_solver = SparseKKT() if sparse else DenseKKT()
+    P = _Scaled(
+        fun, jac, hess, is_eq, x if scale_at is None else scale_at, o["scaling"], sparse=sparse
+    )
     f, g, c, J = P.jac(x)
     mu = float(o["mu_init"])
     s = np.maximum(-c[ineq], o["bound_push"] * np.maximum(1.0, np.abs(c[ineq])))
@@ -295,7 +468,10 @@ def interior_point(
     general = np.flatnonzero(~bound_rows)
     if general.size:  # least squares from ∇f + Jᵀy = 0, dropped if large (as IPOPT)
         r = g + J[bound_rows].T @ y[bound_rows]
-        y_ls = np.linalg.lstsq(J[general].T, -r, rcond=None)[0]
+        if sparse:
+            y_ls = spla.lsmr(J[general].T, -r, atol=1e-12, btol=1e-12)[0]
+        else:
+            y_ls = np.linalg.lstsq(J[general].T, -r, rcond=None)[0]
         if np.max(np.abs(y_ls), initial=0.0) <= 1e3:
             y[general] = y_ls
     delta_last = 0.0
@@ -379,7 +555,12 @@ def interior_point(
         while its < int(o["restoration_maxiter"]):
             active = c_[ineq] > 0
             r = np.concatenate([c_[eq], np.where(active, c_[ineq], 0.0)])
-            Jr = np.vstack([J_[eq], J_[ineq] * active[:, None]])
+            if sparse:
+                Jr = sps.vstack([J_[eq], sps.diags(active.astype(float)) @ J_[ineq]]).tocsr()
+                JtJ = (Jr.T @ Jr).tocsc()
+            else:
+                Jr = np.vstack([J_[eq], J_[ineq] * active[:, None]])
+                JtJ = Jr.T @ Jr
             grad = Jr.T @ r
             size = float(r @ r) / 2
             if np.max(np.abs(grad), initial=0.0) <= o["infeasibility_tol"] * max(1.0, size):
@@ -396,7 +577,10 @@ def interior_point(
                     )
                 break
             while lam < 1e20:
-                d = np.linalg.solve(Jr.T @ Jr + lam * np.eye(n), -grad)
+                if sparse:
+                    d = spla.spsolve((JtJ + lam * sps.identity(n)).tocsc(), -grad)
+                else:
+                    d = np.linalg.solve(JtJ + lam * np.eye(n), -grad)
                 with np.errstate(all="ignore"):
                     _, c_t = P.fun(x_ + d)
                 act_t = c_t[ineq] > 0
@@ -445,7 +629,7 @@ def interior_point(
 
     W = None
     for k in range(int(o["maxiter"]) + 1):
-        if not (np.isfinite(f) and np.all(np.isfinite(g)) and np.all(np.isfinite(J))):
+        if not (np.isfinite(f) and np.all(np.isfinite(g)) and _finite(J)):
             status, message = FAILED, "The objective or a constraint is not finite"
             break
         theta = violation(c)
@@ -466,7 +650,7 @@ def interior_point(
         if theta > o["constr_viol_tol"]:
             raw = c / P.sc
             viol = np.where(is_eq, raw, np.maximum(raw, 0.0))
-            g_feas = (J / P.sc[:, None]).T @ viol
+            g_feas = J.T @ (viol / P.sc) if sparse else (J / P.sc[:, None]).T @ viol
             if np.max(np.abs(g_feas), initial=0.0) <= o["infeasibility_tol"] * max(1.0, theta):
                 stationary_infeasible += 1
             else:
@@ -493,17 +677,15 @@ def interior_point(
         delta_w, delta_c = 0.0, 0.0
         first = True
         factors = None
+        J_E, J_I = J[eq], J[ineq]
         while True:
-            K = np.zeros((n + mE + mI, n + mE + mI))
-            K[:n, :n] = W + delta_w * np.eye(n)
-            K[n : n + mE, :n] = J[eq]
-            K[n + mE :, :n] = J[ineq]
-            K[:n, n:] = K[n:, :n].T
-            K[n : n + mE, n : n + mE] = -delta_c * np.eye(mE)
-            K[n + mE :, n + mE :] = -np.diag(sigma_inv + delta_c)
-            pos, negv, zero, factors = _inertia(K)
+            pos, negv, zero = kkt_solver.factor(W, J_E, J_I, sigma_inv, delta_w, delta_c)
             if pos == n and negv == mE + mI and zero == 0:
-                break
+                factors = kkt_solver
+                d = kkt_solver.solve(rhs)
+                if not sparse or kkt_solver.accurate(rhs, d):
+                    break
+                zero = 1  # an inaccurate solve: regularize as for a singular matrix
             if zero and delta_c == 0.0:
                 delta_c = 1e-8 * mu**0.25
             if first:
@@ -519,7 +701,6 @@ def interior_point(
             break
         if delta_w:
             delta_last = delta_w
-        d = _ldl_solve(factors, rhs)
         if not np.all(np.isfinite(d)):
             status, message = FAILED, "The Newton step is not finite"
             break
@@ -620,8 +801,9 @@ def interior_point(
     yz[ineq] = z  # = y_d at a solution (∂ℒ/∂s = y_d − z = 0), and ≥ 0
     mult = yz * P.sc / P.sf
     f_raw, c_raw = f / P.sf, c / P.sc
-    g_raw, J_raw = g / P.sf, J / P.sc[:, None]
-    stat = float(np.max(np.abs(g_raw + J_raw.T @ mult), initial=0.0))
+    g_raw = g / P.sf
+    JT_mult = J.T @ (mult / P.sc) if sparse else (J / P.sc[:, None]).T @ mult
+    stat = float(np.max(np.abs(g_raw + JT_mult), initial=0.0))
     comp = float(np.max(np.abs(mult[ineq] * c_raw[ineq]), initial=0.0))
     kkt = {"stationarity": stat, "feasibility": violation(c), "complementarity": comp}
     if status == CONVERGED and kkt["feasibility"] > max(o["constr_viol_tol"], 1e-6):
