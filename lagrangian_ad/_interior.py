@@ -469,7 +469,8 @@ def interior_point(
     if general.size:  # least squares from ∇f + Jᵀy = 0, dropped if large (as IPOPT)
         r = g + J[bound_rows].T @ y[bound_rows]
         if sparse:
-            y_ls = spla.lsmr(J[general].T, -r, atol=1e-12, btol=1e-12)[0]
+            A = J[general].T
+            y_ls = spla.lsmr(A, -r, atol=1e-14, btol=1e-14, maxiter=10 * sum(A.shape))[0]
         else:
             y_ls = np.linalg.lstsq(J[general].T, -r, rcond=None)[0]
         if np.max(np.abs(y_ls), initial=0.0) <= 1e3:

@@ -1778,6 +1778,11 @@ class _ReducedNLP:
             idx = problem.offsets[name] + np.arange(problem.x0[name].size)
             idx = np.broadcast_to(idx.reshape(problem.x0[name].shape), (*batch, *own))
             self.cols[name] = idx.reshape(self.nb, -1)
+        self.shared_names = [n_ for n_ in problem.names if leads[n_] == ()]
+        self.batched_names = [n_ for n_ in problem.names if leads[n_] != ()]
+        self.structured = bool(self.batched_names) and all(
+            leads[n_] == batch for n_ in self.batched_names
+        )
         lo, hi = box if box is not None else (np.full(n, -np.inf), np.full(n, np.inf))
         self.upper, self.lower = np.flatnonzero(np.isfinite(hi)), np.flatnonzero(np.isfinite(lo))
         self.hi, self.lo = hi[self.upper], lo[self.lower]
@@ -1902,7 +1907,9 @@ class _ReducedNLP:
         ).tocsr()
         return f, s * g, c, sps.vstack([J, self.J_bounds]).tocsr()
 
-    def hess(self, v: np.ndarray, sigma: float, y: np.ndarray) -> np.ndarray:
+    def hess(self, v: np.ndarray, sigma: float, y: np.ndarray) -> Any:
+        if self.structured:
+            return self._structured_hess(v, sigma, y)
         n = self.n
         weights = self._weights(n, y[: self.m_rows], self.problem.sign * sigma)
         inputs = self._lift(v, n, weights, per_sample=False)
@@ -1915,6 +1922,64 @@ class _ReducedNLP:
             hv = self.cp.fn.hvp(inputs, vectors, check_finite=False)
         H = self._rows(hv, n)
         return (H + H.T) / 2
+
+    def _structured_hess(self, v: np.ndarray, sigma: float, y: np.ndarray) -> sps.csr_matrix:
+        """The Hessian of the Lagrangian when optimized inputs carry the batch axes (one
+        variable per sample, u_b) beside shared ones θ: sample b reads only θ and u_b,
+        so W is θθ dense, θu_b per sample and u_b u_b block diagonal. One batched
+        ``hvp`` with n_θ + Σ_u size(u) tangents instead of n: e_p on θ gives W[θ, θ_p]
+        and every W[u_b, θ_p]; e_q on the entry q of every u_b at once gives
+        W[u_b, u_b q] for all b (the blocks do not overlap). Sparse."""
+        shared, batched = self.shared_names, self.batched_names
+        widths = {n_: int(np.prod(self.problem.ir_shapes[n_], dtype=int)) for n_ in batched}
+        n_theta = sum(self.problem.x0[n_].size for n_ in shared)
+        T = n_theta + sum(widths.values())
+        weights = self._weights(T, y[: self.m_rows], self.problem.sign * sigma)
+        inputs = self._lift(v, T, weights, per_sample=False)
+        eye, vectors, off = np.eye(T), {}, 0
+        for name in shared:
+            size = self.problem.x0[name].size
+            vectors[name] = eye[:, off : off + size].reshape(inputs[name].shape)
+            off += size
+        lead = (1,) * len(self.problem.batch)
+        for name in batched:  # the same tangent for the entry of every sample
+            block = eye[:, off : off + widths[name]]
+            block = block.reshape((T, *lead, *self.problem.ir_shapes[name]))
+            vectors[name] = np.broadcast_to(block, inputs[name].shape)
+            off += widths[name]
+        with np.errstate(all="ignore"), _quiet():
+            hv = self.cp.fn.hvp(inputs, vectors, check_finite=False)
+        rows, cols, data = [], [], []
+        theta_cols = (
+            np.concatenate([self.cols[n_][0] for n_ in shared]) if shared else np.zeros(0, int)
+        )
+        for name in shared:  # W[θ, θ_p]
+            r = hv[name].reshape(T, -1)[:n_theta]  # (p, entries of name)
+            pp, ee = np.nonzero(r)
+            rows.append(self.cols[name][0][ee])
+            cols.append(theta_cols[pp])
+            data.append(r[pp, ee])
+        for name in batched:
+            r = hv[name].reshape(T, self.nb, -1)  # (tangent, sample, entries of name)
+            ucol = self.cols[name]  # (nb, width)
+            # W[u_b, θ_p] and its transpose
+            pp, bb, ee = np.nonzero(r[:n_theta])
+            rows += [ucol[bb, ee], theta_cols[pp]]
+            cols += [theta_cols[pp], ucol[bb, ee]]
+            data += [r[:n_theta][pp, bb, ee]] * 2
+            # W[u_b, u'_b q] for the tangents of every batched input u'
+            t2 = n_theta
+            for other in batched:
+                w = widths[other]
+                qq, bb, ee = np.nonzero(r[t2 : t2 + w])
+                rows.append(ucol[bb, ee])
+                cols.append(self.cols[other][bb, qq])
+                data.append(r[t2 : t2 + w][qq, bb, ee])
+                t2 += w
+        W = sps.coo_matrix(
+            (_cat(data).astype(float), (_cat(rows), _cat(cols))), shape=(self.n, self.n)
+        ).tocsr()
+        return ((W + W.T) / 2).tocsr()
 
     def sensitivity(self, v: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         """∂F*/∂p for each data input p: the gradient of F + s Σ_j y_j g_j (envelope)."""
