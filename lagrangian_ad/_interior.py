@@ -1,4 +1,4 @@
-"""A primal-dual interior-point method for smooth nonlinear programs (dense, small).
+"""A primal-dual interior-point method for smooth nonlinear programs.
 
 The problem, over x ∈ Rⁿ,
 
@@ -24,12 +24,39 @@ symmetric system
     [ J_E         −δ_c I     0               ] [ Δy ] = − [ c_E                   ]
     [ J_I         0          −S Z⁻¹ − δ_c I  ] [ Δz ]     [ c_I + μ/z             ]
 
-with W = ∇²(f + yᵀc_E + zᵀc_I) exact. Inertia correction: the system is factorized
-by a dense LDLᵀ (`scipy.linalg.ldl`, LAPACK's Bunch–Kaufman) whose block-diagonal D
-gives the inertia; the step is a descent step for the barrier problem when the
-inertia is (n, |E| + |I|, 0), and δ_w grows (IPOPT's rule: 1e-4 first, then ×8,
-starting from a third of the last δ_w) until it is; δ_c = 1e-8 μ^¼ when the matrix is
-singular (rank-deficient Jacobian).
+with W = ∇²(f + yᵀc_E + zᵀc_I) exact. Inertia correction: the step is a descent step
+for the barrier problem when the inertia of the matrix is (n, |E| + |I|, 0), and δ_w
+grows (IPOPT's rule: 1e-4 first, then ×8, starting from a third of the last δ_w) until
+it is; δ_c = 1e-8 μ^¼ when the matrix is singular (rank-deficient Jacobian).
+
+The linear solver (``linear_solver``) is one of two objects with ``factor`` (returns
+the inertia) and ``solve``:
+
+* `DenseKKT`: the matrix as one array, LAPACK's Bunch–Kaufman LDLᵀ
+  (`scipy.linalg.ldl`), whose 1×1 and 2×2 blocks give the inertia. For the small
+  problems (the Hock–Schittkowski suite: n + m ≤ 30) it is the fastest.
+* `SparseKKT`: the matrix assembled in ``scipy.sparse`` and factorized by SuperLU as
+  an LDLᵀ with 1×1 pivots in a symmetric order of our choosing, the diagonal blocks
+  (slacks, then equalities, regularized by 1e-8) eliminated first, so that the pivots
+  left are those of the condensed Hessian W + δ_w I + J_Iᵀ Σ J_I + J_Eᵀ J_E / δ_c, and
+  their signs are the inertia (Sylvester). How, and why not the alternatives, is in
+  its docstring. With batched data the constraints number one per sample and the
+  Jacobian is sparse (a row reads the shared parameters and its own sample's entries);
+  so is W when the optimized inputs carry the batch axes (block diagonal): the
+  factorization costs about O(m n_θ² + n_θ³) instead of the dense O((n + m)³).
+
+``"auto"`` takes the sparse one when n + m > ``sparse_threshold`` (measured in
+``benchmarks/KKT.md``: on a network with per-sample bounds the two are even near a
+KKT dimension of 100–200, and at 410 the sparse one is 7× faster).
+
+Why the reduced space, with a sparse system, and not the lifted one: the definitions
+z_i = f_i could be equality constraints of the same KKT system (every sample's z as
+unknowns, as ``newton-kkt`` does), which is sparser still, but then every iterate
+violates the program and the line search judges points the program never computes,
+and the system grows with every intermediate of every sample. Eliminating the
+definitions by the forward pass (exact at every iterate) keeps the unknowns to the
+optimized inputs and the constraints to those of `Program.subject_to`; the
+per-sample structure that remains is what the sparse factorization exploits.
 
 Globalization: an ℓ1 exact-penalty merit function
 
@@ -265,6 +292,16 @@ class SparseKKT:
     solve whose residual stays above ``residual_tol`` is reported (`accurate`) so that
     the caller regularizes more, as IPOPT does when its solver is inaccurate. The
     matrix is equilibrated (S K S, as `_inertia`) first; "zero" pivots are relative.
+
+    Not chosen: SuperLU with its own threshold pivoting (``spsolve``) solves K but its
+    row interchanges destroy the symmetry, so its pivots say nothing of the inertia; a
+    sparse Cholesky of the condensed matrix is the same test, but SciPy has none; an
+    inertia-free test (IPOPT's ``neg_curv_test_tol``, Chiang & Zavala 2016: accept δ_w
+    when the step has positive curvature) is a heuristic where this is exact; the
+    equalities last (x pivots first) meets zero pivots whenever W is singular, even
+    where K is not (HS28). The cost of eliminating the diagonal blocks first is fill:
+    the condensed x block is dense in the shared parameters, which is the structure
+    of batched data anyway (a per-sample constraint reads every parameter).
     """
 
     name = "sparse"

@@ -43,7 +43,11 @@ intermediates):
   reduced space: the forward pass eliminates the definitions, so the unknowns are the
   optimized inputs and every g_j is a function of them, with its gradient by the
   program's adjoint and the exact Hessian of the Lagrangian by second-order adjoints
-  (one auxiliary program, `_ConstraintProgram`). See `_interior_point`.
+  (one auxiliary program, `_ConstraintProgram`). With batched data a constraint over a
+  per-sample quantity is one constraint per sample, g_j^(b) ≤ 0 (`_ReducedNLP`); its
+  Jacobian is sparse (a row reads the shared inputs and its own sample's), and so is
+  the KKT system then solved (`lagrangian_ad._interior.SparseKKT`). See
+  `_interior_point`.
 """
 
 from __future__ import annotations
@@ -138,7 +142,8 @@ class OptimizeResult(scipy.optimize.OptimizeResult):
         ``multipliers``: constraint name (of `Program.subject_to`) -> μ, with
         ∇F + Σ_j μ_j ∇g_j = 0 for `minimize` and ∇F = Σ_j μ_j ∇g_j for `maximize` (g_j
         written g_j ≤ 0 or g_j = 0; μ_j ≥ 0 for inequalities either way: the μ of
-        `Program.lagrangian`). ``kkt``: ``stationarity``, ``feasibility`` and
+        `Program.lagrangian`); a float, or for a constraint over batched data an array
+        with the batch shape (one multiplier per sample, the sum running over them). ``kkt``: ``stationarity``, ``feasibility`` and
         ``complementarity``, the max residuals at ``x``. ``sensitivity``: data input
         name -> ∂fun/∂p, with p's shape, by the envelope theorem (the gradient of
         F + s Σ_j μ_j g_j with respect to the data at the optimum; empty unless
@@ -235,9 +240,18 @@ def minimize(
         ``max_backtracks`` (40), ``soc`` (True), ``scaling`` (True: gradient-based, as
         IPOPT), ``delta_w0`` (1e-4), ``delta_w_max`` (1e40), ``unbounded`` (1e20),
         ``infeasibility_tol`` (1e-8), ``infeasible_iterations`` (5),
-        ``restoration_maxiter`` (200), ``bounds`` (the same format as above: each
-        finite bound becomes an inequality of the method, and x0 is pushed inside).
-        Constraints with batched data are not supported yet.
+        ``restoration_maxiter`` (200), ``linear_solver`` (``"auto"``: ``"sparse"``
+        when the KKT system has more than ``sparse_threshold`` (100) rows, else
+        ``"dense"``), ``bounds`` (the same format as above: each finite bound becomes an
+        inequality of the method, and x0 is pushed inside).
+
+        Batched data: a constraint that reads (through the definitions) an input with
+        batch axes, batched data in ``fixed`` or an optimized input given with batch
+        axes, holds at every sample: it is one constraint per sample, and its entries
+        of ``multipliers`` and ``constraints`` are arrays with the batch shape of the
+        inputs it reads (messages name a sample's constraint ``g1[3]``). A constraint
+        that reads no batched input (one on the parameters alone) stays one constraint
+        with a float multiplier.
 
     Returns
     -------

@@ -436,7 +436,10 @@ def test_batched_constraints_against_ipopt_and_slsqp(net_result):
     # IPOPT on the same problem written in CasADi, from the same start
     th = ca.SX.sym("theta", 10)
     y = ca.vertcat(
-        *[sum(th[6 + k] * ca.tanh(th[k] * float(s) + th[3 + k]) for k in range(3)) + th[9] for s in POINTS]
+        *[
+            sum(th[6 + k] * ca.tanh(th[k] * float(s) + th[3 + k]) for k in range(3)) + th[9]
+            for s in POINTS
+        ]
     )
     f = ca.sumsqr(y - ca.DM(TARGETS)) + RIDGE * ca.sumsqr(th)
     solver = ca.nlpsol(
