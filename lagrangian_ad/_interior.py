@@ -119,7 +119,7 @@ IP_OPTIONS = {
     "infeasible_iterations": 5,
     "restoration_maxiter": 200,
     "linear_solver": "auto",
-    "sparse_threshold": 400,
+    "sparse_threshold": 100,
 }
 
 LINEAR_SOLVERS = ("auto", "dense", "sparse")

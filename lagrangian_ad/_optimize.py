@@ -143,11 +143,11 @@ class OptimizeResult(scipy.optimize.OptimizeResult):
         ∇F + Σ_j μ_j ∇g_j = 0 for `minimize` and ∇F = Σ_j μ_j ∇g_j for `maximize` (g_j
         written g_j ≤ 0 or g_j = 0; μ_j ≥ 0 for inequalities either way: the μ of
         `Program.lagrangian`); a float, or for a constraint over batched data an array
-        with the batch shape (one multiplier per sample, the sum running over them). ``kkt``: ``stationarity``, ``feasibility`` and
-        ``complementarity``, the max residuals at ``x``. ``sensitivity``: data input
-        name -> ∂fun/∂p, with p's shape, by the envelope theorem (the gradient of
-        F + s Σ_j μ_j g_j with respect to the data at the optimum; empty unless
-        converged). ``constraints``: name -> g_j at ``x``. ``maxcv``: the largest
+        with the batch shape (one multiplier per sample, the sum running over them).
+        ``kkt``: ``stationarity``, ``feasibility`` and ``complementarity``, the max
+        residuals at ``x``. ``sensitivity``: data input name -> ∂fun/∂p, with p's
+        shape, by the envelope theorem (the gradient of F + s Σ_j μ_j g_j with respect
+        to the data at the optimum; empty unless converged). ``constraints``: name -> g_j at ``x``. ``maxcv``: the largest
         violation. ``nhev``: Hessian evaluations. ``bound_multipliers`` (with
         ``bounds``): name -> (μ of the lower, μ of the upper bounds), x's shape.
     """

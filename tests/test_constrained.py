@@ -561,3 +561,27 @@ def test_array_program_lagrangian_has_its_constraints_and_conditions_say_what_is
     res = lad.minimize(prog, x0={"x": np.zeros(3)})
     np.testing.assert_allclose(res.x["x"], np.full(3, 1 / 3), atol=1e-8)
     assert res.multipliers["g1"] == pytest.approx(2 / 3, abs=1e-7)
+
+
+def test_structured_hessian_equals_the_one_from_unit_vectors():
+    # per-sample optimized inputs X_b beside shared θ: the block Hessian from
+    # n_θ + size(X) tangents is the Hessian from all n unit vectors
+    from lagrangian_ad._optimize import _Problem, _ReducedNLP
+
+    rng = np.random.default_rng(0)
+    prog = lad.Program()
+    X, P, th = prog.input("X", shape=(2,)), prog.input("P", shape=(2,)), prog.input("th", (2,))
+    prog.define(
+        "f",
+        (X[0] - P[0] * th[0]) ** 2 + sp.sin(X[1] * th[1]) + X[0] ** 2 * X[1] * th[0] + th[0] ** 2,
+    )
+    prog.subject_to(X[0] ** 2 + X[1] ** 2 * th[1] <= 1, name="disc")
+    prog.subject_to(th[0] ** 2 + th[1] <= 3)
+    x0 = {"X": rng.normal(size=(5, 2)), "th": rng.normal(size=2)}
+    problem = _Problem(prog, x0, {"P": rng.normal(size=(5, 2))}, "min", {})
+    nlp = _ReducedNLP(problem, None)
+    assert nlp.structured and nlp.shapes == [(5,), ()] and nlp.m_rows == 6
+    v, y = problem.pack(problem.x0), rng.normal(size=nlp.is_eq.size)
+    W = nlp.hess(v, 0.7, y).toarray()
+    nlp.structured = False
+    np.testing.assert_allclose(W, nlp.hess(v, 0.7, y), rtol=1e-12, atol=1e-12)

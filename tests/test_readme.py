@@ -30,7 +30,7 @@ def test_the_array_example_runs_and_its_gradient_is_backprop(capsys):
 
 
 def test_the_constrained_example_holds_its_comments():
-    block = [b for b in _blocks() if "subject_to" in b][0]
+    block = next(b for b in _blocks() if "subject_to" in b)
     namespace: dict = {}
     exec(compile(block, "README.md", "exec"), namespace)  # our own file, not user text
     res = namespace["res"]
