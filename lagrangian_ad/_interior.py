@@ -503,7 +503,9 @@ def interior_point(
     bound_rows = np.zeros(mE + mI, dtype=bool) if is_bound is None else np.asarray(is_bound)
     y[bound_rows] = 1.0  # bounds: y = z = 1 (IPOPT's bound_mult_init_val)
     general = np.flatnonzero(~bound_rows)
-    if general.size:  # least squares from ∇f + Jᵀy = 0, dropped if large (as IPOPT)
+    finite_start = _finite(J) and bool(np.all(np.isfinite(g)))
+    if general.size and finite_start:  # least squares from ∇f + Jᵀy = 0, dropped if
+        # large (as IPOPT); a start that is not finite fails at the first iteration
         r = g + J[bound_rows].T @ y[bound_rows]
         if sparse:
             A = J[general].T

@@ -2058,7 +2058,6 @@ def _interior_point(problem: _Problem, opts: dict, monitor: _Monitor) -> Optimiz
     if box is not None:  # start strictly inside the bounds, as IPOPT does (bound_push)
         v0 = _push_inside(v0, *box, float(opts["bound_push"]))
     problem.evaluate(v0)  # errors at the start are the caller's to see
-    _check_start(nlp, v0)
     is_bound = np.arange(nlp.is_eq.size) >= nlp.m_rows
     try:  # IPOPT scales at the user's start, before it is pushed inside the bounds
         finite = bool(np.all(np.isfinite(nlp.jac(v_user)[1])))
@@ -2066,6 +2065,8 @@ def _interior_point(problem: _Problem, opts: dict, monitor: _Monitor) -> Optimiz
         finite = False
     scale_at = v_user if finite else v0
     r = interior_point(nlp.fun, nlp.jac, nlp.hess, v0, nlp.is_eq, opts, record, is_bound, scale_at)
+    if r.status == FAILED and r.nit == 0:  # not finite at the start: say which constraint
+        _check_start(nlp, v0)
     m = nlp.m_rows
     try:
         F, G = problem.evaluate(r.x)
@@ -2103,7 +2104,8 @@ def _interior_point(problem: _Problem, opts: dict, monitor: _Monitor) -> Optimiz
 
 def _check_start(nlp: _ReducedNLP, v0: np.ndarray) -> None:
     """A constraint that is not finite at the start is the caller's error: name it (and
-    its sample)."""
+    its sample). Called when the method failed at once, so that a run that starts well
+    pays no evaluation for it."""
     _, c = nlp.fun(v0)
     bad = np.flatnonzero(~np.isfinite(c[: nlp.m_rows]))
     if not bad.size:
