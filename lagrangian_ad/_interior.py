@@ -94,6 +94,8 @@ import scipy.sparse as sps
 import scipy.sparse.csgraph
 import scipy.sparse.linalg as spla
 
+from ._errors import ProgramError
+
 __all__ = ["IP_OPTIONS", "IPResult", "interior_point"]
 
 CONVERGED, MAXITER, STALLED, STOPPED, FAILED, INFEASIBLE, UNBOUNDED = range(7)
@@ -485,8 +487,9 @@ def interior_point(
     eq, ineq = np.flatnonzero(is_eq), np.flatnonzero(~is_eq)
     mE, mI = eq.size, ineq.size
     if o["linear_solver"] not in LINEAR_SOLVERS:
-        raise ValueError(
-            f"Unknown linear_solver {o['linear_solver']!r}: one of {', '.join(LINEAR_SOLVERS)}"
+        raise ProgramError(
+            f"option 'linear_solver' must be one of {', '.join(LINEAR_SOLVERS)}, "
+            f"not {o['linear_solver']!r}"
         )
     sparse = o["linear_solver"] == "sparse" or (
         o["linear_solver"] == "auto" and n + mE + mI > int(o["sparse_threshold"])

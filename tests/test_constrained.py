@@ -529,7 +529,7 @@ def test_batched_errors_name_the_constraint_and_sample():
     prog.subject_to(sp.log(t) * x <= 1, name="logcap")
     with pytest.raises(lad.ProgramError, match=r"'logcap\[2\]' is not finite"):
         lad.minimize(prog, {"x": 1.0}, fixed={"t": np.array([0.5, 1.0, -1.0])})
-    with pytest.raises(ValueError, match="linear_solver"):
+    with pytest.raises(lad.ProgramError, match="linear_solver"):
         lad.minimize(prog, {"x": 1.0}, fixed={"t": 0.5}, options={"linear_solver": "ma57"})
 
 
