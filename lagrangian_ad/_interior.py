@@ -45,9 +45,9 @@ the inertia) and ``solve``:
   so is W when the optimized inputs carry the batch axes (block diagonal): the
   factorization costs about O(m n_θ² + n_θ³) instead of the dense O((n + m)³).
 
-``"auto"`` takes the sparse one when n + m > ``sparse_threshold`` (measured in
-``benchmarks/KKT.md``: on a network with per-sample bounds the two are even near a
-KKT dimension of 100–200, and at 410 the sparse one is 7× faster).
+``"auto"`` takes the sparse one when n + m > ``sparse_threshold`` (100), measured in
+``benchmarks/KKT.md``: on a small network with a bound at every data point the dense
+one is faster at a KKT dimension of 60 and the sparse one 2× faster at 110, 18× at 410.
 
 Why the reduced space, with a sparse system, and not the lifted one: the definitions
 z_i = f_i could be equality constraints of the same KKT system (every sample's z as
