@@ -69,6 +69,14 @@ correction for the constraints is tried when the full step is rejected; then the
 slacks are reset to max(s, −c_I(x)), which lowers φ_ν. The bound multipliers are kept
 within [μ/(κ_Σ s), κ_Σ μ/s] (κ_Σ = 1e10), as in IPOPT.
 
+When the line search fails: at a feasible point (violation ≤ ``constr_viol_tol``),
+where a restoration of feasibility has nothing to do, the filter is reset and the step
+recomputed with δ_w raised (max(δ_w0, 100 δ_w), up to ``feasible_retries`` times): a
+shorter step, nearer the steepest descent of the barrier function, along which a small
+enough step decreases it. Otherwise, and if that fails too, the feasibility
+restoration: Levenberg–Marquardt steps on ½‖(c_E, max(c_I, 0))‖² until the filter
+accepts a point that lowers θ by a tenth (or the violation is stationary: infeasible).
+
 Scaling, as IPOPT's gradient-based scaling: f and each c_i are multiplied by
 min(1, 100/‖∇·(x0)‖∞); results are unscaled.
 
@@ -120,6 +128,7 @@ IP_OPTIONS = {
     "infeasibility_tol": 1e-8,
     "infeasible_iterations": 5,
     "restoration_maxiter": 200,
+    "feasible_retries": 3,
     "linear_solver": "auto",
     "sparse_threshold": 100,
 }
@@ -717,87 +726,107 @@ def interior_point(
         rd = g + J.T @ y
         sigma_inv = s / z
         rhs = -np.concatenate([rd, c[eq], c[ineq] + s + mu / z - sigma_inv * y[ineq]])
-        delta_w, delta_c = 0.0, 0.0
-        first = True
-        factors = None
-        J_E, J_I = J[eq], J[ineq]
+        # A line search that fails at a feasible point has nothing to restore: the
+        # filter is reset and the step recomputed with δ_w raised (×100 each time, a
+        # shorter step nearer the barrier function's steepest descent, where a small
+        # enough step decreases it), up to ``feasible_retries`` times; then, as for an
+        # infeasible point, the restoration below.
+        failed, forced_w, retries = False, 0.0, 0
         while True:
-            pos, negv, zero = kkt_solver.factor(W, J_E, J_I, sigma_inv, delta_w, delta_c)
-            if pos == n and negv == mE + mI and zero == 0:
-                factors = kkt_solver
-                d = kkt_solver.solve(rhs)
-                if not sparse or kkt_solver.accurate(rhs, d):
+            delta_w, delta_c = forced_w, 0.0
+            first = forced_w == 0.0
+            factors = None
+            J_E, J_I = J[eq], J[ineq]
+            while True:
+                pos, negv, zero = kkt_solver.factor(W, J_E, J_I, sigma_inv, delta_w, delta_c)
+                if pos == n and negv == mE + mI and zero == 0:
+                    factors = kkt_solver
+                    d = kkt_solver.solve(rhs)
+                    if not sparse or kkt_solver.accurate(rhs, d):
+                        break
+                    zero = 1  # an inaccurate solve: regularize as for a singular matrix
+                if zero and delta_c == 0.0:
+                    delta_c = 1e-8 * mu**0.25
+                if first:
+                    delta_w = o["delta_w0"] if delta_last == 0 else max(1e-20, delta_last / 3)
+                    first = False
+                else:
+                    delta_w *= 8 if delta_last else 100
+                if delta_w > o["delta_w_max"]:
+                    factors = None
                     break
-                zero = 1  # an inaccurate solve: regularize as for a singular matrix
-            if zero and delta_c == 0.0:
-                delta_c = 1e-8 * mu**0.25
-            if first:
-                delta_w = o["delta_w0"] if delta_last == 0 else max(1e-20, delta_last / 3)
-                first = False
-            else:
-                delta_w *= 8 if delta_last else 100
-            if delta_w > o["delta_w_max"]:
-                factors = None
+            if factors is None:
+                status, message = FAILED, "No inertia correction made the KKT matrix nonsingular"
+                failed = True
                 break
-        if factors is None:
-            status, message = FAILED, "No inertia correction made the KKT matrix nonsingular"
-            break
-        if delta_w:
-            delta_last = delta_w
-        if not np.all(np.isfinite(d)):
-            status, message = FAILED, "The Newton step is not finite"
-            break
-        dx, dy = d[:n], np.empty(mE + mI)
-        dy[eq], dy[ineq] = d[n : n + mE], d[n + mE :]  # the rows are (E, I): back in order
-        ds = mu / z - sigma_inv * (y[ineq] + dy[ineq])
-        dz = mu / s - z - z / s * ds
-        alpha_max = _fraction_to_boundary(s, ds, tau) if mI else 1.0
-        alpha_z = _fraction_to_boundary(z, dz, tau) if mI else 1.0
-        # ---- filter line search (Wächter & Biegler 2006, section 2.3)
-        theta0 = infeas(c, s)
-        phi0 = barrier(f, s)
-        gphi_d = float(g @ dx - mu * np.sum(ds / s)) if mI else float(g @ dx)
-        alpha, accepted, soc_used, f_type = alpha_max, False, False, False
-        alpha_min = _alpha_min(theta0, gphi_d, theta_min)
-        for backtracks in range(int(o["max_backtracks"]) + 1):
-            x_t, s_t = x + alpha * dx, s + alpha * ds
-            with np.errstate(all="ignore"):
-                f_t, c_t = P.fun(x_t)
-            verdict = acceptable(f_t, c_t, s_t, theta0, phi0, gphi_d, alpha)
-            if verdict is not None:
-                accepted, f_type = True, verdict
+            if delta_w:
+                delta_last = delta_w
+            if not np.all(np.isfinite(d)):
+                status, message = FAILED, "The Newton step is not finite"
+                failed = True
                 break
-            if backtracks == 0 and o["soc"] and (mE + mI) and infeas(c_t, s_t) >= theta0:
-                found = _second_order_corrections(
-                    P,
-                    factors,
-                    x,
-                    s,
-                    z,
-                    y[ineq],
-                    c,
-                    c_t,
-                    s_t,
-                    rd,
-                    mu,
-                    tau,
-                    alpha,
-                    n,
-                    mE,
-                    eq,
-                    ineq,
-                    functools.partial(
-                        acceptable, theta0=theta0, phi0=phi0, gphi_d=gphi_d, alpha=alpha
-                    ),
-                    infeas,
-                )
-                if found is not None:
-                    x_t, s_t, f_t, c_t, f_type = found
-                    accepted = soc_used = True
+            dx, dy = d[:n], np.empty(mE + mI)
+            dy[eq], dy[ineq] = d[n : n + mE], d[n + mE :]  # the rows are (E, I): back in order
+            ds = mu / z - sigma_inv * (y[ineq] + dy[ineq])
+            dz = mu / s - z - z / s * ds
+            alpha_max = _fraction_to_boundary(s, ds, tau) if mI else 1.0
+            alpha_z = _fraction_to_boundary(z, dz, tau) if mI else 1.0
+            # ---- filter line search (Wächter & Biegler 2006, section 2.3)
+            theta0 = infeas(c, s)
+            phi0 = barrier(f, s)
+            gphi_d = float(g @ dx - mu * np.sum(ds / s)) if mI else float(g @ dx)
+            alpha, accepted, soc_used, f_type = alpha_max, False, False, False
+            alpha_min = _alpha_min(theta0, gphi_d, theta_min)
+            for backtracks in range(int(o["max_backtracks"]) + 1):
+                x_t, s_t = x + alpha * dx, s + alpha * ds
+                with np.errstate(all="ignore"):
+                    f_t, c_t = P.fun(x_t)
+                verdict = acceptable(f_t, c_t, s_t, theta0, phi0, gphi_d, alpha)
+                if verdict is not None:
+                    accepted, f_type = True, verdict
                     break
-            alpha /= 2
-            if alpha < alpha_min:
+                if backtracks == 0 and o["soc"] and (mE + mI) and infeas(c_t, s_t) >= theta0:
+                    found = _second_order_corrections(
+                        P,
+                        factors,
+                        x,
+                        s,
+                        z,
+                        y[ineq],
+                        c,
+                        c_t,
+                        s_t,
+                        rd,
+                        mu,
+                        tau,
+                        alpha,
+                        n,
+                        mE,
+                        eq,
+                        ineq,
+                        functools.partial(
+                            acceptable, theta0=theta0, phi0=phi0, gphi_d=gphi_d, alpha=alpha
+                        ),
+                        infeas,
+                    )
+                    if found is not None:
+                        x_t, s_t, f_t, c_t, f_type = found
+                        accepted = soc_used = True
+                        break
+                alpha /= 2
+                if alpha < alpha_min:
+                    break
+            if (
+                accepted
+                or retries >= int(o["feasible_retries"])
+                or violation(c) > o["constr_viol_tol"]
+            ):
                 break
+            retries += 1
+            filter_.clear()
+            forced_w = max(o["delta_w0"], 100 * delta_w)
+        if failed:
+            break
         if not accepted:
             # feasibility restoration: the filter takes the current point, then
             # Levenberg–Marquardt steps on ½‖(c_E, max(c_I, 0))‖² until the filter

@@ -240,7 +240,9 @@ def minimize(
         ``max_backtracks`` (40), ``soc`` (True), ``scaling`` (True: gradient-based, as
         IPOPT), ``delta_w0`` (1e-4), ``delta_w_max`` (1e40), ``unbounded`` (1e20),
         ``infeasibility_tol`` (1e-8), ``infeasible_iterations`` (5),
-        ``restoration_maxiter`` (200), ``linear_solver`` (``"auto"``: ``"sparse"``
+        ``restoration_maxiter`` (200), ``feasible_retries`` (3: a line search that
+        fails at a feasible point is retried with the filter reset and a more
+        regularized step), ``linear_solver`` (``"auto"``: ``"sparse"``
         when the KKT system has more than ``sparse_threshold`` (100) rows, else
         ``"dense"``), ``bounds`` (the same format as above: each finite bound becomes an
         inequality of the method, and x0 is pushed inside).

@@ -585,3 +585,17 @@ def test_structured_hessian_equals_the_one_from_unit_vectors():
     W = nlp.hess(v, 0.7, y).toarray()
     nlp.structured = False
     np.testing.assert_allclose(W, nlp.hess(v, 0.7, y), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("number", [9, 30, 47])
+def test_line_search_failure_at_a_feasible_point_is_retried(number):
+    # a line search without backtracking or corrections fails at feasible points of
+    # these problems; the filter reset with a more regularized step recovers (without
+    # the retries the run stalls there, in a restoration that has nothing to restore)
+    p, prog, x0 = _hs(number)
+    crippled = {"max_backtracks": 0, "soc": False}
+    stalled = lad.minimize(prog, x0, options={**crippled, "feasible_retries": 0})
+    assert stalled.status == 2 and stalled.maxcv <= 1e-8
+    res = lad.minimize(prog, x0, options=crippled)
+    assert res.success, res.message
+    assert abs(res.fun - p.fstar) <= 1e-6 * (1 + abs(p.fstar))
