@@ -147,7 +147,8 @@ class OptimizeResult(scipy.optimize.OptimizeResult):
         ``kkt``: ``stationarity``, ``feasibility`` and ``complementarity``, the max
         residuals at ``x``. ``sensitivity``: data input name -> ∂fun/∂p, with p's
         shape, by the envelope theorem (the gradient of F + s Σ_j μ_j g_j with respect
-        to the data at the optimum; empty unless converged). ``constraints``: name -> g_j at ``x``. ``maxcv``: the largest
+        to the data at the optimum; empty unless converged). ``constraints``: name ->
+        g_j at ``x`` (with the batch shape, as ``multipliers``). ``maxcv``: the largest
         violation. ``nhev``: Hessian evaluations. ``bound_multipliers`` (with
         ``bounds``): name -> (μ of the lower, μ of the upper bounds), x's shape.
     """
