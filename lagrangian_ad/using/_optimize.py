@@ -43,7 +43,11 @@ intermediates):
   reduced space: the forward pass eliminates the definitions, so the unknowns are the
   optimized inputs and every g_j is a function of them, with its gradient by the
   program's adjoint and the exact Hessian of the Lagrangian by second-order adjoints
-  (one auxiliary program, `_ConstraintProgram`). See `_interior_point`.
+  (one auxiliary program, `_ConstraintProgram`). With batched data a constraint over a
+  per-sample quantity is one constraint per sample, g_j^(b) ≤ 0 (`_ReducedNLP`); its
+  Jacobian is sparse (a row reads the shared inputs and its own sample's), and so is
+  the KKT system then solved (`lagrangian_ad._interior.SparseKKT`). See
+  `_interior_point`.
 """
 
 from __future__ import annotations
@@ -138,17 +142,22 @@ class OptimizeResult(scipy.optimize.OptimizeResult):
         ``multipliers``: constraint name (of `Program.subject_to`) -> μ, with
         ∇F + Σ_j μ_j ∇g_j = 0 for `minimize` and ∇F = Σ_j μ_j ∇g_j for `maximize` (g_j
         written g_j ≤ 0 or g_j = 0; μ_j ≥ 0 for inequalities either way: the μ of
-        `Program.lagrangian`). ``kkt``: ``stationarity``, ``feasibility`` and
-        ``complementarity``, the max residuals at ``x``. ``sensitivity``: data input
-        name -> ∂fun/∂p, with p's shape, by the envelope theorem (the gradient of
-        F + s Σ_j μ_j g_j with respect to the data at the optimum; empty unless
-        converged). ``constraints``: name -> g_j at ``x``. ``maxcv``: the largest
+        `Program.lagrangian`); a float, or for a constraint over batched data an array
+        with the batch shape (one multiplier per sample, the sum running over them).
+        ``kkt``: ``stationarity``, ``feasibility`` and ``complementarity``, the max
+        residuals at ``x``. ``sensitivity``: data input name -> ∂fun/∂p, with p's
+        shape, by the envelope theorem (the gradient of F + s Σ_j μ_j g_j with respect
+        to the data at the optimum; empty unless converged). ``constraints``: name ->
+        g_j at ``x`` (with the batch shape, as ``multipliers``). ``maxcv``: the largest
         violation. ``nhev``: Hessian evaluations. ``bound_multipliers`` (with
         ``bounds``): name -> (μ of the lower, μ of the upper bounds), x's shape.
     """
 
     def __repr__(self) -> str:
-        shown = scipy.optimize.OptimizeResult({k: v for k, v in self.items() if k != "history"})
+        # (SciPy's formatter fails on an empty dict, e.g. ``sensitivity`` of a failed run)
+        shown = scipy.optimize.OptimizeResult(
+            {k: "{}" if v == {} else v for k, v in self.items() if k != "history"}
+        )
         return f"{shown!r}\n history: <{len(self.get('history', ()))} records>"
 
 
@@ -232,9 +241,20 @@ def minimize(
         ``max_backtracks`` (40), ``soc`` (True), ``scaling`` (True: gradient-based, as
         IPOPT), ``delta_w0`` (1e-4), ``delta_w_max`` (1e40), ``unbounded`` (1e20),
         ``infeasibility_tol`` (1e-8), ``infeasible_iterations`` (5),
-        ``restoration_maxiter`` (200), ``bounds`` (the same format as above: each
-        finite bound becomes an inequality of the method, and x0 is pushed inside).
-        Constraints with batched data are not supported yet.
+        ``restoration_maxiter`` (200), ``feasible_retries`` (3: a line search that
+        fails at a feasible point is retried with the filter reset and a more
+        regularized step), ``linear_solver`` (``"auto"``: ``"sparse"``
+        when the KKT system has more than ``sparse_threshold`` (100) rows, else
+        ``"dense"``), ``bounds`` (the same format as above: each finite bound becomes an
+        inequality of the method, and x0 is pushed inside).
+
+        Batched data: a constraint that reads (through the definitions) an input with
+        batch axes, batched data in ``fixed`` or an optimized input given with batch
+        axes, holds at every sample: it is one constraint per sample, and its entries
+        of ``multipliers`` and ``constraints`` are arrays with the batch shape of the
+        inputs it reads (messages name a sample's constraint ``g1[3]``). A constraint
+        that reads no batched input (one on the parameters alone) stays one constraint
+        with a float multiplier.
 
     Returns
     -------
@@ -1684,6 +1704,36 @@ def _constraint_program(fn: CompiledProgram) -> _ConstraintProgram:
     return out
 
 
+def _input_dependencies(ir: ProgramIR) -> dict[str, frozenset[str]]:
+    """Variable name -> the names of the inputs its value depends on (through the
+    definitions; an implicit equation makes every unknown it reads depend on all it
+    reads). Iterative: passes over the constraints until nothing changes."""
+    owner: dict[Any, str] = {}
+    for var in (*ir.inputs, *ir.intermediates):
+        for sym in var.symbols if var.matrix is None else (var.matrix,):
+            owner[sym] = var.name
+    deps: dict[str, set[str]] = {v.name: {v.name} for v in ir.inputs}
+    deps.update({v.name: set() for v in ir.intermediates})
+    edges = []
+    for c in ir.constraints:
+        reads = {owner[s] for s in c.expr.free_symbols if s in owner}
+        if c.target is not None:
+            writes = {owner[c.target]}
+        else:
+            writes = {r for r in reads if r not in {v.name for v in ir.inputs}}
+        edges.append((sorted(reads), sorted(writes)))
+    changed = True
+    while changed:
+        changed = False
+        for reads, writes in edges:
+            got = set().union(*(deps[r] for r in reads)) if reads else set()
+            for w in writes:
+                if not got <= deps[w]:
+                    deps[w] |= got
+                    changed = True
+    return {k: frozenset(v) for k, v in deps.items()}
+
+
 class _ReducedNLP:
     """F(x) and the constraints g(x, z(x)) of a program, with exact derivatives.
 
@@ -1692,79 +1742,194 @@ class _ReducedNLP:
     Every evaluation is a call of `_ConstraintProgram`: values and the Jacobian from one
     batched ``value_and_grad`` (rows: the objective, then each constraint), the Hessian
     of the Lagrangian from one batched ``hvp`` along the n unit vectors.
+
+    Batched data: a constraint whose value depends (through the definitions) on an
+    input with batch axes — batched data in ``fixed``, or an optimized input given with
+    batch axes — is one constraint per sample, with the batch shape of those inputs
+    (``shapes[j]``; ``()`` for a constraint of the parameters alone, which is one
+    constraint). Its rows of c and J are the samples in C order, taken from one
+    evaluation over the whole batch: the optimized inputs are copied to every sample so
+    that the gradient comes per sample, and J is assembled sparse (each row touches
+    the shared parameters and its own sample's entries). The Hessian of the Lagrangian
+    takes the multipliers as per-sample weights.
     """
 
     def __init__(self, problem: _Problem, box: tuple[np.ndarray, np.ndarray] | None):
         self.problem = problem
         self.cp = _constraint_program(problem.fn)
         self.m = len(self.cp.labels)
-        if self.m and problem.batch != ():
-            raise ProgramError(
-                f"interior-point: constraints (subject_to) with batched data (batch shape "
-                f"{problem.batch}) are not supported yet; give unbatched data, or one "
-                "scalar input per sample"
-            )
         n = problem.n
         self.n = n
+        batch = problem.batch
+        self.nb = int(np.prod(batch, dtype=int))
+        # the batch shape of each constraint, and which samples of the batch are its rows
+        leads = {
+            n_: problem.x0[n_].shape[: problem.x0[n_].ndim - len(problem.ir_shapes[n_])]
+            for n_ in problem.names
+        }
+        for name, a in problem.fixed.items():
+            a = np.asarray(a)
+            leads[name] = a.shape[: a.ndim - len(problem.ir_shapes[name])]
+        deps = _input_dependencies(problem.ir) if batch != () else {}
+        owner = {}
+        for var in (*problem.ir.inputs, *problem.ir.intermediates):
+            for sym in var.symbols if var.matrix is None else (var.matrix,):
+                owner[sym] = var.name
+        flat = np.arange(self.nb).reshape(batch)
+        self.shapes: list[tuple[int, ...]] = []
+        self.samples: list[np.ndarray] = []
+        for side in problem.ir.subject_to:
+            used = set().union(*(deps.get(owner.get(s), ()) for s in side.free_symbols))
+            shape = np.broadcast_shapes(*(leads[u] for u in sorted(used) if leads.get(u)))
+            padded = (1,) * (len(batch) - len(shape)) + tuple(shape)
+            pick = tuple(slice(None) if k != 1 else slice(0, 1) for k in padded)
+            self.shapes.append(tuple(shape))
+            self.samples.append(flat[pick].ravel())
+        sizes = [s_.size for s_ in self.samples]
+        self.row_offsets = np.cumsum([0, *sizes]).tolist()
+        self.m_rows = int(self.row_offsets[-1])
+        # the columns of v each sample's entries of each optimized input occupy
+        self.cols: dict[str, np.ndarray] = {}
+        for name in problem.names:
+            own = problem.ir_shapes[name]
+            idx = problem.offsets[name] + np.arange(problem.x0[name].size)
+            idx = np.broadcast_to(idx.reshape(problem.x0[name].shape), (*batch, *own))
+            self.cols[name] = idx.reshape(self.nb, -1)
+        self.shared_names = [n_ for n_ in problem.names if leads[n_] == ()]
+        self.batched_names = [n_ for n_ in problem.names if leads[n_] != ()]
+        self.structured = bool(self.batched_names) and all(
+            leads[n_] == batch for n_ in self.batched_names
+        )
         lo, hi = box if box is not None else (np.full(n, -np.inf), np.full(n, np.inf))
         self.upper, self.lower = np.flatnonzero(np.isfinite(hi)), np.flatnonzero(np.isfinite(lo))
         self.hi, self.lo = hi[self.upper], lo[self.lower]
-        eye = np.eye(n)
-        self.J_bounds = np.vstack([eye[self.upper], -eye[self.lower]])
-        self.is_eq = np.concatenate(
-            [self.cp.is_eq, np.zeros(self.upper.size + self.lower.size, dtype=bool)]
+        nbounds = self.upper.size + self.lower.size
+        self.J_bounds = sps.csr_matrix(
+            (
+                np.r_[np.ones(self.upper.size), -np.ones(self.lower.size)],
+                (np.arange(nbounds), np.r_[self.upper, self.lower]),
+            ),
+            shape=(nbounds, n),
         )
+        if self.nb == 1:  # no batch: J dense, as small problems have it
+            self.J_bounds = self.J_bounds.toarray()
+        is_eq = [
+            np.full(k, g.is_equality) for k, g in zip(sizes, problem.ir.subject_to, strict=True)
+        ]
+        self.is_eq = np.concatenate([*is_eq, np.zeros(nbounds, dtype=bool)])
+
+    def row_names(self, j: int) -> list[str]:
+        """The names of constraint j's rows: ``g1``, or ``g1[0]``, ``g1[1]``, … per sample."""
+        label, shape = self.cp.labels[j], self.shapes[j]
+        if shape == ():
+            return [label]
+        return [f"{label}[{', '.join(map(str, i))}]" for i in np.ndindex(*shape)]
+
+    def per_constraint(self, rows: np.ndarray) -> dict[str, Any]:
+        """The first m_rows entries (one per constraint row) -> name -> float or array
+        with the constraint's batch shape."""
+        out = {}
+        for j, label in enumerate(self.cp.labels):
+            part = rows[self.row_offsets[j] : self.row_offsets[j + 1]]
+            out[label] = float(part[0]) if self.shapes[j] == () else part.reshape(self.shapes[j])
+        return out
 
     def _bound_values(self, v: np.ndarray) -> np.ndarray:
         return np.concatenate([v[self.upper] - self.hi, self.lo - v[self.lower]])
 
-    def _lift(self, v: np.ndarray, k: int, weights: np.ndarray) -> dict[str, Any]:
-        """The inputs for a batch of k copies of v: x broadcast along a new first axis,
-        the weights (k, 1 + m), and the data as given."""
+    def _weights(self, k: int, rows: np.ndarray | None, w0: float) -> np.ndarray:
+        """The weights input for a batch of k copies: (k, *batch, 1 + m). ``rows`` None:
+        copy i has the unit weight e_i on every sample; else every copy has w0 and, for
+        constraint j, its rows' values at its samples (0 at the other samples)."""
+        batch = self.problem.batch
+        if rows is None:
+            w = np.broadcast_to(np.eye(k)[:, None, :], (k, self.nb, k))
+        else:
+            w = np.zeros((self.nb, 1 + self.m))
+            w[:, 0] = w0
+            for j in range(self.m):
+                w[self.samples[j], 1 + j] = rows[self.row_offsets[j] : self.row_offsets[j + 1]]
+            w = np.broadcast_to(w, (k, self.nb, 1 + self.m))
+        return w.reshape((k, *batch, -1))
+
+    def _lift(self, v: np.ndarray, k: int, weights: np.ndarray, per_sample: bool) -> dict:
+        """The inputs for a batch of k copies of v: x broadcast along a new first axis
+        (and, ``per_sample``, to every sample, so that gradients come per sample), the
+        weights (k, *batch, 1 + m), and the data as given."""
         x = self.problem.unpack(v)
-        batch_axes = len(self.problem.batch)
+        batch = self.problem.batch
         out: dict[str, Any] = {}
         for name, a in x.items():
-            own = len(self.problem.ir_shapes[name])
-            lead = a.ndim - own
-            a = a.reshape((1,) * (1 + batch_axes - lead) + a.shape)
-            out[name] = np.broadcast_to(a, (k, *a.shape[1:]))
-        w = np.asarray(weights, dtype=np.float64).reshape((k,) + (1,) * batch_axes + (-1,))
-        return {**out, **self.problem.fixed, self.cp.weights: w}
+            own = self.problem.ir_shapes[name]
+            lead = a.ndim - len(own)
+            a = a.reshape((1,) * (1 + len(batch) - lead) + a.shape)
+            shape = (k, *batch, *own) if per_sample else (k, *a.shape[1:])
+            out[name] = np.broadcast_to(a, shape)
+        return {**out, **self.problem.fixed, self.cp.weights: weights}
 
     def _rows(self, grad: Mapping[str, Any], k: int) -> np.ndarray:
         return np.concatenate([np.reshape(grad[n], (k, -1)) for n in self.problem.names], axis=1)
+
+    def _constraint_rows(self, value: np.ndarray) -> np.ndarray:
+        """(k, nb) values -> the constraint rows g_j at their samples."""
+        return np.concatenate(
+            [value[1 + j, self.samples[j]] for j in range(self.m)] or [np.zeros(0)]
+        )
 
     def fun(self, v: np.ndarray) -> tuple[float, np.ndarray]:
         k = 1 + self.m
         try:
             with np.errstate(all="ignore"), _quiet():
-                value = self.cp.fn.value(self._lift(v, k, np.eye(k)), check_finite=False)
+                inputs = self._lift(v, k, self._weights(k, None, 0.0), per_sample=False)
+                value = self.cp.fn.value(inputs, check_finite=False)
         except _SOLVE_FAILURES:
             return np.inf, np.full(self.is_eq.size, np.nan)
-        value = np.reshape(value, (k, -1))
+        value = np.reshape(value, (k, self.nb))
         self.problem.nfev += 1
         f = self.problem.sign * float(np.sum(value[0]))
-        return f, np.concatenate([value[1:, 0], self._bound_values(v)])
+        return f, np.concatenate([self._constraint_rows(value), self._bound_values(v)])
 
-    def jac(self, v: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-        k = 1 + self.m
+    def jac(self, v: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, Any]:
+        k, nb, names = 1 + self.m, self.nb, self.problem.names
         with np.errstate(all="ignore"), _quiet():
             value, grad = self.cp.fn.value_and_grad(
-                self._lift(v, k, np.eye(k)), check_finite=False, wrt=self.problem.names
+                self._lift(v, k, self._weights(k, None, 0.0), per_sample=True),
+                check_finite=False,
+                wrt=names,
             )
         self.problem.njev += 1
-        value = np.reshape(value, (k, -1))
-        rows = self._rows(grad, k)
+        value = np.reshape(value, (k, nb))
         s = self.problem.sign
         f = s * float(np.sum(value[0]))
-        c = np.concatenate([value[1:, 0], self._bound_values(v)])
-        return f, s * rows[0], c, np.vstack([rows[1:], self.J_bounds])
+        c = np.concatenate([self._constraint_rows(value), self._bound_values(v)])
+        if nb == 1:  # no batch: the rows of the gradients are those of J
+            rows = self._rows(grad, k)
+            return f, s * rows[0], c, np.vstack([rows[1:], self.J_bounds])
+        per = {n: np.reshape(grad[n], (k, nb, -1)) for n in names}
+        g = np.zeros(self.n)
+        for n in names:  # ∇F: the per-sample gradients summed into their columns
+            g += np.bincount(self.cols[n].ravel(), per[n][0].ravel(), minlength=self.n)
+        rows, cols, data = [], [], []
+        for j in range(self.m):
+            pick = self.samples[j]
+            r = self.row_offsets[j] + np.arange(pick.size)
+            for n in names:
+                width = self.cols[n].shape[1]
+                rows.append(np.repeat(r, width))
+                cols.append(self.cols[n][pick].ravel())
+                data.append(per[n][1 + j, pick].ravel())
+        J = sps.coo_matrix(
+            (_cat(data).astype(np.float64), (_cat(rows), _cat(cols))),
+            shape=(self.m_rows, self.n),
+        ).tocsr()
+        return f, s * g, c, sps.vstack([J, self.J_bounds]).tocsr()
 
-    def hess(self, v: np.ndarray, sigma: float, y: np.ndarray) -> np.ndarray:
+    def hess(self, v: np.ndarray, sigma: float, y: np.ndarray) -> Any:
+        if self.structured:
+            return self._structured_hess(v, sigma, y)
         n = self.n
-        w = np.concatenate([[self.problem.sign * sigma], y[: self.m]])
-        inputs = self._lift(v, n, np.broadcast_to(w, (n, w.size)))
+        weights = self._weights(n, y[: self.m_rows], self.problem.sign * sigma)
+        inputs = self._lift(v, n, weights, per_sample=False)
         eye, vectors, off = np.eye(n), {}, 0
         for name in self.problem.names:
             size = self.problem.x0[name].size
@@ -1775,12 +1940,70 @@ class _ReducedNLP:
         H = self._rows(hv, n)
         return (H + H.T) / 2
 
+    def _structured_hess(self, v: np.ndarray, sigma: float, y: np.ndarray) -> sps.csr_matrix:
+        """The Hessian of the Lagrangian when optimized inputs carry the batch axes (one
+        variable per sample, u_b) beside shared ones θ: sample b reads only θ and u_b,
+        so W is θθ dense, θu_b per sample and u_b u_b block diagonal. One batched
+        ``hvp`` with n_θ + Σ_u size(u) tangents instead of n: e_p on θ gives W[θ, θ_p]
+        and every W[u_b, θ_p]; e_q on the entry q of every u_b at once gives
+        W[u_b, u_b q] for all b (the blocks do not overlap). Sparse."""
+        shared, batched = self.shared_names, self.batched_names
+        widths = {n_: int(np.prod(self.problem.ir_shapes[n_], dtype=int)) for n_ in batched}
+        n_theta = sum(self.problem.x0[n_].size for n_ in shared)
+        T = n_theta + sum(widths.values())
+        weights = self._weights(T, y[: self.m_rows], self.problem.sign * sigma)
+        inputs = self._lift(v, T, weights, per_sample=False)
+        eye, vectors, off = np.eye(T), {}, 0
+        for name in shared:
+            size = self.problem.x0[name].size
+            vectors[name] = eye[:, off : off + size].reshape(inputs[name].shape)
+            off += size
+        lead = (1,) * len(self.problem.batch)
+        for name in batched:  # the same tangent for the entry of every sample
+            block = eye[:, off : off + widths[name]]
+            block = block.reshape((T, *lead, *self.problem.ir_shapes[name]))
+            vectors[name] = np.broadcast_to(block, inputs[name].shape)
+            off += widths[name]
+        with np.errstate(all="ignore"), _quiet():
+            hv = self.cp.fn.hvp(inputs, vectors, check_finite=False)
+        rows, cols, data = [], [], []
+        theta_cols = (
+            np.concatenate([self.cols[n_][0] for n_ in shared]) if shared else np.zeros(0, int)
+        )
+        for name in shared:  # W[θ, θ_p]
+            r = hv[name].reshape(T, -1)[:n_theta]  # (p, entries of name)
+            pp, ee = np.nonzero(r)
+            rows.append(self.cols[name][0][ee])
+            cols.append(theta_cols[pp])
+            data.append(r[pp, ee])
+        for name in batched:
+            r = hv[name].reshape(T, self.nb, -1)  # (tangent, sample, entries of name)
+            ucol = self.cols[name]  # (nb, width)
+            # W[u_b, θ_p] and its transpose
+            pp, bb, ee = np.nonzero(r[:n_theta])
+            rows += [ucol[bb, ee], theta_cols[pp]]
+            cols += [theta_cols[pp], ucol[bb, ee]]
+            data += [r[:n_theta][pp, bb, ee]] * 2
+            # W[u_b, u'_b q] for the tangents of every batched input u'
+            t2 = n_theta
+            for other in batched:
+                w = widths[other]
+                qq, bb, ee = np.nonzero(r[t2 : t2 + w])
+                rows.append(ucol[bb, ee])
+                cols.append(self.cols[other][bb, qq])
+                data.append(r[t2 : t2 + w][qq, bb, ee])
+                t2 += w
+        W = sps.coo_matrix(
+            (_cat(data).astype(float), (_cat(rows), _cat(cols))), shape=(self.n, self.n)
+        ).tocsr()
+        return ((W + W.T) / 2).tocsr()
+
     def sensitivity(self, v: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         """∂F*/∂p for each data input p: the gradient of F + s Σ_j y_j g_j (envelope)."""
         data = list(self.problem.fixed)
         if not data:
             return {}
-        w = np.concatenate([[1.0], self.problem.sign * y[: self.m]])
+        w = self._weights(1, self.problem.sign * y[: self.m_rows], 1.0)[0]
         inputs = {**self.problem.inputs(v), self.cp.weights: w}
         _, grad = self.cp.fn.value_and_grad(inputs, wrt=data, **self.problem.solve_options)
         return {n: _user(grad[n]) for n in data}
@@ -1838,19 +2061,21 @@ def _interior_point(problem: _Problem, opts: dict, monitor: _Monitor) -> Optimiz
     if box is not None:  # start strictly inside the bounds, as IPOPT does (bound_push)
         v0 = _push_inside(v0, *box, float(opts["bound_push"]))
     problem.evaluate(v0)  # errors at the start are the caller's to see
-    is_bound = np.arange(nlp.is_eq.size) >= nlp.m
+    is_bound = np.arange(nlp.is_eq.size) >= nlp.m_rows
     try:  # IPOPT scales at the user's start, before it is pushed inside the bounds
         finite = bool(np.all(np.isfinite(nlp.jac(v_user)[1])))
     except _SOLVE_FAILURES:
         finite = False
     scale_at = v_user if finite else v0
     r = interior_point(nlp.fun, nlp.jac, nlp.hess, v0, nlp.is_eq, opts, record, is_bound, scale_at)
-    m = nlp.m
+    if r.status == FAILED and r.nit == 0:  # not finite at the start: say which constraint
+        _check_start(nlp, v0)
+    m = nlp.m_rows
     try:
         F, G = problem.evaluate(r.x)
     except _SOLVE_FAILURES:
         F, G = np.nan, np.full(problem.n, np.nan)
-    multipliers = {label: float(r.y[j]) for j, label in enumerate(nlp.cp.labels)}
+    multipliers = nlp.per_constraint(r.y)
     mu_hi = np.zeros(problem.n)
     mu_lo = np.zeros(problem.n)
     mu_hi[nlp.upper] = r.y[m : m + nlp.upper.size]
@@ -1874,9 +2099,26 @@ def _interior_point(problem: _Problem, opts: dict, monitor: _Monitor) -> Optimiz
         kkt=r.kkt,
         maxcv=r.kkt["feasibility"],
         sensitivity=sensitivity,
-        constraints={label: float(r.c[j]) for j, label in enumerate(nlp.cp.labels)},
+        constraints=nlp.per_constraint(r.c),
         history=monitor.history,
         **extra,
+    )
+
+
+def _check_start(nlp: _ReducedNLP, v0: np.ndarray) -> None:
+    """A constraint that is not finite at the start is the caller's error: name it (and
+    its sample). Called when the method failed at once, so that a run that starts well
+    pays no evaluation for it."""
+    _, c = nlp.fun(v0)
+    bad = np.flatnonzero(~np.isfinite(c[: nlp.m_rows]))
+    if not bad.size:
+        return
+    j = int(np.searchsorted(nlp.row_offsets, bad[0], side="right") - 1)
+    name = nlp.row_names(j)[bad[0] - nlp.row_offsets[j]]
+    raise ProgramError(
+        f"constraint {name!r} is not finite at the start (value {c[bad[0]]}); "
+        "give a start (x0) and data where every constraint is defined"
+        + (f" ({bad.size} constraint rows are not finite)" if bad.size > 1 else "")
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.optimize
 import sympy as sp
 
 import lagrangian_ad as lad
@@ -325,7 +326,7 @@ def test_names_of_constraints():
         prog.input("low")
 
 
-def test_other_methods_refuse_constraints_and_batched_data_is_refused():
+def test_other_methods_refuse_constraints():
     prog = lad.Program()
     x, t = prog.input("x"), prog.input("t")
     prog.define("f", (x - t) ** 2)
@@ -333,8 +334,203 @@ def test_other_methods_refuse_constraints_and_batched_data_is_refused():
     for method in ("lbfgs", "gradient", "newton-kkt", "augmented-lagrangian"):
         with pytest.raises(lad.ProgramError, match="interior-point"):
             lad.minimize(prog, {"x": 1.0}, fixed={"t": 0.5}, method=method)
-    with pytest.raises(lad.ProgramError, match="batched data"):
-        lad.minimize(prog, {"x": 1.0}, fixed={"t": np.array([0.5, 1.0])})
+
+
+def test_batched_data_one_constraint_per_sample_by_hand():
+    # min Σ_b (x − t_b)² subject to x >= 0 (one constraint: it reads no data) and
+    # x t_b <= 0.3 (one per sample). t = (0.5, 1): x = 0.3, only cap[1] active, and
+    # ∇f + μ t_1 = 0 gives μ = 1.8; ∂f*/∂t_b = −2(x − t_b) + μ_b x = (0.4, 1.94)
+    prog = lad.Program()
+    x, t = prog.input("x"), prog.input("t")
+    prog.define("f", (x - t) ** 2)
+    prog.subject_to(x >= 0)
+    prog.subject_to(x * t <= 0.3, name="cap")
+    res = lad.minimize(prog, {"x": 1.0}, fixed={"t": np.array([0.5, 1.0])})
+    assert res.success, res.message
+    assert res.x["x"] == pytest.approx(0.3, abs=1e-7) and res.fun == pytest.approx(0.53)
+    assert isinstance(res.multipliers["g1"], float) and res.multipliers["g1"] < 1e-7
+    assert res.multipliers["cap"].shape == (2,) and res.constraints["cap"].shape == (2,)
+    np.testing.assert_allclose(res.multipliers["cap"], [0, 1.8], atol=1e-6)
+    np.testing.assert_allclose(res.constraints["cap"], [-0.15, 0], atol=1e-7)
+    np.testing.assert_allclose(res.sensitivity["t"], [0.4, 1.94], atol=1e-6)
+
+
+# A network on a set of points with a bound on its output at every point: one constraint
+# per sample, against independent solvers and a hand KKT check.
+POINTS = np.linspace(-1.0, 1.0, 12)
+TARGETS = 1.2 * np.sin(2.5 * POINTS)
+BOUND = 0.8
+RIDGE = 1e-2
+THETA0 = np.array([0.5, -0.3, 0.8, 0.2, 0.4, -0.6, 0.3, -0.2, 0.5, 0.1])
+
+
+def _net(theta, s):
+    """y(s) = Σ_k v_k tanh(w_k s + b_k) + c for three hidden units (NumPy, by hand)."""
+    w, b, v, c = theta[0:3], theta[3:6], theta[6:9], theta[9]
+    return np.tanh(np.outer(s, w) + b) @ v + c
+
+
+def _objective(theta):
+    return np.sum((_net(theta, POINTS) - TARGETS) ** 2) + RIDGE * np.sum(theta**2)
+
+
+def _net_program() -> lad.Program:
+    prog = lad.Program()
+    theta = prog.input("theta", shape=(10,))
+    s, t = prog.input("s"), prog.input("t")
+    h = [prog.define(f"h{k}", sp.tanh(theta[k] * s + theta[3 + k])) for k in range(3)]
+    y = prog.define("y", sum(theta[6 + k] * h[k] for k in range(3)) + theta[9])
+    # a ridge term keeps the fit well posed (without it the weights grow without bound)
+    prog.define("loss", (y - t) ** 2 + RIDGE / POINTS.size * sum(theta[k] ** 2 for k in range(10)))
+    prog.subject_to(y <= BOUND, name="upper")
+    prog.subject_to(y >= -BOUND, name="lower")
+    return prog
+
+
+@pytest.fixture(scope="module")
+def net_result():
+    prog = _net_program()
+    res = lad.minimize(
+        prog, {"theta": THETA0}, fixed={"s": POINTS, "t": TARGETS}, options={"tol": 1e-10}
+    )
+    assert res.success, res.message
+    return res
+
+
+def _fd_grad(fun, theta, h=1e-6):
+    e = np.eye(theta.size)
+    return np.array(
+        [(fun(theta + h * e[k]) - fun(theta - h * e[k])) / (2 * h) for k in range(theta.size)]
+    )
+
+
+def test_batched_constraints_hand_kkt(net_result):
+    res = net_result
+    theta = res.x["theta"]
+    mu_u, mu_l = res.multipliers["upper"], res.multipliers["lower"]
+    assert mu_u.shape == mu_l.shape == POINTS.shape
+    y = _net(theta, POINTS)
+    g_u, g_l = y - BOUND, -BOUND - y
+    assert np.max(g_u) <= 1e-8 and np.max(g_l) <= 1e-8  # feasible at every point
+    assert np.min(mu_u) >= 0 and np.min(mu_l) >= 0
+    assert np.max(np.abs(mu_u * g_u)) <= 1e-7 and np.max(np.abs(mu_l * g_l)) <= 1e-7
+    active = (mu_u > 1e-6) | (mu_l > 1e-6)
+    assert 0 < active.sum() < POINTS.size  # some bounds bind, not all
+    # stationarity ∇f + Σ_b μ_b ∇g_b = 0 with every gradient by central differences of
+    # the NumPy network (∇g_u = ∇y_b, ∇g_l = −∇y_b)
+    grad_f = _fd_grad(_objective, theta)
+    grad_y = np.array(
+        [
+            _fd_grad(lambda th, b=b: _net(th, POINTS[b : b + 1])[0], theta)
+            for b in range(POINTS.size)
+        ]
+    )
+    stationarity = grad_f + (mu_u - mu_l) @ grad_y
+    assert np.max(np.abs(stationarity)) <= 1e-6
+    np.testing.assert_allclose(res.constraints["upper"], g_u, atol=1e-9)
+
+
+def test_batched_constraints_against_ipopt_and_slsqp(net_result):
+    ca = pytest.importorskip("casadi")
+    res = net_result
+    # IPOPT on the same problem written in CasADi, from the same start
+    th = ca.SX.sym("theta", 10)
+    y = ca.vertcat(
+        *[
+            sum(th[6 + k] * ca.tanh(th[k] * float(s) + th[3 + k]) for k in range(3)) + th[9]
+            for s in POINTS
+        ]
+    )
+    f = ca.sumsqr(y - ca.DM(TARGETS)) + RIDGE * ca.sumsqr(th)
+    solver = ca.nlpsol(
+        "s",
+        "ipopt",
+        {"x": th, "f": f, "g": y},
+        {"ipopt.print_level": 0, "print_time": 0, "ipopt.tol": 1e-10},
+    )
+    out = solver(x0=THETA0, lbg=-BOUND, ubg=BOUND)
+    assert solver.stats()["success"]
+    assert res.fun == pytest.approx(float(out["f"]), abs=1e-7)
+    # the same network (up to the sign symmetry of tanh units: compare the outputs)
+    np.testing.assert_allclose(
+        _net(res.x["theta"], POINTS), _net(np.asarray(out["x"]).ravel(), POINTS), atol=1e-6
+    )
+    lam = np.asarray(out["lam_g"]).ravel()  # IPOPT: ∇f + Jᵀλ = 0, λ > 0 at upper bounds
+    np.testing.assert_allclose(res.multipliers["upper"], np.maximum(lam, 0), atol=1e-6)
+    np.testing.assert_allclose(res.multipliers["lower"], np.maximum(-lam, 0), atol=1e-6)
+    # SciPy's SLSQP from lad's optimum stays there (a local solution of the same NLP)
+    cons = [
+        {"type": "ineq", "fun": lambda th: BOUND - _net(th, POINTS)},
+        {"type": "ineq", "fun": lambda th: _net(th, POINTS) + BOUND},
+    ]
+    sl = scipy.optimize.minimize(
+        _objective,
+        res.x["theta"],
+        method="SLSQP",
+        constraints=cons,
+        options={"ftol": 1e-12, "maxiter": 200},
+    )
+    assert sl.success and sl.fun == pytest.approx(res.fun, abs=1e-7)
+
+
+@pytest.mark.parametrize("solver", ["dense", "sparse"])
+def test_sparse_and_dense_kkt_solves_agree(net_result, solver):
+    prog = _net_program()
+    res = lad.minimize(
+        prog,
+        {"theta": THETA0},
+        fixed={"s": POINTS, "t": TARGETS},
+        options={"tol": 1e-10, "linear_solver": solver},
+    )
+    assert res.success, res.message
+    assert res.fun == pytest.approx(net_result.fun, abs=1e-10)
+    # the same network (the two may end at units swapped or sign-flipped: the fit is
+    # symmetric under those, and rounding differences pick one)
+    np.testing.assert_allclose(
+        _net(res.x["theta"], POINTS), _net(net_result.x["theta"], POINTS), atol=1e-7
+    )
+    for name in ("upper", "lower"):
+        np.testing.assert_allclose(res.multipliers[name], net_result.multipliers[name], atol=1e-7)
+
+
+def test_sparse_kkt_on_hock_schittkowski_problems():
+    # the sparse factorization takes the same steps as the dense one on small problems
+    for number in (6, 21, 28, 35, 71):
+        _, prog, x0 = _hs(number)
+        dense = lad.minimize(prog, x0, options={"linear_solver": "dense"})
+        sparse = lad.minimize(prog, x0, options={"linear_solver": "sparse"})
+        assert sparse.success and sparse.nit == dense.nit, number
+        assert sparse.fun == pytest.approx(dense.fun, abs=1e-9)
+
+
+def test_batched_optimized_inputs_projection_onto_the_disc():
+    # one variable point x_b per sample (x0 with a batch axis): min Σ_b ‖x_b − p_b‖²
+    # subject to ‖x_b‖² <= 1: x_b = p_b / max(1, ‖p_b‖), μ_b = max(0, ‖p_b‖ − 1)
+    rng = np.random.default_rng(3)
+    P = rng.normal(size=(40, 2)) * 1.2
+    prog = lad.Program()
+    X, Pp = prog.input("X", shape=(2,)), prog.input("P", shape=(2,))
+    prog.define("f", (X[0] - Pp[0]) ** 2 + (X[1] - Pp[1]) ** 2)
+    prog.subject_to(X[0] ** 2 + X[1] ** 2 <= 1, name="disc")
+    norms = np.linalg.norm(P, axis=1)
+    for solver in ("dense", "sparse"):
+        res = lad.minimize(
+            prog, {"X": np.zeros((40, 2))}, fixed={"P": P}, options={"linear_solver": solver}
+        )
+        assert res.success, res.message
+        np.testing.assert_allclose(res.x["X"], P / np.maximum(1, norms)[:, None], atol=1e-7)
+        np.testing.assert_allclose(res.multipliers["disc"], np.maximum(0, norms - 1), atol=1e-6)
+
+
+def test_batched_errors_name_the_constraint_and_sample():
+    prog = lad.Program()
+    x, t = prog.input("x"), prog.input("t")
+    prog.define("f", (x - t) ** 2)
+    prog.subject_to(sp.log(t) * x <= 1, name="logcap")
+    with pytest.raises(lad.ProgramError, match=r"'logcap\[2\]' is not finite"):
+        lad.minimize(prog, {"x": 1.0}, fixed={"t": np.array([0.5, 1.0, -1.0])})
+    with pytest.raises(lad.ProgramError, match="linear_solver"):
+        lad.minimize(prog, {"x": 1.0}, fixed={"t": 0.5}, options={"linear_solver": "ma57"})
 
 
 def test_interior_point_without_constraints_is_newton_with_bounds():
@@ -365,3 +561,41 @@ def test_array_program_lagrangian_has_its_constraints_and_conditions_say_what_is
     res = lad.minimize(prog, x0={"x": np.zeros(3)})
     np.testing.assert_allclose(res.x["x"], np.full(3, 1 / 3), atol=1e-8)
     assert res.multipliers["g1"] == pytest.approx(2 / 3, abs=1e-7)
+
+
+def test_structured_hessian_equals_the_one_from_unit_vectors():
+    # per-sample optimized inputs X_b beside shared θ: the block Hessian from
+    # n_θ + size(X) tangents is the Hessian from all n unit vectors
+    from lagrangian_ad._optimize import _Problem, _ReducedNLP
+
+    rng = np.random.default_rng(0)
+    prog = lad.Program()
+    X, P, th = prog.input("X", shape=(2,)), prog.input("P", shape=(2,)), prog.input("th", (2,))
+    prog.define(
+        "f",
+        (X[0] - P[0] * th[0]) ** 2 + sp.sin(X[1] * th[1]) + X[0] ** 2 * X[1] * th[0] + th[0] ** 2,
+    )
+    prog.subject_to(X[0] ** 2 + X[1] ** 2 * th[1] <= 1, name="disc")
+    prog.subject_to(th[0] ** 2 + th[1] <= 3)
+    x0 = {"X": rng.normal(size=(5, 2)), "th": rng.normal(size=2)}
+    problem = _Problem(prog, x0, {"P": rng.normal(size=(5, 2))}, "min", {})
+    nlp = _ReducedNLP(problem, None)
+    assert nlp.structured and nlp.shapes == [(5,), ()] and nlp.m_rows == 6
+    v, y = problem.pack(problem.x0), rng.normal(size=nlp.is_eq.size)
+    W = nlp.hess(v, 0.7, y).toarray()
+    nlp.structured = False
+    np.testing.assert_allclose(W, nlp.hess(v, 0.7, y), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("number", [9, 30, 47])
+def test_line_search_failure_at_a_feasible_point_is_retried(number):
+    # a line search without backtracking or corrections fails at feasible points of
+    # these problems; the filter reset with a more regularized step recovers (without
+    # the retries the run stalls there, in a restoration that has nothing to restore)
+    p, prog, x0 = _hs(number)
+    crippled = {"max_backtracks": 0, "soc": False}
+    stalled = lad.minimize(prog, x0, options={**crippled, "feasible_retries": 0})
+    assert stalled.status == 2 and stalled.maxcv <= 1e-8
+    res = lad.minimize(prog, x0, options=crippled)
+    assert res.success, res.message
+    assert abs(res.fun - p.fstar) <= 1e-6 * (1 + abs(p.fstar))
