@@ -3,7 +3,7 @@
 ``python -m benchmarks.kkt_sparse [--sizes 50,200,800] [--out benchmarks/KKT.md]``
 solves two families of constrained problems twice each, in one run, with
 ``options={"linear_solver": "dense"}`` and ``{"linear_solver": "sparse"}`` (see
-`lagrangian_ad._interior`), and writes a table:
+`lagrangian_ad.using._interior`), and writes a table:
 
 * ``net``: a 1-3-1 tanh network (10 parameters) fitted by least squares to
   1.2 sin(2.5 s) on B points, with |y(s_b)| ≤ 0.8 at every point: 2B per-sample

@@ -102,7 +102,7 @@ import scipy.sparse as sps
 import scipy.sparse.csgraph
 import scipy.sparse.linalg as spla
 
-from ._errors import ProgramError
+from ..core._errors import ProgramError
 
 __all__ = ["IP_OPTIONS", "IPResult", "interior_point"]
 

@@ -566,7 +566,7 @@ def test_array_program_lagrangian_has_its_constraints_and_conditions_say_what_is
 def test_structured_hessian_equals_the_one_from_unit_vectors():
     # per-sample optimized inputs X_b beside shared θ: the block Hessian from
     # n_θ + size(X) tangents is the Hessian from all n unit vectors
-    from lagrangian_ad._optimize import _Problem, _ReducedNLP
+    from lagrangian_ad.using._optimize import _Problem, _ReducedNLP
 
     rng = np.random.default_rng(0)
     prog = lad.Program()
