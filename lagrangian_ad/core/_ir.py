@@ -136,6 +136,19 @@ class SideConstraint:
         return sp.Symbol(SIDE_MULTIPLIER_PREFIX + self.label, real=True)
 
     @property
+    def complementarity(self) -> list[sp.Basic]:
+        """Its conditions at a KKT point: ``Eq(g, 0)`` for an equality; ``g <= 0``,
+        ``mu >= 0`` and ``Eq(mu*g, 0)`` for an inequality."""
+        g, mu = self.g, self.multiplier
+        if self.is_equality:
+            return [sp.Eq(g, 0, evaluate=False)]
+        return [
+            sp.Le(g, 0, evaluate=False),
+            sp.Ge(mu, 0, evaluate=False),
+            sp.Eq(mu * g, 0, evaluate=False),
+        ]
+
+    @property
     def free_symbols(self) -> set:
         return self.lhs.free_symbols | self.rhs.free_symbols
 

@@ -41,7 +41,7 @@ from ..compiling._codegen import _Printer
 from ..compiling._forms import FormTable
 from ..compiling._lowering import Lowering, Node, Unit, build_units
 from ..core._arrays import ArrayMatAdd, ArrayMatMul, ArraySum, ArrayTranspose, Elementwise
-from ..core._ir import ProgramIR
+from ..core._ir import ProgramIR, adjoint_sign
 
 __all__ = [
     "Inner",
@@ -222,8 +222,9 @@ def array_lagrangian(ir: ProgramIR) -> sp.Expr:
 
 def array_conditions(
     ir: ProgramIR,
-) -> tuple[list[sp.Eq], list[sp.Eq], dict[str, sp.Basic]]:
-    """(forward, adjoint, gradient) of an array program, as `Conditions` holds them."""
+) -> tuple[list[sp.Eq], list[sp.Eq], dict[str, sp.Basic], list[sp.Basic]]:
+    """(forward, adjoint, gradient, complementarity) of an array program, as `Conditions`
+    holds them; the constraints of `subject_to` enter ∂L/∂v with −μ_j ∂g_j/∂v."""
     units = build_units(ir)
     by_key = {u.key: u for u in units}
     low = Lowering(by_key, FormTable(_Printer))
@@ -239,6 +240,12 @@ def array_conditions(
             step = low.constraint(c.label, scalar, c.expr, implicit=True)
             _backward(step.nodes, step.root, c.sign * c.multiplier, None, parts)
             forward.append(sp.Eq(c.expr, 0, evaluate=False))
+    complementarity = []
+    for side in ir.subject_to:  # L = … − μ_j g_j: lowered and walked like an equation
+        scalar = Unit(-1, None, side.label, side.label, (1, 1), "equation")
+        step = low.constraint(side.label, scalar, side.g, implicit=True)
+        _backward(step.nodes, step.root, adjoint_sign(False) * side.multiplier, None, parts)
+        complementarity += side.complementarity
     own = {c.target: c for c in ir.constraints if c.target is not None}
     adjoint = []
     for u in units:
@@ -252,7 +259,7 @@ def array_conditions(
         else:
             adjoint.append(sp.Eq(rhs, 0, evaluate=False))
     gradient = {u.label: _total(parts.get(u.index, []), u) for u in units if u.kind == "input"}
-    return forward, adjoint, gradient
+    return forward, adjoint, gradient, complementarity
 
 
 def _total(terms: list[sp.Basic], u: Unit) -> sp.Basic:

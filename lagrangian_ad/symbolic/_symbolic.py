@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from ..core._errors import ProgramError
-from ..core._ir import ProgramIR
+from ..core._ir import ProgramIR, adjoint_sign
 from ._array_symbolic import MathLatexPrinter, MathStrPrinter, array_conditions, array_lagrangian
 
 __all__ = ["Conditions", "conditions", "lagrangian", "program_latex"]
@@ -106,12 +105,6 @@ class Conditions:
 def conditions(ir: ProgramIR) -> Conditions:
     """Differentiate the Lagrangian constraint by constraint (one pass over the program)."""
     if ir.has_arrays:
-        if ir.subject_to:
-            raise ProgramError(
-                "conditions(): the matrix conditions of an array program do not include "
-                f"constraints of subject_to yet ({ir.subject_to[0].label!r}); the Lagrangian "
-                "has them, and lad.minimize solves such programs"
-            )
         return Conditions(*array_conditions(ir))
     forward = [
         sp.Eq(c.target, c.expr, evaluate=False)
@@ -126,18 +119,10 @@ def conditions(ir: ProgramIR) -> Conditions:
         for s, d in _partials(c.expr):
             terms[s].append(c.sign * c.multiplier * d)
     complementarity: list[sp.Basic] = []
-    for side in ir.subject_to:
-        g, mu = side.g, side.multiplier
-        for s, d in _partials(g):  # −μ_j ∂g_j/∂v, like an implicit equation
-            terms[s].append(-mu * d)
-        if side.is_equality:
-            complementarity.append(sp.Eq(g, 0, evaluate=False))
-        else:
-            complementarity += [
-                sp.Le(g, 0, evaluate=False),
-                sp.Ge(mu, 0, evaluate=False),
-                sp.Eq(mu * g, 0, evaluate=False),
-            ]
+    for side in ir.subject_to:  # L = … − μ_j g_j: −μ_j ∂g_j/∂v, like an implicit equation
+        for s, d in _partials(side.g):
+            terms[s].append(adjoint_sign(False) * side.multiplier * d)
+        complementarity += side.complementarity
     own = {c.target: c for c in ir.constraints if c.target is not None}
     adjoint = []
     for var in ir.intermediates:

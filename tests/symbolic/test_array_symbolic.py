@@ -325,3 +325,67 @@ def test_multiplier_of_an_array_input_is_an_error():
     prog = mlp()
     with pytest.raises(lad.ProgramError, match="'W1' is an input"):
         prog.multiplier("W1")
+
+
+def _plain(e: sp.Basic) -> sp.Basic:
+    """Entries of MatrixSymbols as plain Symbols named like them (to differentiate)."""
+    return e.xreplace({m: sp.Symbol(str(m), real=True) for m in e.atoms(MatrixElement)})
+
+
+def test_constraints_of_an_array_program_enter_its_conditions():
+    """subject_to on an array program: −μ_j ∂g_j/∂v in the matrix conditions, checked
+    against the derivatives of the Lagrangian written out entry by entry, and the
+    complementarity conditions as for an entry-wise program."""
+    prog = lad.Program()
+    x = prog.input("x", (3,), array=True)
+    W = prog.input("W", (2, 3), array=True)
+    h = prog.define("h", lad.tanh(W @ x))
+    y = prog.define("y", lad.sum(lad.mul(h, h)) + x[0, 0])
+    prog.subject_to(lad.sum(lad.mul(h, h)) <= 1, name="norm")
+    prog.subject_to(h[1, 0] >= -0.5, name="low")
+    prog.subject_to(sp.Eq(W[0, 0] + y, 1), name="tie")
+    cond = prog.conditions()
+    assert len(cond.complementarity) == 7  # g ≤ 0, μ ≥ 0, μg = 0 twice; g = 0 once
+    assert str(cond.complementarity[1]) == "mu_norm >= 0"
+
+    L = _plain(scalar(prog.lagrangian()))
+    assert {"mu_norm", "mu_low", "mu_tie"} <= {s.name for s in L.free_symbols}
+    inline = {}  # each intermediate entry -> its definition in the inputs (the rules
+    for c in prog.ir.constraints:  # use the forward equations: 1 − h² for tanh')
+        targets = explicit(c.target) if isinstance(c.target, sp.MatrixSymbol) else [c.target]
+        for z, e in zip(targets, explicit(c.expr), strict=True):
+            inline[_plain(z)] = _plain(e).xreplace(inline)
+
+    def vanishes(d: sp.Expr) -> bool:
+        return _vanishes(d.xreplace(inline))
+
+    for name, g in cond.gradient.items():
+        (var,) = [v for v in prog.ir.inputs if v.name == name]
+        for s, e in zip(explicit(var.matrix), explicit(g), strict=True):
+            assert vanishes(sp.diff(L, _plain(s)) - _plain(e)), (name, s)
+    for eq in cond.adjoint:  # Λ_z = rhs  <=>  ∂L/∂z = rhs − Λ_z
+        z = explicit(h) if isinstance(eq.lhs, sp.MatrixExpr) else [y]
+        for zk, a, b in zip(z, explicit(eq.lhs), explicit(eq.rhs), strict=True):
+            assert vanishes(sp.diff(L, _plain(zk)) - _plain(b - a)), zk
+    text = str(cond)
+    assert all(f"mu_{n}" in text for n in ("norm", "low", "tie"))
+    assert r"\mu_{norm}" in cond._repr_latex_()
+
+
+def test_the_matrix_condition_vanishes_at_a_constrained_optimum():
+    """min Σ x² subject to Σ x ≥ 1 (x of 3 entries), solved by lad.minimize: ∂L/∂x of
+    the matrix conditions is 0 there, with μ_L = −μ (L has the sign of a maximization
+    of z_N; the result's μ ≥ 0 is that of the minimization, ∇f + μ ∇g = 0)."""
+    prog = lad.Program()
+    x = prog.input("x", (3,), array=True)
+    prog.define("s", lad.sum(lad.mul(x, x)))
+    prog.subject_to(lad.sum(x) >= 1)
+    res = lad.minimize(prog, x0={"x": np.array([0.9, -0.2, 0.1])})
+    assert res.success
+    grad = prog.conditions().gradient["x"]
+    values = at({"x": x}, {"x": res.x["x"]})
+    values[prog.multiplier("s")] = sp.Float(1.0)
+    values[prog.multiplier("g1")] = sp.Float(-res.multipliers["g1"])
+    np.testing.assert_allclose(numeric(grad, values), 0, atol=1e-7)
+    values[prog.multiplier("g1")] = sp.Float(res.multipliers["g1"])  # the other sign: not 0
+    assert np.abs(numeric(grad, values)).max() > 1
