@@ -1,0 +1,50 @@
+"""The checks of `_values`: the finiteness test every input, output and gradient goes
+through (one reduction per array), against NumPy's entry-by-entry ``isfinite``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lagrangian_ad._values import _finite
+
+SHAPES = [(), (1,), (7,), (256, 784), (3, 4, 5), (128, 784, 1)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_one_non_finite_entry_anywhere_is_found(shape, bad):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=shape)
+    assert _finite(a)
+    for where in {0, a.size // 2, a.size - 1}:
+        b = a.copy()
+        b.reshape(-1)[where] = bad
+        assert not _finite(b), (shape, bad, where)
+        assert not _finite(b.T)  # not contiguous: summed instead
+        assert not _finite(b.astype(np.float32))
+
+
+def test_infinities_of_both_signs_and_nan_together_are_found():
+    a = np.zeros(1000)
+    a[[3, 500]] = [np.inf, -np.inf]  # a sum would read NaN, the squares inf: both not finite
+    assert not _finite(a)
+    a[7] = np.nan
+    assert not _finite(a)
+
+
+def test_large_finite_entries_are_finite_though_their_squares_overflow():
+    # 1e200² overflows: the reduction reads inf, and the entries are checked one by one
+    a = np.full((50, 40), 1e200)
+    a[0, 0] = -1e308
+    assert _finite(a)
+    assert _finite(a.T)
+    a[1, 1] = np.inf
+    assert not _finite(a)
+
+
+def test_floats_integers_and_empty_arrays():
+    assert _finite(1.5) and not _finite(float("nan")) and not _finite(float("-inf"))
+    assert _finite(np.arange(10))  # integers are always finite
+    assert _finite(np.zeros((0, 3)))
+    assert _finite(np.float64(2.0)) and not _finite(np.float64("inf"))
