@@ -1550,23 +1550,26 @@ class ArrayProgram(CompiledProgram):
         ``solve`` reports λ per sample, as the contract says, at the memory of that
         many copies."""
         arrays, leads, batch = self._check(inputs, check_finite)
-        values, saved, ctx = self._forward(arrays, batch, options)
-        if per_sample and batch:
-            values = tuple(
-                np.broadcast_to(v, (*batch, *np.shape(v)))
-                if u.kind != "input" and np.ndim(v) == 2
-                else v
-                for u, v in zip(self._units, values, strict=True)
-            )
-            saved = tuple(
-                np.broadcast_to(v, (*batch, *np.shape(v))) if np.ndim(v) == 2 and moves else v
-                for v, moves in zip(saved, self._saved_per_sample, strict=True)
-            )
-        lam = self._adjoint(values, saved, ctx, batch, wrt)
+        ctx = self._call_context(options, batch)
+        adjoint = self._adjoint_function(wrt)
+        with np.errstate(all="ignore"):  # non-finite values are reported below
+            values, saved = self._functions["forward"](ctx, *self._inputs_internal(arrays))
+            if per_sample and batch:
+                values = tuple(
+                    np.broadcast_to(v, (*batch, *np.shape(v)))
+                    if u.kind != "input" and np.ndim(v) == 2
+                    else v
+                    for u, v in zip(self._units, values, strict=True)
+                )
+                saved = tuple(
+                    np.broadcast_to(v, (*batch, *np.shape(v))) if np.ndim(v) == 2 and moves else v
+                    for v, moves in zip(saved, self._saved_per_sample, strict=True)
+                )
+            lam = adjoint(ctx, batch, *values, *saved)
         value = self._output_value(values, batch)
         grad = self._grads(lam, arrays, leads, batch, wrt)
         if not _all_finite(value, grad):
-            self._warn(values, lam, batch, stacklevel=5)
+            self._warn(values, lam, batch, stacklevel=5, grad=grad)
         return value, grad, arrays, batch, values, saved, ctx, lam
 
     def _eager_solve(self, inputs: Mapping[Any, Any], check_finite: bool, options: dict):
@@ -1732,27 +1735,38 @@ class ArrayProgram(CompiledProgram):
                 out.append(flat[..., k][..., None, None])
         return out
 
+    def _call_context(self, options: dict, batch: tuple) -> _Context:
+        """The per-call state of the generated code, the options checked (the options
+        of a call without any, checked once)."""
+        if options:
+            return _Context(self, self._solve_options(options, batch))
+        default = self.__dict__.get("_default_options")
+        if default is None:
+            default = self._default_options = self._solve_options({}, None)
+        return _Context(self, default)
+
     def _forward(self, arrays: dict, batch: tuple, options: dict):
-        ctx = _Context(self, self._solve_options(options, batch))
+        ctx = self._call_context(options, batch)
         with np.errstate(all="ignore"):
             values, saved = self._functions["forward"](ctx, *self._inputs_internal(arrays))
         return values, saved, ctx
 
-    def _adjoint(self, values, saved, ctx, batch, wrt: frozenset[str] | None = None):
-        adjoint = self._functions["adjoint"]
-        if wrt is not None and wrt != self._all_inputs:
-            adjoint = self._pruned.get(wrt)
-            if adjoint is None:
-                wanted = frozenset(
-                    u.index for u in self._units if u.kind == "input" and _owner(u) in wrt
-                )
-                source = self._generator.adjoint(self._saved, wanted)
-                namespace = dict(NUMPY_NAMESPACE)
-                namespace["_rt"] = _rt
-                code = _compile(source, "array program adjoint")
-                adjoint = self._pruned[wrt] = _exec(code, namespace)["adjoint"]
-        with np.errstate(all="ignore"):
-            return adjoint(ctx, tuple(batch), *values, *saved)
+    def _adjoint_function(self, wrt: frozenset[str] | None = None) -> Callable:
+        """The generated adjoint pass; with ``wrt``, the one pruned to those inputs
+        (generated on the first call that asks for them)."""
+        if wrt is None or wrt == self._all_inputs:
+            return self._functions["adjoint"]
+        adjoint = self._pruned.get(wrt)
+        if adjoint is None:
+            wanted = frozenset(
+                u.index for u in self._units if u.kind == "input" and _owner(u) in wrt
+            )
+            source = self._generator.adjoint(self._saved, wanted)
+            namespace = dict(NUMPY_NAMESPACE)
+            namespace["_rt"] = _rt
+            code = _compile(source, "array program adjoint")
+            adjoint = self._pruned[wrt] = _exec(code, namespace)["adjoint"]
+        return adjoint
 
     def _output_value(self, values: tuple, batch: tuple):
         v = np.asarray(values[self._output_unit.index])[..., 0, 0]
@@ -1817,30 +1831,55 @@ class ArrayProgram(CompiledProgram):
         worst = lambda parts: max((float(np.max(p, initial=0.0)) for p in parts), default=0.0)  # noqa: E731
         return {"max_dL_dlambda": worst(dlam), "max_dL_dz": worst(dz)}
 
-    def _warn(self, values: tuple, lam: tuple | None, batch: tuple, stacklevel: int) -> None:
+    def _warn(
+        self,
+        values: tuple,
+        lam: tuple | None,
+        batch: tuple,
+        stacklevel: int,
+        grad: dict | None = None,
+    ) -> None:
+        """A `NonFiniteWarning` naming where the first non-finite number appeared: the
+        first constraint in evaluation order whose value is not finite, else the first
+        in reverse order whose multiplier is not, else the first input whose gradient
+        is not (every value and multiplier finite: a vector-Jacobian product that is
+        not, an overflowing product or an infinite partial). Only called when the
+        output or a gradient is not finite, so it always warns."""
         import warnings
+
+        def warn(message: str) -> None:
+            warnings.warn(message, NonFiniteWarning, stacklevel=stacklevel + 1)
 
         for step in _steps(self._order):
             v = values[step.unit.index]
             if v is not None and not np.all(np.isfinite(v)):
-                warnings.warn(
+                warn(
                     f"the output is not finite: the value of constraint {step.label!r} is "
-                    "not finite",
-                    NonFiniteWarning,
-                    stacklevel=stacklevel,
+                    "not finite"
                 )
                 return
         if lam is not None:
             for step in reversed(_steps(self._order)):
                 g = lam[step.unit.index]
                 if g is not None and not np.all(np.isfinite(g)):
-                    warnings.warn(
+                    warn(
                         f"the gradient is not finite: the multiplier of constraint "
-                        f"{step.label!r} is not finite",
-                        NonFiniteWarning,
-                        stacklevel=stacklevel,
+                        f"{step.label!r} is not finite"
                     )
                     return
+        for name, g in (grad or {}).items():
+            if not np.all(np.isfinite(g)):
+                units = {u.index for u in self._units if _owner(u) == name}
+                readers = [st.label for st in _steps(self._order) if st.reads & units]
+                warn(
+                    f"the gradient is not finite: the gradient with respect to input "
+                    f"{name!r} is not finite, every value and multiplier being finite: a "
+                    f"vector-Jacobian product of constraint "
+                    f"{' or '.join(map(repr, readers[:5]))} is not (an overflowing product "
+                    "or an infinite partial derivative)"
+                )
+                return
+        warn("the output or its gradient is not finite")
 
 
 def _owner(u: Unit) -> str:

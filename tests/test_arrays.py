@@ -512,3 +512,49 @@ def test_sigmoid_and_softplus_compile_and_do_not_overflow(array):
     softplus = np.maximum(u0, 0) + np.log1p(np.exp(-np.abs(u0)))
     np.testing.assert_allclose(value, sig.sum() + 2 * softplus.sum(), rtol=1e-15)
     np.testing.assert_allclose(grad["u"], sig * (1 - sig) + 2 * sig, rtol=1e-14, atol=1e-300)
+
+
+# --------------------------------------------------------------------------- non-finite
+
+
+def test_non_finite_inputs_are_refused_on_every_call_of_known_shapes():
+    # The second call with the same shapes takes the cached shape checks; its values
+    # are checked all the same: a NaN in a weight, an inf in the data.
+    fn = _mlp().compile()
+    v = _mlp_inputs(np.random.default_rng(3), (4,))
+    fn.value_and_grad(v)
+    for name, where, bad in (("W1", (2, 1), np.nan), ("x", (3, 0), -np.inf)):
+        w = dict(v)
+        w[name] = v[name].copy()
+        w[name][where] = bad
+        with pytest.raises(lad.ProgramError, match=rf"input '{name}' holds -?(nan|inf) at index"):
+            fn.value_and_grad(w)
+        with pytest.raises(lad.ProgramError, match=rf"input '{name}'"):
+            fn.value(w)
+    w = dict(v, W1=v["W1"][:, :3])  # a shape not seen: checked as ever
+    with pytest.raises(lad.ProgramError, match=r"input 'W1': expected .* \(6, 4\)"):
+        fn.value_and_grad(w)
+
+
+def test_non_finite_results_of_finite_inputs_are_reported():
+    # Large finite weights: exp(y) overflows in the log-sum-exp, so the loss is inf and
+    # its gradients NaN; the warning names the first constraint that is not finite.
+    fn = _mlp().compile()
+    v = _mlp_inputs(np.random.default_rng(4), (3,))
+    v["W2"] = np.full_like(v["W2"], 1e300)
+    v["b2"] = np.full_like(v["b2"], 1e300)
+    with pytest.warns(lad.NonFiniteWarning, match="constraint 'lse'"):
+        value, grad = fn.value_and_grad(v, wrt=["W1", "W2"])
+    assert not np.isfinite(value).all()
+    # Only a gradient is not finite: with x = 1e307 (and W1 x moderate) the loss is
+    # finite but ∂/∂W1 = (λ_h ∘ (1 − h²)) xᵀ overflows where |λ_h (1 − h²)| > 18.
+    v = _mlp_inputs(np.random.default_rng(5), ())
+    v.update(x=np.full(4, 1e307), W1=np.full((6, 4), 1e-308), b1=np.zeros(6))
+    v["W2"] = 100 * v["W2"]
+    with np.errstate(over="ignore"):
+        loss, want, _, _ = _mlp_by_hand(v)
+    assert np.isfinite(loss) and not np.isfinite(want["W1"]).all()
+    with pytest.warns(lad.NonFiniteWarning, match="respect to input 'W1' is not finite.*'h'"):
+        value, grad = fn.value_and_grad(v, wrt=["W1", "b1"])
+    assert value == pytest.approx(loss, rel=1e-12)
+    assert (np.isfinite(grad["W1"]) == np.isfinite(want["W1"])).all()
