@@ -558,3 +558,24 @@ def test_non_finite_results_of_finite_inputs_are_reported():
         value, grad = fn.value_and_grad(v, wrt=["W1", "b1"])
     assert value == pytest.approx(loss, rel=1e-12)
     assert (np.isfinite(grad["W1"]) == np.isfinite(want["W1"])).all()
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e150, 1e153, 1e154, 1e155, 1e200])
+@pytest.mark.parametrize("batch", [(), (3,), (40,)])
+def test_a_product_proved_finite_by_its_bound_is_finite(scale, batch):
+    # ∂/∂W of W x is g xᵀ summed over the batch; `bounded` says whether it is finite,
+    # reading g and x where they are smaller than the product. Checked against the
+    # product itself, near overflow and with a NaN or an inf in an operand.
+    from lagrangian_ad._array_engine import _rt
+
+    rng = np.random.default_rng(6)
+    W = rng.normal(size=(30, 50))
+    for bad in (None, np.nan, np.inf):
+        g = scale * rng.normal(size=(*batch, 30, 1))
+        x = scale * rng.normal(size=(*batch, 50, 1))
+        if bad is not None:
+            x[(0,) * len(batch) + (7, 0)] = bad
+        with np.errstate(all="ignore"):
+            c = _rt.matmul_ga(g, W, x)
+        assert c.shape == (30, 50)
+        assert _rt.bounded(c, g, x) == bool(np.isfinite(c).all()), (bad, scale, batch)
