@@ -43,6 +43,7 @@ root) is worth that only for small blocks.
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -75,6 +76,16 @@ MAX_UNTESTED = 8  # iterations of a plain iteration run without its convergence 
 _RESERVED = {"numpy", "special", "math", "_lad", "_rt", "_ctx", "_batch"}
 
 # --------------------------------------------------------------------------- runtime
+
+
+class _Shape:
+    """What `_release` leaves of an array whose values are no longer read: its shape."""
+
+    __slots__ = ("ndim", "shape")
+
+    def __init__(self, a: np.ndarray):
+        self.shape = a.shape
+        self.ndim = a.ndim
 
 
 class _rt:
@@ -116,6 +127,8 @@ class _rt:
                 return _rt.sum_to((g[..., 0] @ a)[..., None], b.shape)
             return _rt.sum_to(a.T @ g, b.shape)
         return _rt.sum_to(np.swapaxes(a, -1, -2) @ g, b.shape)
+
+    Shape = _Shape
 
     @staticmethod
     def bounded(c: np.ndarray, g: np.ndarray, b: np.ndarray) -> bool:
@@ -417,6 +430,7 @@ class _Generator:
         # these names; the blocks' own functions rename nodes locally (a list in node
         # order, not keyed by id(): the generator is pickled with the compiled program)
         self._forward_names = [n.name for st in _steps(self.order) for n in st.nodes]
+        self._forward_lines = list(w.lines)  # for `value_and_grad`
         units = ", ".join(u.name for u in self.units)
         header = f"forward(_ctx, {', '.join(u.name for u in self.inputs)})"
         return w.function(header, f"({units},), ({', '.join(saved)}{',' if saved else ''})"), saved
@@ -455,6 +469,39 @@ class _Generator:
         over the batch), whether `_rt.bounded` proves it finite, which reads the
         operands instead of the product where they are smaller (one sample's outer
         product: 1,040 numbers instead of 200,704)."""
+        w, bounds = self._adjoint_lines(saved, wanted)
+        result = ", ".join(self._final.get(u.index, "None") for u in self.units)
+        args = ", ".join([u.name for u in self.units] + saved)
+        header = f"adjoint(_ctx, _batch, {args})"
+        proved = ", ".join(f"{u.label!r}: _rt.bounded({c}, {g}, {b})" for u, c, g, b in bounds)
+        return w.function(header, f"({result},), {{{proved}}}")
+
+    def value_and_grad(self, saved: list[str], wanted: frozenset[int] | None = None) -> str:
+        """``value_and_grad(_ctx, _batch, inputs…)`` -> (the output's value, (multiplier
+        of each input unit…), {input name: proved finite}): the forward pass and the
+        adjoint (as `adjoint` prints it, with ``wanted``) in one function, where each
+        value is deleted after its last use (`_release`): what the adjoint no longer
+        needs (a layer's activations once its multiplier is formed) is freed while it
+        runs, so that a call needs the memory of backprop written by hand, not that of
+        every value and multiplier at once."""
+        w, bounds = self._adjoint_lines(saved, wanted)
+        lines = list(w.lines)
+        proved = []
+        for u, c, g, b in bounds:  # each right after its product: g and b die early
+            ok = w.fresh(f"_ok_{u.name}")
+            at = next(k for k, ln in enumerate(lines) if ln.startswith(f"{c} = "))
+            lines.insert(at + 1, f"{ok} = _rt.bounded({c}, {g}, {b})")
+            proved.append(f"{u.label!r}: {ok}")
+        grads = [self._final.get(u.index, "None") for u in self.inputs]
+        result = f"{self.output.name}, ({', '.join(grads)},), {{{', '.join(proved)}}}"
+        body = "\n".join("    " + ln for ln in _release(self._forward_lines + lines, result))
+        header = f"value_and_grad(_ctx, _batch, {', '.join(u.name for u in self.inputs)})"
+        return f"def {header}:\n{body}\n    return {result}\n"
+
+    def _adjoint_lines(self, saved: list[str], wanted: frozenset[int] | None):
+        """The adjoint pass's lines (a writer) and its bounds (see `adjoint`: input unit,
+        product, g, the other operand); the multiplier of each unit in ``self._final``
+        (unit index -> name)."""
         self._over_forward_values()
         namer = _Namer()
         for u in self.units:
@@ -483,12 +530,9 @@ class _Generator:
             single = len(parts) == 1 and not acc.entries.get(u.index)
             acc.final[u.index] = acc.take(u.index)
             if single and parts[0] in self._products and u.shape != (1, 1):
-                g, other = self._products[parts[0]]
-                bounds.append(f"{u.label!r}: _rt.bounded({acc.final[u.index]}, {g}, {other})")
-        result = ", ".join(acc.final.get(u.index, "None") for u in self.units)
-        args = ", ".join([u.name for u in self.units] + saved)
-        header = f"adjoint(_ctx, _batch, {args})"
-        return w.function(header, f"({result},), {{{', '.join(bounds)}}}")
+                bounds.append((u, parts[0], *self._products[parts[0]]))
+        self._final = acc.final
+        return w, bounds
 
     def _leads_to(self, wanted: frozenset[int]) -> set[int]:
         """ids of the nodes (and indices of the units) from which a wanted input is
@@ -834,6 +878,68 @@ def _varying(b: _Block) -> set[int]:
 
 def _tuple(names: list[str]) -> str:
     return f"({', '.join(names)}{',' if names else ''})"
+
+
+def _release(lines: list[str], result: str) -> list[str]:
+    """``lines`` (one statement each) with a ``del`` after the last use of each name
+    they assign, unless ``result`` (the returned expression) reads it.
+
+    A name whose last uses read only its ``.shape`` or ``.ndim`` (``_rt.sum_to(g,
+    t.shape)`` in the adjoint) becomes a `_Shape` after its last other use, so that the
+    array is freed there. The analysis is of the code itself (Python's `ast`): a name
+    is read, wholly or for its shape, where it appears.
+    """
+    statements = [ast.parse(line).body[0] for line in lines]
+    stores: dict[str, int] = {}  # name -> how often assigned
+    read: dict[str, int] = {}  # name -> the last line reading its value
+    shaped: dict[str, int] = {}  # name -> the last line reading its shape
+    for k, st in enumerate(statements):
+        shape_reads = {
+            id(node.value)
+            for node in ast.walk(st)
+            if isinstance(node, ast.Attribute)
+            and node.attr in ("shape", "ndim")
+            and isinstance(node.value, ast.Name)
+        }
+        for node in ast.walk(st):
+            if not isinstance(node, ast.Name):
+                continue
+            if isinstance(node.ctx, ast.Store):
+                stores[node.id] = stores.get(node.id, 0) + 1
+            elif id(node) in shape_reads:
+                shaped[node.id] = k
+            else:
+                read[node.id] = k
+    kept = {n.id for n in ast.walk(ast.parse(result, mode="eval")) if isinstance(n, ast.Name)}
+    after: dict[int, list[str]] = {}  # line -> what to do after it
+    for name, count in stores.items():
+        if count != 1 or name in kept:
+            continue
+        last_read = read.get(name, -1)
+        last_shape = shaped.get(name, -1)
+        if last_shape > last_read:
+            where = max(last_read, _assigned_at(statements, name))
+            after.setdefault(where, []).append(f"{name} = _rt.Shape({name})")
+        end = max(last_read, last_shape, _assigned_at(statements, name))
+        after.setdefault(end, []).append(f"del {name}")
+    out = []
+    for k, line in enumerate(lines):
+        out.append(line)
+        todo = after.get(k, [])
+        out += [t for t in todo if not t.startswith("del ")]
+        gone = [t[4:] for t in todo if t.startswith("del ")]
+        if gone:
+            out.append(f"del {', '.join(gone)}")
+    return out
+
+
+def _assigned_at(statements: list[ast.stmt], name: str) -> int:
+    """The line that assigns ``name``."""
+    for k, st in enumerate(statements):
+        for node in ast.walk(st):
+            if isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Store):
+                return k
+    raise AssertionError(name)
 
 
 def _signed(w: _Writer, st: Step, lam: str) -> str:
@@ -1475,6 +1581,9 @@ class ArrayProgram(CompiledProgram):
         self._n_forms = len(forms)
         self._generator, self._saved, self._hvp = gen, saved, None
         self._pruned: dict[frozenset[str], Any] = {}  # adjoints for some inputs only
+        # `value_and_grad`'s functions and their sources, by the inputs they are for
+        self._fused_passes: dict[frozenset[str], Any] = {}
+        self._fused_sources: dict[frozenset[str], str] = {}
         self._stationarity = None
         self._all_inputs = frozenset(self._inputs)
 
@@ -1567,8 +1676,62 @@ class ArrayProgram(CompiledProgram):
     ):
         # ``wrt``: the adjoint pass skips what leads only to the other inputs
         wanted = None if wrt is None else frozenset(self._input_name(k) for k in wrt)
-        value, grad, *_ = self._both_passes(inputs, check_finite, options, wanted)
+        arrays, leads, batch = self._check(inputs, check_finite)
+        ctx = self._call_context(options, batch)
+        run = self._value_and_grad_function(wanted)
+        with np.errstate(all="ignore"):  # non-finite values are reported below
+            out, lam_inputs, proved = run(ctx, batch, *self._inputs_internal(arrays))
+        value = _shaped(np.asarray(out)[..., 0, 0], batch)
+        lam: list = [None] * len(self._units)
+        for u, g in zip(self.inputs_units, lam_inputs, strict=True):
+            lam[u.index] = g
+        grad = self._grads(lam, arrays, leads, batch, wanted)
+        if not self._all_finite(value, grad, lam, leads, proved):
+            # which constraint: the values and every multiplier, by the separate passes
+            _, _, _, _, values, _, _, lam = self._both_passes(arrays, False, options)
+            self._warn(values, lam, batch, stacklevel=4, grad=grad)
         return value, grad
+
+    @property
+    def inputs_units(self) -> list[Unit]:
+        """The units of the inputs, in the order the generated functions take them."""
+        return self._generator.inputs
+
+    def _value_and_grad_function(self, wrt: frozenset[str] | None) -> Callable:
+        """The generated forward and adjoint passes in one function (`_Generator.
+        value_and_grad`), for the gradients of ``wrt`` (None: every input); made on
+        the first call that asks for them."""
+        key = self._all_inputs if wrt is None else wrt
+        run = self._fused_passes.get(key)
+        if run is None:
+            wanted = frozenset(
+                u.index for u in self._units if u.kind == "input" and _owner(u) in key
+            )
+            source = self._generator.value_and_grad(self._saved, wanted)
+            namespace = dict(NUMPY_NAMESPACE)
+            namespace["_rt"] = _rt
+            code = _compile(source, "array program value_and_grad")
+            run = self._fused_passes[key] = _exec(code, namespace)["value_and_grad"]
+            self._fused_sources[key] = source
+        return run
+
+    @property
+    def value_and_grad_source(self) -> str:
+        """The generated code `value_and_grad` runs for the gradients of every input:
+        the forward pass, then the adjoint, each value deleted after its last use."""
+        self._value_and_grad_function(None)
+        return self._fused_sources[self._all_inputs]
+
+    def _all_finite(self, value: Any, grad: dict, lam: Any, leads: dict, proved: dict) -> bool:
+        """Whether the output and every gradient are finite.
+
+        Every gradient is checked, and the output: a NaN or an inf anywhere that matters
+        reaches one of them, and they are what is returned. A gradient that
+        `_rt.bounded` proved finite (one product of finite operands) is not read again,
+        unless `_grads` summed it over broadcast batch axes (a sum the bound does not
+        cover)."""
+        unread = [n for n, ok in proved.items() if ok and self._unsummed(lam, leads, n)]
+        return _finite(value) and all(_finite(g) for n, g in grad.items() if n not in unread)
 
     def _both_passes(
         self,
@@ -1604,12 +1767,7 @@ class ArrayProgram(CompiledProgram):
             lam, proved = adjoint(ctx, batch, *values, *saved)
         value = self._output_value(values, batch)
         grad = self._grads(lam, arrays, leads, batch, wrt)
-        # Every gradient is checked, the output too: a NaN or inf anywhere before that
-        # matters reaches one of them. A gradient that `_rt.bounded` proved finite (one
-        # product of finite operands) is not read again, unless `_grads` summed it
-        # over broadcast batch axes (a sum the bound does not cover).
-        unread = [n for n, ok in proved.items() if ok and self._unsummed(lam, leads, n)]
-        if not (_finite(value) and all(_finite(g) for n, g in grad.items() if n not in unread)):
+        if not self._all_finite(value, grad, lam, leads, proved):
             self._warn(values, lam, batch, stacklevel=5, grad=grad)
         return value, grad, arrays, batch, values, saved, ctx, lam
 

@@ -7,6 +7,8 @@ and JAX where it is installed.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -579,3 +581,51 @@ def test_a_product_proved_finite_by_its_bound_is_finite(scale, batch):
             c = _rt.matmul_ga(g, W, x)
         assert c.shape == (30, 50)
         assert _rt.bounded(c, g, x) == bool(np.isfinite(c).all()), (bad, scale, batch)
+
+
+def test_value_and_grad_frees_each_value_after_its_last_use():
+    # A deep tanh network: value_and_grad runs the forward pass and the adjoint as one
+    # function that deletes each value after its last use (a pre-activation as soon as
+    # its tanh is taken, an activation once its layer's multiplier is formed), so its
+    # peak memory is a few layers' worth, not every value and multiplier at once.
+    import tracemalloc
+
+    width, depth, batch = 64, 8, 512
+    prog = lad.Program()
+    h = prog.input("x", (width,), array=True)
+    Ws = [prog.input(f"W{k}", (width, width), array=True) for k in range(depth)]
+    for k, W in enumerate(Ws):
+        h = prog.define(f"h{k}", lad.tanh(W @ h))
+    prog.define("out", lad.sum(lad.mul(h, h)))
+    fn = prog.compile()
+    rng = np.random.default_rng(7)
+    v = {"x": rng.normal(size=(batch, width))}
+    v |= {f"W{k}": rng.normal(size=(width, width)) / 8 for k in range(depth)}
+    source = fn.value_and_grad_source
+    assert re.search(r"\n    del .*\bh0\b", source) and "_t = _rt.Shape(_t)" in source
+    value, grad = fn.value_and_grad(v)
+    sol = fn.solve(v)
+    np.testing.assert_allclose(value, sol.value, rtol=1e-14)
+    for name in v:
+        np.testing.assert_allclose(grad[name], sol.grad[name], rtol=1e-13, atol=1e-15)
+    layer = batch * width * 8  # bytes of one value or multiplier of a layer
+
+    def peak(call) -> int:
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            result = call()
+            _, top = tracemalloc.get_traced_memory()
+            del result
+        finally:
+            tracemalloc.stop()
+        return top
+
+    fused = peak(lambda: fn.value_and_grad(v))
+    apart = peak(lambda: fn._both_passes(v, True, {})[:2])  # forward, then the adjoint
+    gradients = depth * width * width * 8 + layer
+    # backprop keeps the activations until the adjoint reaches them: depth layers, and
+    # a few being formed; the passes apart also keep the pre-activations and every
+    # multiplier
+    assert fused - gradients < (depth + 4) * layer
+    assert apart - gradients > 2 * depth * layer
