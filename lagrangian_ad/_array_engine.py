@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse.csgraph as csgraph
 import scipy.sparse.linalg as spla
+import scipy.special
 import sympy as sp
 from scipy.sparse import coo_matrix
 
@@ -129,6 +130,14 @@ class _rt:
         return _rt.sum_to(np.swapaxes(a, -1, -2) @ g, b.shape)
 
     Shape = _Shape
+
+    @staticmethod
+    def into(f: np.ufunc, x: Any) -> Any:
+        """``f(x)``, written over ``x``: an array the generated code has just made for f
+        alone (the value of an arithmetic expression, see `_in_place`)."""
+        if type(x) is np.ndarray and x.dtype == np.float64:
+            return f(x, out=x)
+        return f(x)
 
     @staticmethod
     def bounded(c: np.ndarray, g: np.ndarray, b: np.ndarray) -> bool:
@@ -231,6 +240,30 @@ class _Writer:
         return f"def {header}:\n{body}\n    return {result}\n"
 
 
+_NAMESPACES = {"numpy": np, "special": scipy.special}
+
+
+def _in_place(code: str) -> str:
+    """``numpy.tanh(a + b)`` as ``_rt.into(numpy.tanh, a + b)``: a one-argument ufunc of
+    an arithmetic expression writes its result over that expression's array, which is
+    new and of the result's shape (one array fewer per layer)."""
+    tree = ast.parse(code, mode="eval").body
+    if not (
+        isinstance(tree, ast.Call)
+        and len(tree.args) == 1
+        and not tree.keywords
+        and isinstance(tree.args[0], (ast.BinOp, ast.UnaryOp))
+        and isinstance(tree.func, ast.Attribute)
+        and isinstance(tree.func.value, ast.Name)
+        and tree.func.value.id in _NAMESPACES
+    ):
+        return code
+    f = getattr(_NAMESPACES[tree.func.value.id], tree.func.attr, None)
+    if not (isinstance(f, np.ufunc) and f.nin == 1 and f.nout == 1):
+        return code
+    return f"_rt.into({ast.unparse(tree.func)}, {ast.get_source_segment(code, tree.args[0])})"
+
+
 def _names(form: Form, node: Node, operand_names: list[str]) -> dict[str, str]:
     names = {f"p{k}": v for k, v in enumerate(operand_names)}
     names.update((f"c{k}", float_text(f)) for k, f in enumerate(node.data[1]))
@@ -251,7 +284,7 @@ class _Rules:
     @staticmethod
     def value(n: Node, a: list[str]) -> str:
         if n.op == "ew":
-            return instantiate(n.data[0].forward, _names(n.data[0], n, a))
+            return _in_place(instantiate(n.data[0].forward, _names(n.data[0], n, a)))
         if n.op == "matmul":
             return f"_rt.matmul({a[0]}, {a[1]})"
         if n.op == "T":

@@ -629,3 +629,31 @@ def test_value_and_grad_frees_each_value_after_its_last_use():
     # multiplier
     assert fused - gradients < (depth + 4) * layer
     assert apart - gradients > 2 * depth * layer
+
+
+def test_elementwise_functions_write_in_place_only_over_arrays_of_their_own():
+    # tanh(W x + b) is computed over the array of W x + b, which nothing else holds;
+    # tanh(x) and exp(-x) of an input never write over the input.
+    prog = lad.Program()
+    x = prog.input("x", (5,), array=True)
+    W = prog.input("W", (5, 5), array=True)
+    b = prog.input("b", (5,), array=True)
+    h = prog.define("h", lad.tanh(W @ x + b))
+    u = prog.define("u", lad.tanh(x))
+    e = prog.define("e", lad.exp(-x))
+    prog.define("out", lad.sum(lad.mul(h, u)) + lad.sum(e))
+    fn = prog.compile()
+    assert "_rt.into(numpy.tanh, _t + b)" in fn.forward_source
+    assert "u = numpy.tanh(x)" in fn.forward_source
+    rng = np.random.default_rng(8)
+    for batch in ((), (4,)):
+        v = {"x": rng.normal(size=(*batch, 5)), "W": rng.normal(size=(5, 5))}
+        v["b"] = rng.normal(size=5)
+        before = {k: a.copy() for k, a in v.items()}
+        value, _ = fn.value_and_grad(v)
+        for k in v:
+            np.testing.assert_array_equal(v[k], before[k])
+        hh = np.tanh(v["x"] @ v["W"].T + v["b"])
+        want = (hh * np.tanh(v["x"])).sum(-1) + np.exp(-v["x"]).sum(-1)
+        np.testing.assert_allclose(value, want, rtol=1e-14)
+        testing.check_grads(fn, v)
