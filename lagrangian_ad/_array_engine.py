@@ -71,6 +71,7 @@ from ._values import Solution, _as_float_array, _finite, _shaped, _user_array
 __all__ = ["ArrayProgram"]
 
 DENSE_MAX = 16  # cyclic blocks up to this many unknowns per sample: dense Newton
+_BOUND_MIN = 1 << 15  # entries of a product below which reading it is as cheap as a bound
 FAST_RATE = 0.6  # matrix-free "auto": plain iteration while each change shrinks this much
 RATE_SPAN = 3  # iterations over which a plain iteration's contraction rate is measured
 MAX_UNTESTED = 8  # iterations of a plain iteration run without its convergence test
@@ -150,9 +151,10 @@ class _rt:
         |c| ≤ K·max|g|·max|b|·(1 + ε)^K, and (1 + ε)^K < 2 for any K an array can have:
         when 2K·max|g|·max|b| is finite, so is every entry of c. A NaN or an inf in g or
         b makes that bound NaN or inf; then, or where the operands are not much smaller
-        than c, or the bound is too large, c itself is checked.
+        than c (or c is small: _BOUND_MIN), or the bound is too large, c itself is
+        checked.
         """
-        if 4 * (g.size + b.size) <= c.size:
+        if c.size >= _BOUND_MIN and 4 * (g.size + b.size) <= c.size:
             bound = 2.0 * max(g.size, b.size) * float(np.abs(g).max()) * float(np.abs(b).max())
             if math.isfinite(bound):
                 return True
@@ -183,6 +185,8 @@ class _rt:
     def total_vjp(g: np.ndarray, a: np.ndarray) -> np.ndarray:
         if a.ndim == 2 and g.ndim > 2:
             g = g.reshape(-1).sum()
+        elif g.shape[:-2] == a.shape[:-2]:  # the same batch: a's shape, without asking
+            return np.broadcast_to(g, a.shape)
         return np.broadcast_to(g, np.broadcast_shapes(np.shape(g), a.shape))
 
     @staticmethod
@@ -1714,14 +1718,16 @@ class ArrayProgram(CompiledProgram):
         run = self._value_and_grad_function(wanted)
         with np.errstate(all="ignore"):  # non-finite values are reported below
             out, lam_inputs, proved = run(ctx, batch, *self._inputs_internal(arrays))
-        value = _shaped(np.asarray(out)[..., 0, 0], batch)
-        lam: list = [None] * len(self._units)
-        for u, g in zip(self.inputs_units, lam_inputs, strict=True):
-            lam[u.index] = g
-        grad = self._grads(lam, arrays, leads, batch, wanted)
-        if not self._all_finite(value, grad, lam, leads, proved):
+            value = _shaped(np.asarray(out)[..., 0, 0], batch)
+            lam: list = [None] * len(self._units)
+            for u, g in zip(self.inputs_units, lam_inputs, strict=True):
+                lam[u.index] = g
+            grad = self._grads(lam, arrays, leads, batch, wanted)
+            finite = self._all_finite(value, grad, lam, leads, proved)
+        if not finite:
             # which constraint: the values and every multiplier, by the separate passes
-            _, _, _, _, values, _, _, lam = self._both_passes(arrays, False, options)
+            passes = self._both_passes(arrays, False, options, report=False)
+            values, lam = passes[4], passes[7]
             self._warn(values, lam, batch, stacklevel=4, grad=grad)
         return value, grad
 
@@ -1773,6 +1779,7 @@ class ArrayProgram(CompiledProgram):
         options: dict,
         wrt=None,
         per_sample: bool = False,
+        report: bool = True,
     ):
         """Forward and adjoint passes. An intermediate the same for every sample (a
         constant, a function of parameters only) is one value, and its multiplier the
@@ -1780,7 +1787,8 @@ class ArrayProgram(CompiledProgram):
         for the adjoint instead, and so do the saved nodes that depend on it (the
         others, functions of inputs alone, keep summing into the inputs' gradients):
         ``solve`` reports λ per sample, as the contract says, at the memory of that
-        many copies."""
+        many copies. ``report``: a `NonFiniteWarning` where the output or a gradient is
+        not finite."""
         arrays, leads, batch = self._check(inputs, check_finite)
         ctx = self._call_context(options, batch)
         adjoint = self._adjoint_function(wrt)
@@ -1798,9 +1806,10 @@ class ArrayProgram(CompiledProgram):
                     for v, moves in zip(saved, self._saved_per_sample, strict=True)
                 )
             lam, proved = adjoint(ctx, batch, *values, *saved)
-        value = self._output_value(values, batch)
-        grad = self._grads(lam, arrays, leads, batch, wrt)
-        if not self._all_finite(value, grad, lam, leads, proved):
+            value = self._output_value(values, batch)
+            grad = self._grads(lam, arrays, leads, batch, wrt)
+            finite = self._all_finite(value, grad, lam, leads, proved)
+        if not finite and report:
             self._warn(values, lam, batch, stacklevel=5, grad=grad)
         return value, grad, arrays, batch, values, saved, ctx, lam
 

@@ -8,6 +8,7 @@ and JAX where it is installed.
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -571,16 +572,17 @@ def test_a_product_proved_finite_by_its_bound_is_finite(scale, batch):
     from lagrangian_ad._array_engine import _rt
 
     rng = np.random.default_rng(6)
-    W = rng.normal(size=(30, 50))
+    W = rng.normal(size=(200, 300))
     for bad in (None, np.nan, np.inf):
-        g = scale * rng.normal(size=(*batch, 30, 1))
-        x = scale * rng.normal(size=(*batch, 50, 1))
+        g = scale * rng.normal(size=(*batch, 200, 1))
+        x = scale * rng.normal(size=(*batch, 300, 1))
         if bad is not None:
             x[(0,) * len(batch) + (7, 0)] = bad
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"):  # as in the generated code
             c = _rt.matmul_ga(g, W, x)
-        assert c.shape == (30, 50)
-        assert _rt.bounded(c, g, x) == bool(np.isfinite(c).all()), (bad, scale, batch)
+            proved = _rt.bounded(c, g, x)
+        assert c.shape == (200, 300)
+        assert proved == bool(np.isfinite(c).all()), (bad, scale, batch)
 
 
 def test_value_and_grad_frees_each_value_after_its_last_use():
@@ -657,3 +659,16 @@ def test_elementwise_functions_write_in_place_only_over_arrays_of_their_own():
         want = (hh * np.tanh(v["x"])).sum(-1) + np.exp(-v["x"]).sum(-1)
         np.testing.assert_allclose(value, want, rtol=1e-14)
         testing.check_grads(fn, v)
+
+
+def test_one_warning_per_call_that_is_not_finite():
+    fn = _mlp().compile()
+    v = _mlp_inputs(np.random.default_rng(9), (2,))
+    v["x"] = v["x"].copy()
+    v["x"][1, 2] = np.nan
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn.value_and_grad(v, check_finite=False)
+    (warning,) = [w for w in caught if issubclass(w.category, lad.NonFiniteWarning)]
+    assert "constraint 'h'" in str(warning.message)
+    assert warning.filename == __file__  # the caller's line
