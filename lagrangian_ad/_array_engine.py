@@ -1667,6 +1667,8 @@ class ArrayProgram(CompiledProgram):
     def _build_units(self, ir: ProgramIR) -> None:
         self._units = build_units(ir, _Namer().take)
         self._by_key = {u.key: u for u in self._units}
+        # the unit of each array input (`array=True`), by name
+        self._by_name = {v.name: self._by_key[v.matrix] for v in ir.inputs if v.matrix is not None}
 
     # ----------------------------------------------------------------- sources
 
@@ -1960,6 +1962,22 @@ class ArrayProgram(CompiledProgram):
         return arr
 
     def _inputs_internal(self, arrays: dict) -> list[np.ndarray]:
+        whole = self.__dict__.get("_whole_inputs")
+        if whole is None:  # (name, rank) of each input unit, if each is a whole input
+            units = [u for u in self._units if u.kind == "input"]
+            ok = all(u.label in self._inputs for u in units)
+            whole = [(u.label, len(self._inputs[u.label].shape)) for u in units] if ok else []
+            self._whole_inputs = whole
+        if whole and all(type(arrays[name]) is np.ndarray for name, _ in whole):
+            # arrays of whole inputs (what `_check` hands over): a view each, or the array
+            return [
+                arrays[n]
+                if rank == 2
+                else arrays[n][..., None]
+                if rank == 1
+                else arrays[n][..., None, None]
+                for n, rank in whole
+            ]
         out = []
         for u in self._units:
             if u.kind != "input":
@@ -2020,8 +2038,16 @@ class ArrayProgram(CompiledProgram):
                 continue
             given = np.shape(arrays[name])
             lead = leads[name]
-            if var.matrix is not None or var.shape == ():
-                unit = self._by_key[var.matrix if var.matrix is not None else var.symbols[0]]
+            if var.matrix is not None:  # an array input: its multiplier as it is, mostly
+                unit = self._by_name[name]
+                g = lam[unit.index]
+                internal = lead + unit.shape
+                if type(g) is not np.ndarray or g.shape != internal or g.dtype != np.float64:
+                    g = np.zeros(internal) if g is None else _rt.sum_to(g, internal)
+                    g = np.asarray(g, dtype=np.float64)
+                out[name] = g.reshape(given)
+            elif var.shape == ():
+                unit = self._by_key[var.symbols[0]]
                 g = lam[unit.index]
                 internal = lead + unit.shape
                 g = np.zeros(internal) if g is None else _rt.sum_to(g, internal)
