@@ -263,8 +263,8 @@ def _in_place(code: str) -> str:
     ):
         return code
     f = getattr(_NAMESPACES[tree.func.value.id], tree.func.attr, None)
-    if not (isinstance(f, np.ufunc) and f.nin == 1 and f.nout == 1):
-        return code
+    if not (isinstance(f, np.ufunc) and f.nin == 1 and f.nout == 1 and "d->d" in f.types):
+        return code  # (isnan and the like give booleans: not over a float array)
     return f"_rt.into({ast.unparse(tree.func)}, {ast.get_source_segment(code, tree.args[0])})"
 
 
@@ -928,6 +928,7 @@ def _release(lines: list[str], result: str) -> list[str]:
     """
     statements = [ast.parse(line).body[0] for line in lines]
     stores: dict[str, int] = {}  # name -> how often assigned
+    assigned: dict[str, int] = {}  # name -> the line assigning it
     read: dict[str, int] = {}  # name -> the last line reading its value
     shaped: dict[str, int] = {}  # name -> the last line reading its shape
     for k, st in enumerate(statements):
@@ -943,6 +944,7 @@ def _release(lines: list[str], result: str) -> list[str]:
                 continue
             if isinstance(node.ctx, ast.Store):
                 stores[node.id] = stores.get(node.id, 0) + 1
+                assigned[node.id] = k
             elif id(node) in shape_reads:
                 shaped[node.id] = k
             else:
@@ -955,9 +957,9 @@ def _release(lines: list[str], result: str) -> list[str]:
         last_read = read.get(name, -1)
         last_shape = shaped.get(name, -1)
         if last_shape > last_read:
-            where = max(last_read, _assigned_at(statements, name))
+            where = max(last_read, assigned[name])
             after.setdefault(where, []).append(f"{name} = _rt.Shape({name})")
-        end = max(last_read, last_shape, _assigned_at(statements, name))
+        end = max(last_read, last_shape, assigned[name])
         after.setdefault(end, []).append(f"del {name}")
     out = []
     for k, line in enumerate(lines):
@@ -968,15 +970,6 @@ def _release(lines: list[str], result: str) -> list[str]:
         if gone:
             out.append(f"del {', '.join(gone)}")
     return out
-
-
-def _assigned_at(statements: list[ast.stmt], name: str) -> int:
-    """The line that assigns ``name``."""
-    for k, st in enumerate(statements):
-        for node in ast.walk(st):
-            if isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Store):
-                return k
-    raise AssertionError(name)
 
 
 def _signed(w: _Writer, st: Step, lam: str) -> str:
@@ -1722,7 +1715,7 @@ class ArrayProgram(CompiledProgram):
             out, lam_inputs, proved = run(ctx, batch, *self._inputs_internal(arrays))
             value = _shaped(np.asarray(out)[..., 0, 0], batch)
             lam: list = [None] * len(self._units)
-            for u, g in zip(self.inputs_units, lam_inputs, strict=True):
+            for u, g in zip(self._input_units, lam_inputs, strict=True):
                 lam[u.index] = g
             grad = self._grads(lam, arrays, leads, batch, wanted)
             finite = self._all_finite(value, grad, lam, leads, proved)
@@ -1734,7 +1727,7 @@ class ArrayProgram(CompiledProgram):
         return value, grad
 
     @property
-    def inputs_units(self) -> list[Unit]:
+    def _input_units(self) -> list[Unit]:
         """The units of the inputs, in the order the generated functions take them."""
         return self._generator.inputs
 
