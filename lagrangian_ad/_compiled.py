@@ -718,7 +718,7 @@ class CompiledProgram:
         """
         if type(inputs) is dict and inputs.keys() == self._inputs.keys():
             given = inputs  # plain names, all present: nothing to map
-            seen = self._seen_shapes(given)
+            seen = self._seen_shapes(given) if self.__dict__.get("_shapes") else None
             if seen is not None:  # float64 arrays of shapes checked before
                 leads, batch = seen
                 arrays = {name: given[name] for name in self._inputs}
@@ -734,14 +734,17 @@ class CompiledProgram:
             raise ProgramError(f"missing input {', '.join(map(repr, missing))}")
         arrays: dict[str, np.ndarray] = {}
         leads: dict[str, tuple[int, ...]] = {}
+        remember = given is inputs  # whether all are float64 arrays, for `_seen_shapes`
         for name, var in self._inputs.items():
             value = given[name]
             if type(value) is float and var.shape == ():  # the common scalar case, cheaply
                 if check_finite and not math.isfinite(value):
                     raise _not_finite(f"input {name!r}", value)
                 arrays[name], leads[name] = value, ()
+                remember = False
                 continue
             arr = _as_float_array(value, f"input {name!r}")
+            remember = remember and arr is value and type(arr) is np.ndarray
             if check_finite and not _finite(arr):
                 raise _not_finite(f"input {name!r}", arr)
             nd = len(var.shape)
@@ -759,7 +762,7 @@ class CompiledProgram:
         except ValueError:
             desc = ", ".join(f"{n}: {s}" for n, s in leads.items())
             raise ProgramError(f"the batch axes of the inputs do not broadcast ({desc})") from None
-        if given is inputs and all(arrays[n] is given[n] for n in arrays):
+        if remember:
             self._remember_shapes(given, leads, batch)
         return arrays, leads, batch
 
@@ -770,9 +773,7 @@ class CompiledProgram:
     _SHAPES_KEPT = 16
 
     def _seen_shapes(self, given: dict) -> tuple[dict, tuple[int, ...]] | None:
-        cache = self.__dict__.get("_shapes")
-        if not cache:
-            return None
+        cache = self.__dict__["_shapes"]
         key = []
         for name in self._inputs:
             v = given[name]
@@ -782,8 +783,6 @@ class CompiledProgram:
         return cache.get(tuple(key))
 
     def _remember_shapes(self, given: dict, leads: dict, batch: tuple[int, ...]) -> None:
-        if not all(type(given[n]) is np.ndarray for n in self._inputs):
-            return
         cache = self.__dict__.setdefault("_shapes", {})
         if len(cache) >= self._SHAPES_KEPT:
             cache.clear()
