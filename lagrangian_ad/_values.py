@@ -121,12 +121,13 @@ def _finite(v: Any) -> bool:
         with np.errstate(over="ignore"):
             if math.isfinite(np.dot(flat, flat)):
                 return True
-    elif math.isfinite(a.sum()):
+    elif math.isfinite(_add_reduce(a, None)):  # a.sum() without its Python wrapper
         return True
     return bool(np.isfinite(a).all())
 
 
 _DOT_MIN = 1 << 16  # entries: below, a sum costs less than the dot and its errstate
+_add_reduce = np.add.reduce
 
 
 def _all_finite(value: Array, grad: dict[str, Array]) -> bool:
