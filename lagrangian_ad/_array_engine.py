@@ -665,7 +665,7 @@ class _Generator:
                     w.emit(f"{name} = {code}")
                     into.setdefault(id(child), []).append(name)
                     if n.op == "matmul" and into is adj:  # g times the other operand
-                        self._products[name] = (source, a[1 - k])
+                        self._products[name] = (gname, a[1 - k])
 
     def stationarity(self, saved: list[str]) -> str:
         """``stationarity(_ctx, _batch, units…, saved…, multipliers…)`` -> (∂L/∂z of every
