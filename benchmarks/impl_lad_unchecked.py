@@ -8,9 +8,9 @@ from __future__ import annotations
 import functools
 
 from . import impl_lad
-from .impl_lad import available, version
+from .impl_lad import available, before_cold, version
 
-__all__ = ["BUILDERS", "LABEL", "available", "version"]
+__all__ = ["BUILDERS", "LABEL", "available", "before_cold", "version"]
 
 LABEL = "lagrangian_ad (check_finite=False)"
 

@@ -92,6 +92,9 @@ def _setup(name: str, module, problem, inputs, batch) -> tuple[Cell, Bench | Non
     builder = module.BUILDERS.get(problem.kind)
     if builder is None:
         return Cell(name, "unsupported", "n/a"), None, None
+    before = getattr(module, "before_cold", None)  # work not counted in the cold time
+    if before is not None:
+        before(problem)
     t0 = time.perf_counter()
     try:
         bench = builder(problem, inputs, batch)

@@ -356,6 +356,30 @@ def test_report_ratios_and_issue12_targets():
     assert "batch 128, PyTorch eager: met" in "\n".join(report._issue12_targets(rows))
 
 
+def test_setup_memory_is_measured_in_a_fresh_process_and_traced():
+    """The setup of the array MLP: its build and compile each measured by the resident
+    mark and by tracemalloc (here in this process; `fresh_setup` runs the same in new
+    ones), and the report shows both; a problem not at its benchmark size is left to
+    the in-process measurement."""
+    from benchmarks import impl_lad, report
+    from benchmarks.cells import Cell, Row
+    from benchmarks.timing import Timing
+
+    timed = impl_lad.measure_setup("mlp784")
+    assert set(timed) == {"build_s", "build_rss", "compile_s", "compile_rss"}
+    assert timed["build_s"] > 0 and timed["compile_s"] > 0
+    traced = impl_lad.measure_setup("mlp784", traced=True)
+    assert set(traced) == {"build_traced", "compile_traced"}
+    assert traced["compile_traced"] > 1e5  # the generated code and its forms at least
+    assert impl_lad.fresh_setup(problems.mlp784(hidden=8)) is None
+    t = Timing(1.0, 5, 1, 1.0)
+    setup = {**timed, "build_rss": 1e6, "compile_rss": 5e6, **traced}
+    row = Row(problems.mlp784(), 1)
+    row.cells = {"lad": Cell("lad", "ok", value=t, value_and_grad=t, setup=setup)}
+    text = report._setup_target([row], "mlp784", "build+compile", 1.0, 200e6)
+    assert "peak RSS Δ 5 MB, traced peak" in text and "/ traced " in text
+
+
 def test_compile_curve_of_the_array_programs_at_a_tiny_size(tmp_path):
     """One array point per family, in this process: lagrangian_ad's build and compile
     (or why not), JAX's cold start beside it; and a point run in a fresh process."""

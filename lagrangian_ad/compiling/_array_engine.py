@@ -43,6 +43,7 @@ root) is worth that only for small blocks.
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -53,13 +54,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse.csgraph as csgraph
 import scipy.sparse.linalg as spla
+import scipy.special
 import sympy as sp
 from scipy.sparse import coo_matrix
 
 from ..core._errors import ConvergenceError, NonFiniteWarning, ProgramError, SingularSystemError
 from ..core._ir import ProgramIR
 from ..solving._blocks import FORWARD, BlockReport, BlockSolver, SolveOptions, _anderson
-from ..solving._values import Solution, _all_finite, _as_float_array, _finite, _shaped, _user_array
+from ..solving._values import Solution, _as_float_array, _finite, _shaped, _user_array
 from . import _rules as rules
 from ._codegen import NUMPY_NAMESPACE, _compile, _exec, _Printer
 from ._compiled import CompiledProgram
@@ -70,12 +72,23 @@ from ._second import SparseHessian, colored_hessian
 __all__ = ["ArrayProgram"]
 
 DENSE_MAX = 16  # cyclic blocks up to this many unknowns per sample: dense Newton
+_BOUND_MIN = 1 << 15  # entries of a product below which reading it is as cheap as a bound
 FAST_RATE = 0.6  # matrix-free "auto": plain iteration while each change shrinks this much
 RATE_SPAN = 3  # iterations over which a plain iteration's contraction rate is measured
 MAX_UNTESTED = 8  # iterations of a plain iteration run without its convergence test
 _RESERVED = {"numpy", "special", "math", "_lad", "_rt", "_ctx", "_batch"}
 
 # --------------------------------------------------------------------------- runtime
+
+
+class _Shape:
+    """What `_release` leaves of an array whose values are no longer read: its shape."""
+
+    __slots__ = ("ndim", "shape")
+
+    def __init__(self, a: np.ndarray):
+        self.shape = a.shape
+        self.ndim = a.ndim
 
 
 class _rt:
@@ -118,6 +131,36 @@ class _rt:
             return _rt.sum_to(a.T @ g, b.shape)
         return _rt.sum_to(np.swapaxes(a, -1, -2) @ g, b.shape)
 
+    Shape = _Shape
+
+    @staticmethod
+    def into(f: np.ufunc, x: Any) -> Any:
+        """``f(x)``, written over ``x``: an array the generated code has just made for f
+        alone (the value of an arithmetic expression, see `_in_place`)."""
+        if type(x) is np.ndarray and x.dtype == np.float64:
+            return f(x, out=x)
+        return f(x)
+
+    @staticmethod
+    def bounded(c: np.ndarray, g: np.ndarray, b: np.ndarray) -> bool:
+        """Whether ``c``, a product of ``g`` and ``b`` (`matmul_ga` or `matmul_gb`), is
+        finite, proved from the operands where they are much smaller than ``c``.
+
+        Each entry of c is a sum of at most K = max(g.size, b.size) products of an
+        entry of g and one of b (the terms of one entry pair distinct entries of the
+        one of them that carries the contracted and batch axes), so
+        |c| ≤ K·max|g|·max|b|·(1 + ε)^K, and (1 + ε)^K < 2 for any K an array can have:
+        when 2K·max|g|·max|b| is finite, so is every entry of c. A NaN or an inf in g or
+        b makes that bound NaN or inf; then, or where the operands are not much smaller
+        than c (or c is small: _BOUND_MIN), or the bound is too large, c itself is
+        checked.
+        """
+        if c.size >= _BOUND_MIN and 4 * (g.size + b.size) <= c.size:
+            bound = 2.0 * max(g.size, b.size) * float(np.abs(g).max()) * float(np.abs(b).max())
+            if math.isfinite(bound):
+                return True
+        return _finite(c)
+
     @staticmethod
     def sum_to(g: Any, shape: tuple[int, ...]) -> np.ndarray:
         """``g`` summed over the axes along which a value of ``shape`` was broadcast."""
@@ -143,6 +186,8 @@ class _rt:
     def total_vjp(g: np.ndarray, a: np.ndarray) -> np.ndarray:
         if a.ndim == 2 and g.ndim > 2:
             g = g.reshape(-1).sum()
+        elif g.shape[:-2] == a.shape[:-2]:  # the same batch: a's shape, without asking
+            return np.broadcast_to(g, a.shape)
         return np.broadcast_to(g, np.broadcast_shapes(np.shape(g), a.shape))
 
     @staticmethod
@@ -198,6 +243,30 @@ class _Writer:
     def function(self, header: str, result: str) -> str:
         body = "\n".join("    " + ln for ln in self.lines) or "    pass"
         return f"def {header}:\n{body}\n    return {result}\n"
+
+
+_NAMESPACES = {"numpy": np, "special": scipy.special}
+
+
+def _in_place(code: str) -> str:
+    """``numpy.tanh(a + b)`` as ``_rt.into(numpy.tanh, a + b)``: a one-argument ufunc of
+    an arithmetic expression writes its result over that expression's array, which is
+    new and of the result's shape (one array fewer per layer)."""
+    tree = ast.parse(code, mode="eval").body
+    if not (
+        isinstance(tree, ast.Call)
+        and len(tree.args) == 1
+        and not tree.keywords
+        and isinstance(tree.args[0], (ast.BinOp, ast.UnaryOp))
+        and isinstance(tree.func, ast.Attribute)
+        and isinstance(tree.func.value, ast.Name)
+        and tree.func.value.id in _NAMESPACES
+    ):
+        return code
+    f = getattr(_NAMESPACES[tree.func.value.id], tree.func.attr, None)
+    if not (isinstance(f, np.ufunc) and f.nin == 1 and f.nout == 1 and "d->d" in f.types):
+        return code  # (isnan and the like give booleans: not over a float array)
+    return f"_rt.into({ast.unparse(tree.func)}, {ast.get_source_segment(code, tree.args[0])})"
 
 
 def _names(form: Form, node: Node, operand_names: list[str]) -> dict[str, str]:
@@ -295,7 +364,7 @@ class _Rules:
     @staticmethod
     def value(n: Node, a: list[str]) -> str:
         if n.op == "ew":
-            return instantiate(n.data[0].forward, _names(n.data[0], n, a))
+            return _in_place(instantiate(n.data[0].forward, _names(n.data[0], n, a)))
         return rules.value(_NUMPY, n.op, n.data, a)
 
     # vector-Jacobian ------------------------------------------------------
@@ -399,6 +468,8 @@ class _Generator:
         self.rules = _Rules(forms)
         self.inputs = [u for u in units if u.kind == "input"]
         self._relevant: set[int] | None = None  # see `adjoint`
+        # contribution name -> (g, the other operand) of the matmul products (`adjoint`)
+        self._products: dict[str, tuple[str, str]] = {}
 
     # forward ---------------------------------------------------------------
 
@@ -433,6 +504,7 @@ class _Generator:
         # these names; the blocks' own functions rename nodes locally (a list in node
         # order, not keyed by id(): the generator is pickled with the compiled program)
         self._forward_names = [n.name for st in _steps(self.order) for n in st.nodes]
+        self._forward_lines = list(w.lines)  # for `value_and_grad`
         units = ", ".join(u.name for u in self.units)
         header = f"forward(_ctx, {', '.join(u.name for u in self.inputs)})"
         return w.function(header, f"({units},), ({', '.join(saved)}{',' if saved else ''})"), saved
@@ -461,11 +533,49 @@ class _Generator:
     # adjoint ---------------------------------------------------------------
 
     def adjoint(self, saved: list[str], wanted: frozenset[int] | None = None) -> str:
-        """``adjoint(_ctx, _batch, units…, saved…)`` -> (multipliers of every unit…).
+        """``adjoint(_ctx, _batch, units…, saved…)`` -> ((multipliers of every unit…),
+        {input name: proved finite}).
 
         With ``wanted`` (indices of input units) only the contributions that lead to
         those inputs' gradients are computed: a gradient with respect to the weights
-        alone never forms the one with respect to the data."""
+        alone never forms the one with respect to the data. The dict holds, for each
+        array input whose multiplier is one matmul product (∂/∂W of W x: g xᵀ summed
+        over the batch), whether `_rt.bounded` proves it finite, which reads the
+        operands instead of the product where they are smaller (one sample's outer
+        product: 1,040 numbers instead of 200,704)."""
+        w, bounds = self._adjoint_lines(saved, wanted)
+        result = ", ".join(self._final.get(u.index, "None") for u in self.units)
+        args = ", ".join([u.name for u in self.units] + saved)
+        header = f"adjoint(_ctx, _batch, {args})"
+        proved = ", ".join(f"{u.label!r}: _rt.bounded({c}, {g}, {b})" for u, c, g, b in bounds)
+        return w.function(header, f"({result},), {{{proved}}}")
+
+    def value_and_grad(self, saved: list[str], wanted: frozenset[int] | None = None) -> str:
+        """``value_and_grad(_ctx, _batch, inputs…)`` -> (the output's value, (multiplier
+        of each input unit…), {input name: proved finite}): the forward pass and the
+        adjoint (as `adjoint` prints it, with ``wanted``) in one function, where each
+        value is deleted after its last use (`_release`): what the adjoint no longer
+        needs (a layer's activations once its multiplier is formed) is freed while it
+        runs, so that a call needs the memory of backprop written by hand, not that of
+        every value and multiplier at once."""
+        w, bounds = self._adjoint_lines(saved, wanted)
+        lines = list(w.lines)
+        proved = []
+        for u, c, g, b in bounds:  # each right after its product: g and b die early
+            ok = w.fresh(f"_ok_{u.name}")
+            at = next(k for k, ln in enumerate(lines) if ln.startswith(f"{c} = "))
+            lines.insert(at + 1, f"{ok} = _rt.bounded({c}, {g}, {b})")
+            proved.append(f"{u.label!r}: {ok}")
+        grads = [self._final.get(u.index, "None") for u in self.inputs]
+        result = f"{self.output.name}, ({', '.join(grads)},), {{{', '.join(proved)}}}"
+        body = "\n".join("    " + ln for ln in _release(self._forward_lines + lines, result))
+        header = f"value_and_grad(_ctx, _batch, {', '.join(u.name for u in self.inputs)})"
+        return f"def {header}:\n{body}\n    return {result}\n"
+
+    def _adjoint_lines(self, saved: list[str], wanted: frozenset[int] | None):
+        """The adjoint pass's lines (a writer) and its bounds (see `adjoint`: input unit,
+        product, g, the other operand); the multiplier of each unit in ``self._final``
+        (unit index -> name)."""
         self._over_forward_values()
         namer = _Namer()
         for u in self.units:
@@ -474,6 +584,7 @@ class _Generator:
         w = _Writer(namer)
         acc = _Accumulators(w, self.units)
         self._relevant = None if wanted is None else self._leads_to(wanted)
+        self._products = {}
         acc.add(self.output.index, "numpy.ones(_batch + (1, 1))")
         for item in reversed(self.order):
             if isinstance(item, _Block):
@@ -487,11 +598,15 @@ class _Generator:
                 g = acc.take(item.unit.index)
                 acc.final[item.unit.index] = g
                 self._backward(w, item, g, acc, skip=set())
+        bounds = []  # the gradients that are one product: finite by a bound (`_rt.bounded`)
         for u in self.inputs:
+            parts = acc.parts.get(u.index, [])
+            single = len(parts) == 1 and not acc.entries.get(u.index)
             acc.final[u.index] = acc.take(u.index)
-        result = ", ".join(acc.final.get(u.index, "None") for u in self.units)
-        args = ", ".join([u.name for u in self.units] + saved)
-        return w.function(f"adjoint(_ctx, _batch, {args})", f"({result},)")
+            if single and parts[0] in self._products and u.shape != (1, 1):
+                bounds.append((u, parts[0], *self._products[parts[0]]))
+        self._final = acc.final
+        return w, bounds
 
     def _leads_to(self, wanted: frozenset[int]) -> set[int]:
         """ids of the nodes (and indices of the units) from which a wanted input is
@@ -584,6 +699,8 @@ class _Generator:
                     name = w.fresh("_g")
                     w.emit(f"{name} = {code}")
                     into.setdefault(id(child), []).append(name)
+                    if n.op == "matmul" and into is adj:  # g times the other operand
+                        self._products[name] = (gname, a[1 - k])
 
     def stationarity(self, saved: list[str]) -> str:
         """``stationarity(_ctx, _batch, units…, saved…, multipliers…)`` -> (∂L/∂z of every
@@ -833,6 +950,61 @@ def _varying(b: _Block) -> set[int]:
 
 def _tuple(names: list[str]) -> str:
     return f"({', '.join(names)}{',' if names else ''})"
+
+
+def _release(lines: list[str], result: str) -> list[str]:
+    """``lines`` (one statement each) with a ``del`` after the last use of each name
+    they assign, unless ``result`` (the returned expression) reads it.
+
+    A name whose last uses read only its ``.shape`` or ``.ndim`` (``_rt.sum_to(g,
+    t.shape)`` in the adjoint) becomes a `_Shape` after its last other use, so that the
+    array is freed there. The analysis is of the code itself (Python's `ast`): a name
+    is read, wholly or for its shape, where it appears.
+    """
+    statements = [ast.parse(line).body[0] for line in lines]
+    stores: dict[str, int] = {}  # name -> how often assigned
+    assigned: dict[str, int] = {}  # name -> the line assigning it
+    read: dict[str, int] = {}  # name -> the last line reading its value
+    shaped: dict[str, int] = {}  # name -> the last line reading its shape
+    for k, st in enumerate(statements):
+        shape_reads = {
+            id(node.value)
+            for node in ast.walk(st)
+            if isinstance(node, ast.Attribute)
+            and node.attr in ("shape", "ndim")
+            and isinstance(node.value, ast.Name)
+        }
+        for node in ast.walk(st):
+            if not isinstance(node, ast.Name):
+                continue
+            if isinstance(node.ctx, ast.Store):
+                stores[node.id] = stores.get(node.id, 0) + 1
+                assigned[node.id] = k
+            elif id(node) in shape_reads:
+                shaped[node.id] = k
+            else:
+                read[node.id] = k
+    kept = {n.id for n in ast.walk(ast.parse(result, mode="eval")) if isinstance(n, ast.Name)}
+    after: dict[int, list[str]] = {}  # line -> what to do after it
+    for name, count in stores.items():
+        if count != 1 or name in kept:
+            continue
+        last_read = read.get(name, -1)
+        last_shape = shaped.get(name, -1)
+        if last_shape > last_read:
+            where = max(last_read, assigned[name])
+            after.setdefault(where, []).append(f"{name} = _rt.Shape({name})")
+        end = max(last_read, last_shape, assigned[name])
+        after.setdefault(end, []).append(f"del {name}")
+    out = []
+    for k, line in enumerate(lines):
+        out.append(line)
+        todo = after.get(k, [])
+        out += [t for t in todo if not t.startswith("del ")]
+        gone = [t[4:] for t in todo if t.startswith("del ")]
+        if gone:
+            out.append(f"del {', '.join(gone)}")
+    return out
 
 
 def _signed(w: _Writer, st: Step, lam: str) -> str:
@@ -1474,6 +1646,9 @@ class ArrayProgram(CompiledProgram):
         self._n_forms = len(forms)
         self._generator, self._saved, self._hvp = gen, saved, None
         self._pruned: dict[frozenset[str], Any] = {}  # adjoints for some inputs only
+        # `value_and_grad`'s functions and their sources, by the inputs they are for
+        self._fused_passes: dict[frozenset[str], Any] = {}
+        self._fused_sources: dict[frozenset[str], str] = {}
         self._stationarity = None
         self._all_inputs = frozenset(self._inputs)
 
@@ -1520,6 +1695,8 @@ class ArrayProgram(CompiledProgram):
     def _build_units(self, ir: ProgramIR) -> None:
         self._units = build_units(ir, _Namer().take)
         self._by_key = {u.key: u for u in self._units}
+        # the unit of each array input (`array=True`), by name
+        self._by_name = {v.name: self._by_key[v.matrix] for v in ir.inputs if v.matrix is not None}
 
     # ----------------------------------------------------------------- sources
 
@@ -1566,8 +1743,64 @@ class ArrayProgram(CompiledProgram):
     ):
         # ``wrt``: the adjoint pass skips what leads only to the other inputs
         wanted = None if wrt is None else frozenset(self._input_name(k) for k in wrt)
-        value, grad, *_ = self._both_passes(inputs, check_finite, options, wanted)
+        arrays, leads, batch = self._check(inputs, check_finite)
+        ctx = self._call_context(options, batch)
+        run = self._value_and_grad_function(wanted)
+        with np.errstate(all="ignore"):  # non-finite values are reported below
+            out, lam_inputs, proved = run(ctx, batch, *self._inputs_internal(arrays))
+            value = _shaped(np.asarray(out)[..., 0, 0], batch)
+            lam: list = [None] * len(self._units)
+            for u, g in zip(self._input_units, lam_inputs, strict=True):
+                lam[u.index] = g
+            grad = self._grads(lam, arrays, leads, batch, wanted)
+            finite = self._all_finite(value, grad, lam, leads, proved)
+        if not finite:
+            # which constraint: the values and every multiplier, by the separate passes
+            passes = self._both_passes(arrays, False, options, report=False)
+            values, lam = passes[4], passes[7]
+            self._warn(values, lam, batch, stacklevel=4, grad=grad)
         return value, grad
+
+    @property
+    def _input_units(self) -> list[Unit]:
+        """The units of the inputs, in the order the generated functions take them."""
+        return self._generator.inputs
+
+    def _value_and_grad_function(self, wrt: frozenset[str] | None) -> Callable:
+        """The generated forward and adjoint passes in one function (`_Generator.
+        value_and_grad`), for the gradients of ``wrt`` (None: every input); made on
+        the first call that asks for them."""
+        key = self._all_inputs if wrt is None else wrt
+        run = self._fused_passes.get(key)
+        if run is None:
+            wanted = frozenset(
+                u.index for u in self._units if u.kind == "input" and _owner(u) in key
+            )
+            source = self._generator.value_and_grad(self._saved, wanted)
+            namespace = dict(NUMPY_NAMESPACE)
+            namespace["_rt"] = _rt
+            code = _compile(source, "array program value_and_grad")
+            run = self._fused_passes[key] = _exec(code, namespace)["value_and_grad"]
+            self._fused_sources[key] = source
+        return run
+
+    @property
+    def value_and_grad_source(self) -> str:
+        """The generated code `value_and_grad` runs for the gradients of every input:
+        the forward pass, then the adjoint, each value deleted after its last use."""
+        self._value_and_grad_function(None)
+        return self._fused_sources[self._all_inputs]
+
+    def _all_finite(self, value: Any, grad: dict, lam: Any, leads: dict, proved: dict) -> bool:
+        """Whether the output and every gradient are finite.
+
+        Every gradient is checked, and the output: a NaN or an inf anywhere that matters
+        reaches one of them, and they are what is returned. A gradient that
+        `_rt.bounded` proved finite (one product of finite operands) is not read again,
+        unless `_grads` summed it over broadcast batch axes (a sum the bound does not
+        cover)."""
+        unread = [n for n, ok in proved.items() if ok and self._unsummed(lam, leads, n)]
+        return _finite(value) and all(_finite(g) for n, g in grad.items() if n not in unread)
 
     def _both_passes(
         self,
@@ -1576,6 +1809,7 @@ class ArrayProgram(CompiledProgram):
         options: dict,
         wrt=None,
         per_sample: bool = False,
+        report: bool = True,
     ):
         """Forward and adjoint passes. An intermediate the same for every sample (a
         constant, a function of parameters only) is one value, and its multiplier the
@@ -1583,25 +1817,30 @@ class ArrayProgram(CompiledProgram):
         for the adjoint instead, and so do the saved nodes that depend on it (the
         others, functions of inputs alone, keep summing into the inputs' gradients):
         ``solve`` reports λ per sample, as the contract says, at the memory of that
-        many copies."""
+        many copies. ``report``: a `NonFiniteWarning` where the output or a gradient is
+        not finite."""
         arrays, leads, batch = self._check(inputs, check_finite)
-        values, saved, ctx = self._forward(arrays, batch, options)
-        if per_sample and batch:
-            values = tuple(
-                np.broadcast_to(v, (*batch, *np.shape(v)))
-                if u.kind != "input" and np.ndim(v) == 2
-                else v
-                for u, v in zip(self._units, values, strict=True)
-            )
-            saved = tuple(
-                np.broadcast_to(v, (*batch, *np.shape(v))) if np.ndim(v) == 2 and moves else v
-                for v, moves in zip(saved, self._saved_per_sample, strict=True)
-            )
-        lam = self._adjoint(values, saved, ctx, batch, wrt)
-        value = self._output_value(values, batch)
-        grad = self._grads(lam, arrays, leads, batch, wrt)
-        if not _all_finite(value, grad):
-            self._warn(values, lam, batch, stacklevel=5)
+        ctx = self._call_context(options, batch)
+        adjoint = self._adjoint_function(wrt)
+        with np.errstate(all="ignore"):  # non-finite values are reported below
+            values, saved = self._functions["forward"](ctx, *self._inputs_internal(arrays))
+            if per_sample and batch:
+                values = tuple(
+                    np.broadcast_to(v, (*batch, *np.shape(v)))
+                    if u.kind != "input" and np.ndim(v) == 2
+                    else v
+                    for u, v in zip(self._units, values, strict=True)
+                )
+                saved = tuple(
+                    np.broadcast_to(v, (*batch, *np.shape(v))) if np.ndim(v) == 2 and moves else v
+                    for v, moves in zip(saved, self._saved_per_sample, strict=True)
+                )
+            lam, proved = adjoint(ctx, batch, *values, *saved)
+            value = self._output_value(values, batch)
+            grad = self._grads(lam, arrays, leads, batch, wrt)
+            finite = self._all_finite(value, grad, lam, leads, proved)
+        if not finite and report:
+            self._warn(values, lam, batch, stacklevel=5, grad=grad)
         return value, grad, arrays, batch, values, saved, ctx, lam
 
     def _eager_solve(self, inputs: Mapping[Any, Any], check_finite: bool, options: dict):
@@ -1751,6 +1990,22 @@ class ArrayProgram(CompiledProgram):
         return arr
 
     def _inputs_internal(self, arrays: dict) -> list[np.ndarray]:
+        whole = self.__dict__.get("_whole_inputs")
+        if whole is None:  # (name, rank) of each input unit, if each is a whole input
+            units = [u for u in self._units if u.kind == "input"]
+            ok = all(u.label in self._inputs for u in units)
+            whole = [(u.label, len(self._inputs[u.label].shape)) for u in units] if ok else []
+            self._whole_inputs = whole
+        if whole and all(type(arrays[name]) is np.ndarray for name, _ in whole):
+            # arrays of whole inputs (what `_check` hands over): a view each, or the array
+            return [
+                arrays[n]
+                if rank == 2
+                else arrays[n][..., None]
+                if rank == 1
+                else arrays[n][..., None, None]
+                for n, rank in whole
+            ]
         out = []
         for u in self._units:
             if u.kind != "input":
@@ -1767,27 +2022,38 @@ class ArrayProgram(CompiledProgram):
                 out.append(flat[..., k][..., None, None])
         return out
 
+    def _call_context(self, options: dict, batch: tuple) -> _Context:
+        """The per-call state of the generated code, the options checked (the options
+        of a call without any, checked once)."""
+        if options:
+            return _Context(self, self._solve_options(options, batch))
+        default = self.__dict__.get("_default_options")
+        if default is None:
+            default = self._default_options = self._solve_options({}, None)
+        return _Context(self, default)
+
     def _forward(self, arrays: dict, batch: tuple, options: dict):
-        ctx = _Context(self, self._solve_options(options, batch))
+        ctx = self._call_context(options, batch)
         with np.errstate(all="ignore"):
             values, saved = self._functions["forward"](ctx, *self._inputs_internal(arrays))
         return values, saved, ctx
 
-    def _adjoint(self, values, saved, ctx, batch, wrt: frozenset[str] | None = None):
-        adjoint = self._functions["adjoint"]
-        if wrt is not None and wrt != self._all_inputs:
-            adjoint = self._pruned.get(wrt)
-            if adjoint is None:
-                wanted = frozenset(
-                    u.index for u in self._units if u.kind == "input" and _owner(u) in wrt
-                )
-                source = self._generator.adjoint(self._saved, wanted)
-                namespace = dict(NUMPY_NAMESPACE)
-                namespace["_rt"] = _rt
-                code = _compile(source, "array program adjoint")
-                adjoint = self._pruned[wrt] = _exec(code, namespace)["adjoint"]
-        with np.errstate(all="ignore"):
-            return adjoint(ctx, tuple(batch), *values, *saved)
+    def _adjoint_function(self, wrt: frozenset[str] | None = None) -> Callable:
+        """The generated adjoint pass; with ``wrt``, the one pruned to those inputs
+        (generated on the first call that asks for them)."""
+        if wrt is None or wrt == self._all_inputs:
+            return self._functions["adjoint"]
+        adjoint = self._pruned.get(wrt)
+        if adjoint is None:
+            wanted = frozenset(
+                u.index for u in self._units if u.kind == "input" and _owner(u) in wrt
+            )
+            source = self._generator.adjoint(self._saved, wanted)
+            namespace = dict(NUMPY_NAMESPACE)
+            namespace["_rt"] = _rt
+            code = _compile(source, "array program adjoint")
+            adjoint = self._pruned[wrt] = _exec(code, namespace)["adjoint"]
+        return adjoint
 
     def _output_value(self, values: tuple, batch: tuple):
         v = np.asarray(values[self._output_unit.index])[..., 0, 0]
@@ -1800,8 +2066,16 @@ class ArrayProgram(CompiledProgram):
                 continue
             given = np.shape(arrays[name])
             lead = leads[name]
-            if var.matrix is not None or var.shape == ():
-                unit = self._by_key[var.matrix if var.matrix is not None else var.symbols[0]]
+            if var.matrix is not None:  # an array input: its multiplier as it is, mostly
+                unit = self._by_name[name]
+                g = lam[unit.index]
+                internal = lead + unit.shape
+                if type(g) is not np.ndarray or g.shape != internal or g.dtype != np.float64:
+                    g = np.zeros(internal) if g is None else _rt.sum_to(g, internal)
+                    g = np.asarray(g, dtype=np.float64)
+                out[name] = g.reshape(given)
+            elif var.shape == ():
+                unit = self._by_key[var.symbols[0]]
                 g = lam[unit.index]
                 internal = lead + unit.shape
                 g = np.zeros(internal) if g is None else _rt.sum_to(g, internal)
@@ -1815,6 +2089,12 @@ class ArrayProgram(CompiledProgram):
                     )
                 out[name] = _user_array(np.stack(parts, axis=-1).reshape(given))
         return out
+
+    def _unsummed(self, lam: tuple, leads: dict, name: str) -> bool:
+        """Whether `_grads` hands array input ``name``'s multiplier back as it is (not
+        summed over batch axes along which the input was broadcast)."""
+        unit = self._by_key[self._inputs[name].matrix]
+        return np.shape(lam[unit.index]) == leads[name] + unit.shape
 
     def _user_value(self, var: Any, store: tuple, batch: tuple, zero_missing: bool = False):
         def one(u: Unit) -> np.ndarray:
@@ -1852,30 +2132,55 @@ class ArrayProgram(CompiledProgram):
         worst = lambda parts: max((float(np.max(p, initial=0.0)) for p in parts), default=0.0)  # noqa: E731
         return {"max_dL_dlambda": worst(dlam), "max_dL_dz": worst(dz)}
 
-    def _warn(self, values: tuple, lam: tuple | None, batch: tuple, stacklevel: int) -> None:
+    def _warn(
+        self,
+        values: tuple,
+        lam: tuple | None,
+        batch: tuple,
+        stacklevel: int,
+        grad: dict | None = None,
+    ) -> None:
+        """A `NonFiniteWarning` naming where the first non-finite number appeared: the
+        first constraint in evaluation order whose value is not finite, else the first
+        in reverse order whose multiplier is not, else the first input whose gradient
+        is not (every value and multiplier finite: a vector-Jacobian product that is
+        not, an overflowing product or an infinite partial). Only called when the
+        output or a gradient is not finite, so it always warns."""
         import warnings
+
+        def warn(message: str) -> None:
+            warnings.warn(message, NonFiniteWarning, stacklevel=stacklevel + 1)
 
         for step in _steps(self._order):
             v = values[step.unit.index]
             if v is not None and not np.all(np.isfinite(v)):
-                warnings.warn(
+                warn(
                     f"the output is not finite: the value of constraint {step.label!r} is "
-                    "not finite",
-                    NonFiniteWarning,
-                    stacklevel=stacklevel,
+                    "not finite"
                 )
                 return
         if lam is not None:
             for step in reversed(_steps(self._order)):
                 g = lam[step.unit.index]
                 if g is not None and not np.all(np.isfinite(g)):
-                    warnings.warn(
+                    warn(
                         f"the gradient is not finite: the multiplier of constraint "
-                        f"{step.label!r} is not finite",
-                        NonFiniteWarning,
-                        stacklevel=stacklevel,
+                        f"{step.label!r} is not finite"
                     )
                     return
+        for name, g in (grad or {}).items():
+            if not np.all(np.isfinite(g)):
+                units = {u.index for u in self._units if _owner(u) == name}
+                readers = [st.label for st in _steps(self._order) if st.reads & units]
+                warn(
+                    f"the gradient is not finite: the gradient with respect to input "
+                    f"{name!r} is not finite, every value and multiplier being finite: a "
+                    f"vector-Jacobian product of constraint "
+                    f"{' or '.join(map(repr, readers[:5]))} is not (an overflowing product "
+                    "or an infinite partial derivative)"
+                )
+                return
+        warn("the output or its gradient is not finite")
 
 
 def _owner(u: Unit) -> str:

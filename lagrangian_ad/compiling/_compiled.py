@@ -713,10 +713,20 @@ class CompiledProgram:
         """Check the inputs; return the arrays, their batch axes, and the batch shape.
 
         With ``check_finite``, an input holding NaN or inf is a `ProgramError` (SciPy's
-        convention): one ``isfinite`` per input.
+        convention): one reduction per input (`_finite`), on every call. The checks of
+        shapes run once per combination of shapes (`_seen_shapes`).
         """
         if type(inputs) is dict and inputs.keys() == self._inputs.keys():
             given = inputs  # plain names, all present: nothing to map
+            seen = self._seen_shapes(given) if self.__dict__.get("_shapes") else None
+            if seen is not None:  # float64 arrays of shapes checked before
+                leads, batch = seen
+                arrays = {name: given[name] for name in self._inputs}
+                if check_finite:
+                    for name, arr in arrays.items():
+                        if not _finite(arr):
+                            raise _not_finite(f"input {name!r}", arr)
+                return arrays, leads, batch
         else:
             given = self._named(inputs)
         missing = [n for n in self._inputs if n not in given]
@@ -724,14 +734,17 @@ class CompiledProgram:
             raise ProgramError(f"missing input {', '.join(map(repr, missing))}")
         arrays: dict[str, np.ndarray] = {}
         leads: dict[str, tuple[int, ...]] = {}
+        remember = given is inputs  # whether all are float64 arrays, for `_seen_shapes`
         for name, var in self._inputs.items():
             value = given[name]
             if type(value) is float and var.shape == ():  # the common scalar case, cheaply
                 if check_finite and not math.isfinite(value):
                     raise _not_finite(f"input {name!r}", value)
                 arrays[name], leads[name] = value, ()
+                remember = False
                 continue
             arr = _as_float_array(value, f"input {name!r}")
+            remember = remember and arr is value and type(arr) is np.ndarray
             if check_finite and not _finite(arr):
                 raise _not_finite(f"input {name!r}", arr)
             nd = len(var.shape)
@@ -749,7 +762,31 @@ class CompiledProgram:
         except ValueError:
             desc = ", ".join(f"{n}: {s}" for n, s in leads.items())
             raise ProgramError(f"the batch axes of the inputs do not broadcast ({desc})") from None
+        if remember:
+            self._remember_shapes(given, leads, batch)
         return arrays, leads, batch
+
+    # The checks of shapes above, once per combination of shapes: a call with float64
+    # arrays of shapes seen before only looks up the batch axes (the values are still
+    # checked for NaN and inf on every call). A few combinations are kept (batch sizes
+    # vary in a loop over a data set with a short last batch).
+    _SHAPES_KEPT = 16
+
+    def _seen_shapes(self, given: dict) -> tuple[dict, tuple[int, ...]] | None:
+        cache = self.__dict__["_shapes"]
+        key = []
+        for name in self._inputs:
+            v = given[name]
+            if type(v) is not np.ndarray or v.dtype != np.float64:
+                return None
+            key.append(v.shape)
+        return cache.get(tuple(key))
+
+    def _remember_shapes(self, given: dict, leads: dict, batch: tuple[int, ...]) -> None:
+        cache = self.__dict__.setdefault("_shapes", {})
+        if len(cache) >= self._SHAPES_KEPT:
+            cache.clear()
+        cache[tuple(given[n].shape for n in self._inputs)] = (leads, batch)
 
     def _entries(self, arrays: dict, leads: dict, batch: tuple[int, ...]) -> list:
         """One value per scalar input entry: floats for one sample, else arrays."""

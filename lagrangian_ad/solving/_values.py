@@ -103,12 +103,31 @@ def _not_finite(what: str, value: Any) -> ProgramError:
 def _finite(v: Any) -> bool:
     """Whether a float, or every entry of an array, is finite.
 
-    An array's sum is finite only if every entry is (a NaN or an inf carries through),
-    and summing needs no temporary array; a sum that overflows is checked entry by entry.
+    One reduction that every NaN and inf reaches, reading the array once and making no
+    temporary. A sum: a NaN or an inf carries through it (+inf and -inf make NaN). For
+    large contiguous arrays, the sum of squares ``a·a`` instead (one BLAS ``ddot``,
+    about 1.5× faster than ``numpy.sum``'s pairwise summation): each term is a square,
+    NaN for a NaN and +inf for ±inf, and no term is negative, so nothing cancels. Either
+    is finite exactly when every entry is, unless it overflows (squares of entries past
+    about 1e154, silenced here), which reads as not finite and is then checked entry by
+    entry. NumPy's own ``dot``: the BLAS of the matrix products, so no second BLAS
+    thread pool runs beside theirs.
     """
     if type(v) is float:
         return math.isfinite(v)
-    return math.isfinite(np.sum(v)) or bool(np.isfinite(v).all())
+    a = np.asarray(v)
+    if a.size >= _DOT_MIN and a.dtype == np.float64 and a.flags.c_contiguous:
+        flat = a.reshape(-1)
+        with np.errstate(over="ignore"):
+            if math.isfinite(np.dot(flat, flat)):
+                return True
+    elif math.isfinite(_add_reduce(a, None)):  # a.sum() without its Python wrapper
+        return True
+    return bool(np.isfinite(a).all())
+
+
+_DOT_MIN = 1 << 16  # entries: below, a sum costs less than the dot and its errstate
+_add_reduce = np.add.reduce
 
 
 def _all_finite(value: Array, grad: dict[str, Array]) -> bool:

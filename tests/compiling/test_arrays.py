@@ -7,6 +7,9 @@ and JAX where it is installed.
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -512,3 +515,160 @@ def test_sigmoid_and_softplus_compile_and_do_not_overflow(array):
     softplus = np.maximum(u0, 0) + np.log1p(np.exp(-np.abs(u0)))
     np.testing.assert_allclose(value, sig.sum() + 2 * softplus.sum(), rtol=1e-15)
     np.testing.assert_allclose(grad["u"], sig * (1 - sig) + 2 * sig, rtol=1e-14, atol=1e-300)
+
+
+# --------------------------------------------------------------------------- non-finite
+
+
+def test_non_finite_inputs_are_refused_on_every_call_of_known_shapes():
+    # The second call with the same shapes takes the cached shape checks; its values
+    # are checked all the same: a NaN in a weight, an inf in the data.
+    fn = _mlp().compile()
+    v = _mlp_inputs(np.random.default_rng(3), (4,))
+    fn.value_and_grad(v)
+    for name, where, bad in (("W1", (2, 1), np.nan), ("x", (3, 0), -np.inf)):
+        w = dict(v)
+        w[name] = v[name].copy()
+        w[name][where] = bad
+        with pytest.raises(lad.ProgramError, match=rf"input '{name}' holds -?(nan|inf) at index"):
+            fn.value_and_grad(w)
+        with pytest.raises(lad.ProgramError, match=rf"input '{name}'"):
+            fn.value(w)
+    w = dict(v, W1=v["W1"][:, :3])  # a shape not seen: checked as ever
+    with pytest.raises(lad.ProgramError, match=r"input 'W1': expected .* \(6, 4\)"):
+        fn.value_and_grad(w)
+
+
+def test_non_finite_results_of_finite_inputs_are_reported():
+    # Large finite weights: exp(y) overflows in the log-sum-exp, so the loss is inf and
+    # its gradients NaN; the warning names the first constraint that is not finite.
+    fn = _mlp().compile()
+    v = _mlp_inputs(np.random.default_rng(4), (3,))
+    v["W2"] = np.full_like(v["W2"], 1e300)
+    v["b2"] = np.full_like(v["b2"], 1e300)
+    with pytest.warns(lad.NonFiniteWarning, match="constraint 'lse'"):
+        value, grad = fn.value_and_grad(v, wrt=["W1", "W2"])
+    assert not np.isfinite(value).all()
+    # Only a gradient is not finite: with x = 1e307 (and W1 x moderate) the loss is
+    # finite but ∂/∂W1 = (λ_h ∘ (1 − h²)) xᵀ overflows where |λ_h (1 − h²)| > 18.
+    v = _mlp_inputs(np.random.default_rng(5), ())
+    v.update(x=np.full(4, 1e307), W1=np.full((6, 4), 1e-308), b1=np.zeros(6))
+    v["W2"] = 100 * v["W2"]
+    with np.errstate(over="ignore"):
+        loss, want, _, _ = _mlp_by_hand(v)
+    assert np.isfinite(loss) and not np.isfinite(want["W1"]).all()
+    with pytest.warns(lad.NonFiniteWarning, match="respect to input 'W1' is not finite.*'h'"):
+        value, grad = fn.value_and_grad(v, wrt=["W1", "b1"])
+    assert value == pytest.approx(loss, rel=1e-12)
+    assert (np.isfinite(grad["W1"]) == np.isfinite(want["W1"])).all()
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e150, 1e153, 1e154, 1e155, 1e200])
+@pytest.mark.parametrize("batch", [(), (3,), (40,)])
+def test_a_product_proved_finite_by_its_bound_is_finite(scale, batch):
+    # ∂/∂W of W x is g xᵀ summed over the batch; `bounded` says whether it is finite,
+    # reading g and x where they are smaller than the product. Checked against the
+    # product itself, near overflow and with a NaN or an inf in an operand.
+    from lagrangian_ad.compiling._array_engine import _rt
+
+    rng = np.random.default_rng(6)
+    W = rng.normal(size=(200, 300))
+    for bad in (None, np.nan, np.inf):
+        g = scale * rng.normal(size=(*batch, 200, 1))
+        x = scale * rng.normal(size=(*batch, 300, 1))
+        if bad is not None:
+            x[(0,) * len(batch) + (7, 0)] = bad
+        with np.errstate(all="ignore"):  # as in the generated code
+            c = _rt.matmul_ga(g, W, x)
+            proved = _rt.bounded(c, g, x)
+        assert c.shape == (200, 300)
+        assert proved == bool(np.isfinite(c).all()), (bad, scale, batch)
+
+
+def test_value_and_grad_frees_each_value_after_its_last_use():
+    # A deep tanh network: value_and_grad runs the forward pass and the adjoint as one
+    # function that deletes each value after its last use (a pre-activation as soon as
+    # its tanh is taken, an activation once its layer's multiplier is formed), so its
+    # peak memory is a few layers' worth, not every value and multiplier at once.
+    import tracemalloc
+
+    width, depth, batch = 64, 8, 512
+    prog = lad.Program()
+    h = prog.input("x", (width,), array=True)
+    Ws = [prog.input(f"W{k}", (width, width), array=True) for k in range(depth)]
+    for k, W in enumerate(Ws):
+        h = prog.define(f"h{k}", lad.tanh(W @ h))
+    prog.define("out", lad.sum(lad.mul(h, h)))
+    fn = prog.compile()
+    rng = np.random.default_rng(7)
+    v = {"x": rng.normal(size=(batch, width))}
+    v |= {f"W{k}": rng.normal(size=(width, width)) / 8 for k in range(depth)}
+    source = fn.value_and_grad_source
+    assert re.search(r"\n    del .*\bh0\b", source) and "_t = _rt.Shape(_t)" in source
+    value, grad = fn.value_and_grad(v)
+    sol = fn.solve(v)
+    np.testing.assert_allclose(value, sol.value, rtol=1e-14)
+    for name in v:
+        np.testing.assert_allclose(grad[name], sol.grad[name], rtol=1e-13, atol=1e-15)
+    layer = batch * width * 8  # bytes of one value or multiplier of a layer
+
+    def peak(call) -> int:
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            result = call()
+            _, top = tracemalloc.get_traced_memory()
+            del result
+        finally:
+            tracemalloc.stop()
+        return top
+
+    fused = peak(lambda: fn.value_and_grad(v))
+    apart = peak(lambda: fn._both_passes(v, True, {})[:2])  # forward, then the adjoint
+    gradients = depth * width * width * 8 + layer
+    # backprop keeps the activations until the adjoint reaches them: depth layers, and
+    # a few being formed; the passes apart also keep the pre-activations and every
+    # multiplier
+    assert fused - gradients < (depth + 4) * layer
+    assert apart - gradients > 2 * depth * layer
+
+
+def test_elementwise_functions_write_in_place_only_over_arrays_of_their_own():
+    # tanh(W x + b) is computed over the array of W x + b, which nothing else holds;
+    # tanh(x) and exp(-x) of an input never write over the input.
+    prog = lad.Program()
+    x = prog.input("x", (5,), array=True)
+    W = prog.input("W", (5, 5), array=True)
+    b = prog.input("b", (5,), array=True)
+    h = prog.define("h", lad.tanh(W @ x + b))
+    u = prog.define("u", lad.tanh(x))
+    e = prog.define("e", lad.exp(-x))
+    prog.define("out", lad.sum(lad.mul(h, u)) + lad.sum(e))
+    fn = prog.compile()
+    assert "_rt.into(numpy.tanh, _t + b)" in fn.forward_source
+    assert "u = numpy.tanh(x)" in fn.forward_source
+    rng = np.random.default_rng(8)
+    for batch in ((), (4,)):
+        v = {"x": rng.normal(size=(*batch, 5)), "W": rng.normal(size=(5, 5))}
+        v["b"] = rng.normal(size=5)
+        before = {k: a.copy() for k, a in v.items()}
+        value, _ = fn.value_and_grad(v)
+        for k in v:
+            np.testing.assert_array_equal(v[k], before[k])
+        hh = np.tanh(v["x"] @ v["W"].T + v["b"])
+        want = (hh * np.tanh(v["x"])).sum(-1) + np.exp(-v["x"]).sum(-1)
+        np.testing.assert_allclose(value, want, rtol=1e-14)
+        testing.check_grads(fn, v)
+
+
+def test_one_warning_per_call_that_is_not_finite():
+    fn = _mlp().compile()
+    v = _mlp_inputs(np.random.default_rng(9), (2,))
+    v["x"] = v["x"].copy()
+    v["x"][1, 2] = np.nan
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn.value_and_grad(v, check_finite=False)
+    (warning,) = [w for w in caught if issubclass(w.category, lad.NonFiniteWarning)]
+    assert "constraint 'h'" in str(warning.message)
+    assert warning.filename == __file__  # the caller's line
