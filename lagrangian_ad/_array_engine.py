@@ -145,6 +145,31 @@ class _rt:
         return np.broadcast_to(g, np.broadcast_shapes(np.shape(g), a.shape))
 
     @staticmethod
+    def gather(a: np.ndarray, ix: Any, shape: tuple[int, int]) -> np.ndarray:
+        """The entries of ``a`` (C order) at the flat indices ``ix`` (an index array, a
+        slice, or None: all of them in order) as an array of ``shape``."""
+        lead = a.shape[:-2]
+        if ix is None:
+            return a.reshape(lead + shape)
+        return a.reshape((*lead, -1))[..., ix].reshape(lead + shape)
+
+    @staticmethod
+    def scatter(g: np.ndarray, a: np.ndarray, ix: Any, unique: bool) -> np.ndarray:
+        """∂/∂a of ⟨g, gather(a, ix)⟩: ``g`` added at the indices, summed to a's shape."""
+        if a.ndim == 2 and g.ndim > 2:
+            g = g.reshape(-1, *g.shape[-2:]).sum(axis=0)
+        lead = g.shape[:-2]
+        if ix is None:
+            return _rt.sum_to(g.reshape(lead + a.shape[-2:]), a.shape)
+        out = np.zeros((*lead, a.shape[-2] * a.shape[-1]))
+        flat = g.reshape((*lead, -1))
+        if unique:
+            out[..., ix] = flat
+        else:
+            np.add.at(out, (Ellipsis, ix), flat)
+        return _rt.sum_to(out.reshape(lead + a.shape[-2:]), a.shape)
+
+    @staticmethod
     def add_entry(acc: Any, g: np.ndarray, shape: tuple[int, int], i: int, j: int) -> np.ndarray:
         """``acc`` (None or an array of this module's own) plus ``g`` at entry (i, j)."""
         if acc is None:
@@ -229,6 +254,8 @@ class _Rules:
         if n.op == "entry":
             i, j = n.data
             return f"{a[0]}[..., {i}:{i + 1}, {j}:{j + 1}]"
+        if n.op == "gather":
+            return f"_rt.gather({a[0]}, {n.data[0]}, {n.shape})"
         raise AssertionError(n.op)
 
     # vector-Jacobian ------------------------------------------------------
@@ -263,6 +290,8 @@ class _Rules:
             return [(0, f"_rt.total_vjp({g}, {a[0]})")]
         if n.op == "entry":
             return [(0, None)]
+        if n.op == "gather":
+            return [(0, f"_rt.scatter({g}, {a[0]}, {n.data[0]}, {n.data[1]})")]
         raise AssertionError(n.op)
 
     def vjp_tangent(self, w: _Writer, n: Node, g: str, dg: str | None, a: list[str], da: list):
@@ -299,7 +328,7 @@ class _Rules:
             if da[0] is not None:
                 terms_b.append(f"_rt.matmul_gb({g}, {da[0]}, {a[1]})")
             return [(k, " + ".join(t)) for k, t in ((0, terms_a), (1, terms_b)) if t]
-        if dg is None:  # transpose, sum and entries: linear in g alone
+        if dg is None:  # transpose, sum, entries and gathers: linear in g alone
             return []
         return self.vjp(w, n, dg, a, n.name, "")
 
@@ -333,7 +362,7 @@ class _Rules:
             return " + ".join(terms) if terms else None
         if d[0] is None:
             return None
-        return self.value(n, [d[0]])  # transpose, sum and entries are linear
+        return self.value(n, [d[0]])  # transpose, sum, entries and gathers are linear
 
 
 # --------------------------------------------------------------------------- passes
@@ -814,6 +843,8 @@ def _block_reads(b: _Block) -> set[int]:
 
 
 def _const_code(value: Any) -> str:
+    if isinstance(value, str):  # the name of one of the program's `_constants`
+        return value
     if isinstance(value, np.ndarray):
         return repr(value.tolist())
     return float_text(sp.Float(value))
@@ -1395,8 +1426,13 @@ class ArrayProgram(CompiledProgram):
             if c.target is not None
         ]
         steps += self._equations(ir, low, steps)
+        self._compile_steps(steps, self._by_key[ir.output], forms)
+
+    def _compile_steps(self, steps: list[Step], output: Unit, forms: FormTable) -> None:
+        """Order the lowered constraints, generate and compile every pass (``self._units``
+        are the units they read and define)."""
         self._order = _order(steps, self._units)
-        self._output_unit = self._by_key[ir.output]
+        self._output_unit = output
         gen = _Generator(self._units, self._order, self._output_unit, forms)
         forward, saved = gen.forward()
         # the saved node values that depend on an intermediate (`_both_passes`)
@@ -1419,9 +1455,7 @@ class ArrayProgram(CompiledProgram):
         self._forward_source, self._adjoint_source = forward, adjoint
         self._tangent_source = tangent
         source = "\n".join([forward, adjoint, tangent, self._block_source])
-        namespace = dict(NUMPY_NAMESPACE)
-        namespace["_rt"] = _rt
-        self._functions = _exec(_compile(source, "array program"), namespace)
+        self._functions = _exec(_compile(source, "array program"), self._namespace())
         self._solvers: dict[int, Any] = {}
         first = 0
         self._cyclic_vars: dict[str, list[int]] = {}  # name -> flat indices of its unknowns
@@ -1441,6 +1475,12 @@ class ArrayProgram(CompiledProgram):
         self._pruned: dict[frozenset[str], Any] = {}  # adjoints for some inputs only
         self._stationarity = None
         self._all_inputs = frozenset(self._inputs)
+
+    _constants: Mapping[str, np.ndarray] = {}  # named arrays the generated code reads
+
+    def _namespace(self) -> dict[str, Any]:
+        """The globals of this program's generated code."""
+        return {**NUMPY_NAMESPACE, "_rt": _rt, **self._constants}
 
     def _equations(self, ir: ProgramIR, low: Lowering, steps: list[Step]) -> list[Step]:
         """The implicit equations, each matched to an unknown it reads (SciPy's maximum
@@ -1550,6 +1590,16 @@ class ArrayProgram(CompiledProgram):
         ``solve`` reports λ per sample, as the contract says, at the memory of that
         many copies."""
         arrays, leads, batch = self._check(inputs, check_finite)
+        value, grad, values, saved, ctx, lam = self._passes(
+            arrays, leads, batch, options, wrt, per_sample
+        )
+        if not _all_finite(value, grad):
+            self._warn(values, lam, batch, stacklevel=5)
+        return value, grad, arrays, batch, values, saved, ctx, lam
+
+    def _passes(self, arrays: dict, leads: dict, batch: tuple, options: dict, wrt, per_sample):
+        """`_both_passes` on checked inputs, without the warning: (value, grad, values,
+        saved, ctx, lam)."""
         values, saved, ctx = self._forward(arrays, batch, options)
         if per_sample and batch:
             values = tuple(
@@ -1565,9 +1615,7 @@ class ArrayProgram(CompiledProgram):
         lam = self._adjoint(values, saved, ctx, batch, wrt)
         value = self._output_value(values, batch)
         grad = self._grads(lam, arrays, leads, batch, wrt)
-        if not _all_finite(value, grad):
-            self._warn(values, lam, batch, stacklevel=5)
-        return value, grad, arrays, batch, values, saved, ctx, lam
+        return value, grad, values, saved, ctx, lam
 
     def _eager_solve(self, inputs: Mapping[Any, Any], check_finite: bool, options: dict):
         value, grad, arrays, batch, values, saved, ctx, lam = self._both_passes(
@@ -1618,9 +1666,7 @@ class ArrayProgram(CompiledProgram):
         dots = self._tangents(vectors, arrays, check_finite)
         if self._hvp is None:
             source = self._generator.hvp(self._saved)
-            namespace = dict(NUMPY_NAMESPACE)
-            namespace["_rt"] = _rt
-            self._hvp = _exec(_compile(source, "array program hvp"), namespace)["hvp"]
+            self._hvp = _exec(_compile(source, "array program hvp"), self._namespace())["hvp"]
             self._hvp_source = source
         values, saved, ctx = self._forward(arrays, batch, options)
         with np.errstate(all="ignore"):
@@ -1747,10 +1793,8 @@ class ArrayProgram(CompiledProgram):
                     u.index for u in self._units if u.kind == "input" and _owner(u) in wrt
                 )
                 source = self._generator.adjoint(self._saved, wanted)
-                namespace = dict(NUMPY_NAMESPACE)
-                namespace["_rt"] = _rt
                 code = _compile(source, "array program adjoint")
-                adjoint = self._pruned[wrt] = _exec(code, namespace)["adjoint"]
+                adjoint = self._pruned[wrt] = _exec(code, self._namespace())["adjoint"]
         with np.errstate(all="ignore"):
             return adjoint(ctx, tuple(batch), *values, *saved)
 
@@ -1803,10 +1847,8 @@ class ArrayProgram(CompiledProgram):
         |∂L/∂z| over every intermediate, at the returned values and multipliers."""
         if self._stationarity is None:
             source = self._generator.stationarity(self._saved)
-            namespace = dict(NUMPY_NAMESPACE)
-            namespace["_rt"] = _rt
             code = _compile(source, "array program stationarity")
-            self._stationarity = _exec(code, namespace)["stationarity"]
+            self._stationarity = _exec(code, self._namespace())["stationarity"]
         lams = [
             np.zeros(u.shape) if lam[u.index] is None else lam[u.index]
             for u in self._units

@@ -1,4 +1,4 @@
-"""Structure-aware evaluation: constraints of one form run as one vectorized group.
+"""The grouped engine: the groups of `_grouping.plan` evaluated, for cyclic programs.
 
 Big programs are written entry by entry but are array programs underneath: the sixteen
 constraints pre_i = Σ_j W1_ij x_j + b1_i of a dense layer share one form and read the
@@ -44,7 +44,7 @@ from ._blocks import BlockReport, BlockSolver, SolveOptions, _anderson, _Factori
 from ._errors import ConvergenceError
 from ._forms import Form, _differentiate, _print, _print_shared, _SparseDiff
 
-__all__ = ["GroupedEngine", "worth_grouping"]
+__all__ = ["GroupedEngine"]
 
 MIN_CONTRACT = 8  # a sum with at least this many products is contracted as a matmul
 
@@ -427,57 +427,6 @@ class _BlockPlan:
 class _Step:
     groups: list[_Group] = field(default_factory=list)
     block: _BlockPlan | None = None
-
-
-def plan(graph, em) -> list[tuple[str, Any]]:
-    """The grouping, without any symbolic work: steps in order, each
-    ("groups", [member tuples]) for explicit constraints at one depth, or
-    ("block", (block, its member tuples)) for a cyclic block."""
-    loc = em.loc
-    n_in = graph.n_inputs
-    depth_of_var = [0] * len(graph.symbols)
-    steps: list[tuple[int, int, str, Any]] = []
-    keyed: dict[tuple, list[int]] = {}
-    for _k, b in enumerate(graph.blocks):
-        unknowns = frozenset(b.unknowns)
-        d = 1 + max(
-            (
-                depth_of_var[v]
-                for e in b.constraints
-                for v in graph.reads(e)
-                if v >= n_in and v not in unknowns
-            ),
-            default=0,
-        )
-        for v in b.unknowns:
-            depth_of_var[v] = d
-        if b.explicit:
-            (e,) = b.constraints
-            keyed.setdefault((d, *_key(graph, em, loc, e, frozenset())), []).append(e)
-        else:
-            inner: dict[tuple, list[int]] = {}
-            for e in b.constraints:
-                inner.setdefault(_key(graph, em, loc, e, unknowns), []).append(e)
-            steps.append((d, 1, "block", (b, [tuple(m) for m in inner.values()])))
-    by_depth: dict[int, list] = {}
-    for key, members in keyed.items():
-        by_depth.setdefault(key[0], []).append(tuple(members))
-    steps += [(d, 0, "groups", groups) for d, groups in by_depth.items()]
-    steps.sort(key=lambda s: (s[0], s[1]))
-    return [(kind, what) for _, _, kind, what in steps]
-
-
-def _key(graph, em, loc, e: int, unknowns: frozenset) -> tuple:
-    t = graph.targets[e]
-    sources = tuple(-1 if p in unknowns else loc[p][0] for p in graph.parents[e])
-    target = None if t is None else (-1 if t in unknowns else loc[t][0])
-    return target, id(em.forms[e]), sources
-
-
-def worth_grouping(steps: list, n_constraints: int) -> bool:
-    """Whether grouping pays: big programs whose groups average at least 4 members."""
-    n_groups = sum(len(what) if kind == "groups" else len(what[1]) for kind, what in steps)
-    return n_constraints >= 16 and 4 * n_groups <= n_constraints
 
 
 class GroupedEngine:

@@ -63,7 +63,7 @@ def _mlp_inputs(batch, n_in=5, n_hidden=12, seed=0):
 
 def test_dense_layer_against_numpy_backprop():
     fn = _mlp().compile()
-    assert fn._grouped is not None and fn._grouped.n_groups == 4
+    assert fn.engine == "lowered" and fn._lowered.n_groups == 4
     inp = _mlp_inputs(300)
     value, grad = fn.value_and_grad(inp)
     X, T, W1, b1, w2 = (inp[k] for k in ("x", "t", "W1", "b1", "w2"))
@@ -151,7 +151,7 @@ def test_contraction_variants_against_finite_differences():
     s = prog.define("s", sum(sp.sin(u[i]) * v[i] + w[i] ** 2 for i in range(n)))
     prog.define("out", sum(s * x[j] for j in range(k)) / 10)
     fn = prog.compile()
-    assert fn.engine == "grouped"
+    assert fn.engine == "lowered"
     inp = {
         "x": rng.standard_normal((5, k)),
         "A": rng.standard_normal((n, k)) / 3,
@@ -250,7 +250,7 @@ def _ift(inp):
 def test_equilibrium_by_iteration_against_the_implicit_function_theorem(method):
     n, d = 30, 4
     fn = _equilibrium(n, d).compile()
-    assert fn.engine == "grouped"
+    assert fn.engine == "lowered"
     inp = _equilibrium_inputs(n, d, 40)
     H, lam, grads = _ift(inp)
     sol = fn.solve(inp, method=method)
@@ -274,7 +274,7 @@ def test_equilibrium_by_iteration_against_the_implicit_function_theorem(method):
 def test_equilibrium_other_methods_agree(method):
     n, d = 16, 3
     fn = _equilibrium(n, d).compile()
-    assert fn.engine == "grouped"
+    assert fn.engine == "lowered"
     inp = _equilibrium_inputs(n, d, 6, seed=4)
     _, _, grads = _ift(inp)
     _, grad = fn.value_and_grad(inp, method=method)
@@ -292,7 +292,7 @@ def test_non_contractive_block_falls_back_to_newton():
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     W = -3.0 * Q  # f′ = −3·diag(tanh′) Q: the plain iteration oscillates and grows
     fn = _equilibrium(n, d, numeric_W=np.round(W, 12)).compile()
-    assert fn.engine == "grouped"
+    assert fn.engine == "lowered"
     inp = _equilibrium_inputs(n, d, 3, seed=2)
     del inp["W"]
     inp["b"] = inp["b"] * 0
@@ -313,7 +313,7 @@ def test_equilibrium_with_numeric_weights_is_one_matrix_product():
     inp = _equilibrium_inputs(n, d, 8, seed=7)
     W = np.round(inp.pop("W"), 10)
     fn = _equilibrium(n, d, numeric_W=W).compile()
-    (step,) = [s for s in fn._grouped.steps if s.block is not None]
+    (step,) = [s for s in fn._lowered.engine.steps if s.block is not None]
     (group,) = step.block.groups
     assert [c.vary.store for c in group.contractions].count(None) == 1  # W: constants
     _, _, grads = _ift({**inp, "W": W})
@@ -347,7 +347,7 @@ def test_adjoint_falls_back_to_the_factorization(monkeypatch):
     monkeypatch.setattr(grouped, "_mixed_richardson", failing)
     n, d = 16, 3
     fn = _equilibrium(n, d).compile()
-    assert fn.engine == "grouped"
+    assert fn.engine == "lowered"
     inp = _equilibrium_inputs(n, d, 5, seed=8)
     _, grad = fn.value_and_grad(inp, method="anderson")  # the forward pass by Anderson
     assert calls
@@ -380,7 +380,7 @@ def test_auto_chooses_by_the_measured_cost_of_the_inner_iterations(rho, expected
 
     fn = _equilibrium(16, 3).compile()
     inp = _rotation_equilibrium(rho, 2)
-    (plan,) = [s.block for s in fn._grouped.steps if s.block is not None]
+    (plan,) = [s.block for s in fn._lowered.engine.steps if s.block is not None]
     assert grouped._inner_budget(plan, (2,)) < 100
     sol = fn.solve(inp)
     assert sol.blocks[0].method == expected
@@ -492,7 +492,7 @@ def _coupled(kind: str):
         prog.define(h, sp.Matrix([v[i] - k * (1 / (1 + (v[i] - x) ** 2) - e) for i in range(_N)]))
     prog.define("y", sp.Add(*h))
     fn = prog.compile()
-    assert fn.engine == "grouped"
+    assert fn.engine == "lowered"
     return fn
 
 
