@@ -30,17 +30,18 @@ for one sample, where Python floats are fastest, and the lowered program for bat
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import sympy as sp
 
-from ._array_engine import ArrayProgram, _Namer, _rt
+from ._array_engine import ArrayProgram, _Krylov, _Namer, _rt
 from ._codegen import _Printer
 from ._compiled import CompiledProgram
 from ._forms import Form, FormTable
-from ._grouped import GroupedEngine
+from ._inexact import InexactNewton
 from ._lowering import Lowering, Node, Step, Unit
 from ._values import Solution, _shaped, _user_array
 
@@ -374,6 +375,9 @@ class LoweredProgram(ArrayProgram):
             for k, members in enumerate(groups)
         ]
         self._compile_steps(lowered, units[unit[graph.output]], lowering.low.forms)
+        for k, solver in self._solvers.items():  # large blocks: inexact Newton first
+            if isinstance(solver, _Krylov):
+                self._solvers[k] = InexactNewton(solver.code, solver.variables[0])
         self._place = [(unit[v], pos[v]) for v in range(len(graph.symbols))]
         self._output_place = self._place[graph.output]
         self._n_inputs = graph.n_inputs
@@ -463,75 +467,14 @@ class LoweredProgram(ArrayProgram):
         for k, members in enumerate(self._groups):
             for m, e in enumerate(members):
                 lams[e] = entry(lam, first + k, m)
-        reports = tuple(
-            dataclasses.replace(ctx.reports[k], variables=self._block_names[k])
-            for k in sorted(ctx.reports)
-        )
-        return value, grad, z, lams, reports
-
-
-class _GroupedBatches:
-    """The grouped engine (`_grouped`), for programs with cyclic blocks: the calls of
-    `LoweredProgram` on its stores, shape (entries, batch…)."""
-
-    def __init__(self, program: CompiledProgram, steps: list):
-        code = program._code
-        self.engine = GroupedEngine(
-            program.ir, program.graph, code.emitter, code.block_solvers, steps
-        )
-        self.inputs, self.graph = program._inputs, program.graph
-
-    @property
-    def n_groups(self) -> int:
-        return self.engine.n_groups
-
-    def _run(self, owner, arrays, leads, batch, options, adjoint: bool, report: bool = False):
-        nd = len(batch)
-        ins = []
-        for name, var in self.inputs.items():
-            lead = leads[name]
-            a = np.reshape(arrays[name], (*lead, var.size))
-            a = a.transpose((len(lead), *range(len(lead))))  # entries first
-            ins.append(a.reshape((var.size,) + (1,) * (nd - len(lead)) + lead))
-        ctx = owner._context(options, batch)
-        with np.errstate(all="ignore"):  # non-finite results: a NonFiniteWarning instead
-            return self.engine.run(ins, batch, ctx, adjoint, report)
-
-    def _output(self, stores: list, batch: tuple[int, ...]):
-        s, e = self.engine.output
-        return _shaped(stores[s][e], batch)
-
-    def _grads(self, accs: list, arrays: dict) -> dict:
-        return {
-            name: _user_array(
-                accs[k].transpose((*range(1, accs[k].ndim), 0)).reshape(np.shape(arrays[name]))
-            )
-            for k, name in enumerate(self.inputs)
-        }
-
-    def batch_value(self, arrays: dict, leads: dict, batch: tuple, options: dict, owner):
-        stores, _, _ = self._run(owner, arrays, leads, batch, options, adjoint=False)
-        return self._output(stores, batch)
-
-    def batch_value_and_grad(self, arrays: dict, leads: dict, batch: tuple, options: dict, owner):
-        stores, accs, _ = self._run(owner, arrays, leads, batch, options, adjoint=True)
-        return self._output(stores, batch), self._grads(accs, arrays)
-
-    def batch_solve(self, arrays: dict, leads: dict, batch: tuple, options: dict, owner):
-        stores, accs, blocks = self._run(owner, arrays, leads, batch, options, True, report=True)
-        graph, loc = self.graph, self.engine.loc
-        n_lam = len(graph.targets)
-        z = [stores[s][j] for s, j in loc[graph.n_inputs :]]
-        lam: list = [None] * n_lam
-        for info in blocks.values():
-            for r, e in enumerate(info["constraints"]):
-                lam[e] = info["lam"][r]
-        for e, t in enumerate(graph.targets):
-            if lam[e] is None:
-                s, j = loc[t]
-                lam[e] = accs[s][j]
-        reports = tuple(blocks[k]["report"] for k in sorted(blocks))
-        return self._output(stores, batch), self._grads(accs, arrays), z, lam, reports
+        reports = []
+        for k in sorted(ctx.reports):
+            report = dataclasses.replace(ctx.reports[k], variables=self._block_names[k])
+            solver = self._solvers[k]
+            if isinstance(solver, InexactNewton) and math.isnan(report.condition):
+                report = dataclasses.replace(report, condition=solver.condition(ctx))
+            reports.append(report)
+        return value, grad, z, lams, tuple(reports)
 
 
 class GroupedProgram(CompiledProgram):
@@ -543,8 +486,6 @@ class GroupedProgram(CompiledProgram):
         steps = plan(self.graph, self._code.emitter)
         if not worth_grouping(steps, len(self.ir.constraints)):
             return None
-        if self.graph.cyclic_blocks:  # (not yet lowered: their solvers are the grouped engine's)
-            return _GroupedBatches(self, steps)
         lowered = LoweredProgram(self.ir, self.graph, self._code.emitter, steps)
         lowered.set_cyclic_vars(self._cyclic_vars)
         return lowered
@@ -555,6 +496,20 @@ class GroupedProgram(CompiledProgram):
         (per-scalar code for one sample; for batches the array engine, on the program
         lowered to one array constraint per group of constraints of one form)."""
         return "lowered" if self._lowered is not None else "entries"
+
+    @property
+    def source(self) -> str:
+        """All generated source: the per-scalar code, then the lowered program's."""
+        if self._lowered is None:
+            return super().source
+        lowered = f"# batches: the program lowered by groups (array engine)\n{self._lowered.source}"
+        return f"{super().source}\n{lowered}"
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        if self._lowered is None:
+            return text
+        return f"{text[:-1]}, lowered to {self._lowered.n_groups} array constraints for batches>"
 
     def _batched(self, batch: tuple[int, ...]) -> bool:
         return self._lowered is not None and batch != () and self._fused is None
