@@ -440,17 +440,15 @@ class LoweredProgram(ArrayProgram):
 
     # ----------------------------------------------------------------- calls
 
-    # ``owner``: the `GroupedProgram` calling (unused here)
-
-    def batch_value(self, arrays: dict, leads: dict, batch: tuple, options: dict, owner=None):
+    def batch_value(self, arrays: dict, leads: dict, batch: tuple, options: dict):
         values, _, _ = self._forward(arrays, batch, options)
         return self._output_value(values, batch)
 
-    def batch_value_and_grad(self, arrays: dict, leads: dict, batch: tuple, options, owner=None):
+    def batch_value_and_grad(self, arrays: dict, leads: dict, batch: tuple, options: dict):
         value, grad, *_ = self._passes(arrays, leads, batch, options, None, False)
         return value, grad
 
-    def batch_solve(self, arrays: dict, leads: dict, batch: tuple, options: dict, owner=None):
+    def batch_solve(self, arrays: dict, leads: dict, batch: tuple, options: dict):
         """(value, grad, z of every intermediate in graph order, λ of every constraint,
         block reports), each per sample."""
         value, grad, values, _, ctx, lam = self._passes(arrays, leads, batch, options, None, True)
@@ -512,21 +510,27 @@ class GroupedProgram(CompiledProgram):
         return f"{text[:-1]}, lowered to {self._lowered.n_groups} array constraints for batches>"
 
     def _batched(self, batch: tuple[int, ...]) -> bool:
-        return self._lowered is not None and batch != () and self._fused is None
+        """Whether the lowered program runs this call: batches, and one sample of a
+        cyclic program (whose per-scalar Newton steps cost a Python loop over the
+        Jacobian's entries: a second for 200 unknowns, where the lowered block takes
+        milliseconds)."""
+        if self._lowered is None or self._fused is not None:
+            return False
+        return batch != () or self._has_cycles
 
     def _value(self, arrays, leads, batch, options):
         if self._batched(batch):
-            return self._lowered.batch_value(arrays, leads, batch, options, self)
+            return self._lowered.batch_value(arrays, leads, batch, options)
         return super()._value(arrays, leads, batch, options)
 
     def _value_and_grad(self, arrays, leads, batch, options):
         if self._batched(batch):
-            return self._lowered.batch_value_and_grad(arrays, leads, batch, options, self)
+            return self._lowered.batch_value_and_grad(arrays, leads, batch, options)
         return super()._value_and_grad(arrays, leads, batch, options)
 
     def _solve(self, arrays, leads, batch, options) -> Solution:
         if not self._batched(batch):
             return super()._solve(arrays, leads, batch, options)
-        _, grad, z, lam, reports = self._lowered.batch_solve(arrays, leads, batch, options, self)
+        _, grad, z, lam, reports = self._lowered.batch_solve(arrays, leads, batch, options)
         entries = self._entries(arrays, leads, batch)
         return self._solution(entries, arrays, batch, z, lam, grad, reports)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array_engine import _Context, _Krylov
+from ._array_engine import _Context, _Dense, _Krylov, _SubContext
 from ._blocks import BlockReport, _Factorized
 from ._errors import ConvergenceError
 
@@ -31,6 +31,7 @@ __all__ = ["InexactNewton"]
 
 INNER_MAX = 100  # "auto": Jacobian-vector products an inner solve may take before the
 # block goes to Newton-Krylov (GMRES finds a slow contraction's step in fewer)
+DENSE_NEWTON_MAX = 2**20  # Newton with the Jacobian for blocks with n² · batch up to this
 CONDITION_MAX = 2**22  # `solve` reports the condition of blocks with up to n² · batch this
 
 
@@ -48,20 +49,30 @@ class _Cast:
 
 
 class InexactNewton(_Krylov):
-    """A large block of definitions: inexact Newton with mixed-precision inner solves
-    for "auto", "inexact-newton" and (certifying its point) "anderson"; the other
-    methods, implicit equations and what this does not solve as `_Krylov` does."""
+    """A large block: inexact Newton with mixed-precision inner solves for "auto",
+    "inexact-newton" and (certifying its point) "anderson" on definitions z = F(z).
+    "newton" and "fixed-point", implicit equations, and "auto" where inexact Newton
+    fails go to Newton's method with the block's Jacobian (`_Dense`: the factorization
+    serves the multipliers) where n² · batch is at most DENSE_NEWTON_MAX, and to the
+    array engine's matrix-free solver (`_Krylov`) beyond."""
+
+    def __init__(self, code: Any, first_index: int):
+        super().__init__(code, first_index)
+        self.dense = _Dense(code, first_index)
 
     def solve(self, ctx: _Context, ext: tuple) -> tuple:
         opts, code = ctx.options, self.code
         method = opts.method
-        if not code.all_explicit or method not in ("auto", "inexact-newton", "anderson"):
-            return super().solve(ctx, ext)
         known = ext
         inits = [opts.init.get(v) for v in self.variables]
         lead = np.broadcast_shapes(
             *(np.shape(e)[:-2] for e in ext), *(np.shape(v) for v in inits if v is not None)
         )
+        newton = self.dense if code.n**2 * math.prod(lead) <= DENSE_NEWTON_MAX else None
+        if not code.all_explicit or method not in ("auto", "inexact-newton", "anderson"):
+            if newton is not None and method in ("auto", "newton", "fixed-point"):
+                return newton.solve(ctx, ext)
+            return super().solve(ctx, ext)
         Z = np.zeros((*lead, code.n))
         for j, v in enumerate(inits):
             if v is not None:
@@ -85,7 +96,7 @@ class InexactNewton(_Krylov):
         it += k
         if found is None:
             if method == "auto":
-                return super().solve(ctx, known)
+                return (newton or super()).solve(ctx, known)
             what = "Newton's method with iterative linear solves"
             if method == "anderson":
                 what = "Anderson-accelerated fixed-point iteration (certified by Newton's steps)"
@@ -111,8 +122,9 @@ class InexactNewton(_Krylov):
         (relative to λ's size): the gradient then matches a factorization's to
         rounding; GMRES (`_Krylov`) where it does not converge."""
         code, k = self.code, self.code.block.index
-        report = ctx.reports.get(k)
-        if report is None or report.method not in ("inexact-newton", "anderson"):
+        if isinstance(ctx.blocks[k][0], _SubContext):  # solved by `_Dense`
+            return self.dense.adjoint(ctx, g)
+        if ctx.reports[k].method not in ("inexact-newton", "anderson"):
             return super().adjoint(ctx, g)
         point, _, _ = ctx.blocks[k]
         G = code.join([0.0 if x is None else x for x in g], point.Z.shape[:-1])
@@ -131,11 +143,18 @@ class InexactNewton(_Krylov):
             return super().adjoint(ctx, g)
         return tuple(code.split(lam))
 
+    def tangent(self, ctx: _Context, rhs: tuple) -> tuple:
+        if isinstance(ctx.blocks[self.code.block.index][0], _SubContext):
+            return self.dense.tangent(ctx, rhs)
+        return super().tangent(ctx, rhs)
+
     def condition(self, ctx: _Context) -> float:
         """The condition estimate of I − K at the solution (`_blocks._Factorized`), from
         the dense Jacobian built column by column (NaN for a block too large to form);
         `SingularSystemError` where it is singular to working precision."""
         point, _, _ = ctx.blocks[self.code.block.index]
+        if isinstance(point, _SubContext):  # (`_Dense` reported it)
+            return ctx.reports[self.code.block.index].condition
         n, lead = self.code.n, point.Z.shape[:-1]
         if n * n * math.prod(lead) > CONDITION_MAX:
             return math.nan
