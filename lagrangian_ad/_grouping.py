@@ -514,17 +514,15 @@ class GroupedProgram(CompiledProgram):
         cyclic program (whose per-scalar Newton steps cost a Python loop over the
         Jacobian's entries: a second for 200 unknowns, where the lowered block takes
         milliseconds)."""
-        if self._lowered is None or self._fused is not None:
-            return False
-        return batch != () or self._has_cycles
+        return self._lowered is not None and (batch != () or self._has_cycles)
 
     def _value(self, arrays, leads, batch, options):
-        if self._batched(batch):
+        if self._fused is None and self._batched(batch):
             return self._lowered.batch_value(arrays, leads, batch, options)
         return super()._value(arrays, leads, batch, options)
 
     def _value_and_grad(self, arrays, leads, batch, options):
-        if self._batched(batch):
+        if self._fused is None and self._batched(batch):
             return self._lowered.batch_value_and_grad(arrays, leads, batch, options)
         return super()._value_and_grad(arrays, leads, batch, options)
 

@@ -574,3 +574,42 @@ def test_grouped_regular_neighbours_solve_to_the_closed_form(kind, seed):
             sol.values["h"], expect_h, rtol=1e-12, atol=1e-12, err_msg=method
         )
         np.testing.assert_allclose(sol.grad[grad[0]], grad[1], rtol=1e-8, err_msg=method)
+
+
+def test_lowering_edge_cases_against_differences_and_the_float_path():
+    """The output an entry of an array whose other entries share its form (a group of
+    its own), entries read in shuffled order and twice (gathers by index, scatter-add
+    into repeated entries), one entry read by every member, a member-varying constant:
+    the batch against one sample at a time and central differences."""
+    n = 12
+    rng = np.random.default_rng(21)
+    q = rng.permutation(n) // 2
+    prog = lad.Program()
+    x = prog.input("x", shape=(n,))
+    w = prog.input("w", shape=(n,))
+    M = prog.input("M", shape=(n, n))
+    a = prog.define(
+        "a", sp.Matrix([sp.sin(x[int(q[i])]) * x[int(q[i])] + 0.5 * w[i] for i in range(n)])
+    )
+    b = prog.define("b", M * a)
+    c = np.round(rng.standard_normal(n), 3)
+    v = prog.define("v", sp.Matrix([sp.tanh(b[i] + float(c[i])) * a[0] for i in range(n)]))
+    prog.output(v[3])
+    fn = prog.compile()
+    assert fn.engine == "lowered"
+    inp = {
+        "x": rng.standard_normal((6, n)),
+        "w": rng.standard_normal(n),
+        "M": rng.standard_normal((n, n)) / n,
+    }
+    check_grads(fn, inp, rtol=1e-6, symbolic=False)
+    sol = fn.solve(inp)
+    for k in range(6):
+        one = fn.solve({**inp, "x": inp["x"][k]})
+        assert sol.value[k] == pytest.approx(one.value, rel=1e-13)
+        for name in ("a", "b", "v"):
+            np.testing.assert_allclose(sol.values[name][k], one.values[name], rtol=1e-12)
+            np.testing.assert_allclose(
+                sol.multipliers[name][k], one.multipliers[name], rtol=1e-11, atol=1e-14
+            )
+        np.testing.assert_allclose(sol.grad["x"][k], one.grad["x"], rtol=1e-11, atol=1e-14)
