@@ -516,6 +516,13 @@ class GroupedProgram(CompiledProgram):
         milliseconds)."""
         return self._lowered is not None and (batch != () or self._has_cycles)
 
+    def hvp(self, inputs, vectors, check_finite: bool = True, **options: Any) -> dict:
+        """`CompiledProgram.hvp`; where `_batched`, on the lowered program (forward over
+        reverse: the tangent of its adjoint pass, `ArrayProgram.hvp`)."""
+        if self._lowered is not None and self._batched(self._check(inputs, check_finite)[2]):
+            return self._lowered.hvp(inputs, vectors, check_finite, **options)
+        return super().hvp(inputs, vectors, check_finite, **options)
+
     def _value(self, arrays, leads, batch, options):
         if self._fused is None and self._batched(batch):
             return self._lowered.batch_value(arrays, leads, batch, options)
