@@ -523,6 +523,14 @@ class GroupedProgram(CompiledProgram):
             return self._lowered.hvp(inputs, vectors, check_finite, **options)
         return super().hvp(inputs, vectors, check_finite, **options)
 
+    def hessian(self, inputs, check_finite: bool = True, **options: Any) -> dict:
+        """`CompiledProgram.hessian`; for a cyclic program on the lowered program (one
+        `hvp` there per input entry: the per-scalar second order of a cyclic block of
+        sums of products disagrees with differences of gradients)."""
+        if self._lowered is not None and self._has_cycles:
+            return self._lowered.hessian(inputs, check_finite, **options)
+        return super().hessian(inputs, check_finite, **options)
+
     def _value(self, arrays, leads, batch, options):
         if self._fused is None and self._batched(batch):
             return self._lowered.batch_value(arrays, leads, batch, options)
