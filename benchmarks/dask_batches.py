@@ -116,7 +116,7 @@ def _warm(dask_worker) -> None:
     """Import what a chunk needs (so that imports do not count as the call's memory)."""
     import dask.array  # noqa: F401
 
-    import lagrangian_ad._dask  # noqa: F401
+    import lagrangian_ad.solving._dask  # noqa: F401
 
 
 # --------------------------------------------------------------------------- runs

@@ -1,6 +1,6 @@
 """lagrangian_ad's fused backend: the forward and adjoint passes in one Numba loop.
 
-It drives `lagrangian_ad._fused.FusedEngine` through the interface the library will use:
+It drives `lagrangian_ad.compiling._fused.FusedEngine` through the interface the library will use:
 ``fn._prepare(inputs)``, then ``engine.value`` or ``engine.value_and_grad`` (the
 parameters' gradients summed over the batch inside the kernel, ``reduce=True``), then
 ``engine.grads`` (which is ``fn._grads`` for per-sample gradients). The program is
@@ -28,7 +28,7 @@ _engines: dict[tuple, Any] = {}
 
 
 def available() -> tuple[bool, str]:
-    from lagrangian_ad._fused import numba_available
+    from lagrangian_ad.compiling._fused import numba_available
 
     if not numba_available():
         return False, "not installed (pip install numba, or lagrangian_ad[fast])"
@@ -46,7 +46,7 @@ def version() -> str:
 def _engine(problem: Problem) -> tuple[Any, Any]:
     """The problem's compiled program and its fused engine, built once."""
     import lagrangian_ad as lad
-    from lagrangian_ad._fused import FusedEngine
+    from lagrangian_ad.compiling._fused import FusedEngine
 
     prog, _ = impl_lad.program(problem)
     fn = prog.compile()

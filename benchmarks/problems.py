@@ -146,7 +146,7 @@ def blog() -> Problem:
         return {"x": rng.uniform(-1.0, 0.5, size=_lead(batch))}
 
     def program():
-        from lagrangian_ad._demo import blog_program
+        from lagrangian_ad.using._demo import blog_program
 
         return blog_program()
 

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import lagrangian_ad  # noqa: E402
-from lagrangian_ad import _cli, _parse  # noqa: E402
+from lagrangian_ad.building import _parse  # noqa: E402
+from lagrangian_ad.using import _cli  # noqa: E402
 
 project = "lagrangian_ad"
 author = "the lagrangian_ad authors"

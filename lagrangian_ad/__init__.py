@@ -5,10 +5,12 @@ L = z_N − Σ λ_i (z_i − f_i) is stationary at the forward values, at multip
 to backprop's adjoints, and there ∂L/∂x is the gradient of the output z_N.
 """
 
-from ._arrays import apply, cos, exp, log, mul, sigmoid, sin, softplus, sqrt, sum, tanh
-from ._compiled import CompiledProgram
-from ._decompose import decompose
-from ._errors import (
+from .building._decompose import decompose
+from .building._parse import load, parse
+from .building._program import Program
+from .compiling._compiled import CompiledProgram
+from .core._arrays import apply, cos, exp, log, mul, sigmoid, sin, softplus, sqrt, sum, tanh
+from .core._errors import (
     ConvergenceError,
     LagrangianADError,
     LagrangianADWarning,
@@ -17,11 +19,10 @@ from ._errors import (
     ProgramError,
     SingularSystemError,
 )
-from ._optimize import OptimizeResult, maximize, minimize
-from ._parse import load, parse
-from ._program import Program
-from ._symbolic import Conditions
-from ._values import Solution
+from .core._version import __version__ as __version__
+from .solving._values import Solution
+from .symbolic._symbolic import Conditions
+from .using._optimize import OptimizeResult, maximize, minimize
 
 __all__ = [
     "CompiledProgram",
@@ -53,5 +54,3 @@ __all__ = [
     "sum",
     "tanh",
 ]
-
-__version__ = "0.1.0"

@@ -38,12 +38,12 @@ from typing import Any
 import numpy as np
 import sympy as sp
 
-from ._compiled import CompiledProgram
-from ._errors import ProgramError
-from ._graph import analyse
-from ._ir import ProgramIR
-from ._program import Program
-from ._values import _sum_to
+from .building._program import Program
+from .compiling._compiled import CompiledProgram
+from .compiling._graph import analyse
+from .core._errors import ProgramError
+from .core._ir import ProgramIR
+from .solving._values import _sum_to
 
 __all__ = ["check_grads", "inline_output"]
 

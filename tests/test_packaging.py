@@ -84,3 +84,71 @@ def test_every_public_name_is_in_the_api_reference():
     assert 'nb_execution_mode = "off"' in conf and "sphinx.ext.intersphinx" not in conf
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "sphinx-build -W --keep-going" in ci
+
+
+# The layers, top to bottom (docs/design.md, "Layers"): a module imports only modules of
+# its own layer or of layers below it. The top-level modules (__init__, __main__,
+# testing) sit above them all.
+LAYERS = ("using", "building", "symbolic", "compiling", "solving", "core")
+
+
+def _imported_layers(source: str, package: tuple[str, ...]) -> set[tuple[str, int]]:
+    """The layers a module in subpackage ``package`` imports, with the line: every
+    ``from .x`` and ``import lagrangian_ad.x`` in ``source``, function bodies included."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = list(package[: len(package) - node.level + 1])
+            target = base + (node.module.split(".") if node.module else [])
+            names = [target] if node.module else [[*target, a.name] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lagrangian_ad"):
+            names = [node.module.split(".")[1:]]
+        elif isinstance(node, ast.Import):
+            names = [
+                a.name.split(".")[1:] for a in node.names if a.name.startswith("lagrangian_ad")
+            ]
+        else:
+            continue
+        for parts in names:
+            layer = parts[0] if parts else ""
+            found.add((layer if layer in LAYERS else "top", node.lineno))
+    return found
+
+
+def test_imports_point_down_the_layers_only():
+    wrong = []
+    for path in sorted((ROOT / "lagrangian_ad").rglob("*.py")):
+        parts = path.relative_to(ROOT / "lagrangian_ad").parts
+        if len(parts) == 1:
+            continue  # __init__, __main__, testing: above every layer
+        here = LAYERS.index(parts[0])
+        source = path.read_text(encoding="utf-8")
+        for layer, line in _imported_layers(source, parts[:-1]):
+            if layer == "top" or LAYERS.index(layer) < here:
+                wrong.append(f"{'/'.join(parts)}:{line} imports {layer}")
+    assert not wrong, "imports that point up the layers: " + ", ".join(sorted(wrong))
+
+
+def test_the_layer_check_sees_an_upward_import():
+    """The check itself: lazy, relative and absolute imports are all seen."""
+    source = "def f():\n    from ..using import _cli\nimport lagrangian_ad.building._text\n"
+    assert _imported_layers(source, ("core",)) == {("using", 2), ("building", 3)}
+    assert _imported_layers("from . import _x\nfrom .. import testing\n", ("core",)) == {
+        ("core", 1),
+        ("top", 2),
+    }
+
+
+def test_every_subpackage_ships():
+    """pyproject's package discovery finds every layer (a flat ``packages = [...]`` list
+    would silently ship a wheel without them)."""
+    from setuptools import find_packages
+
+    found = set(
+        find_packages(
+            str(ROOT), include=_pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
+        )
+    )
+    assert {f"lagrangian_ad.{layer}" for layer in LAYERS} <= found

@@ -30,7 +30,7 @@ def test_the_array_example_runs_and_its_gradient_is_backprop(capsys):
 
 
 def test_the_constrained_example_holds_its_comments():
-    (block,) = [b for b in _blocks() if "subject_to" in b]
+    block = next(b for b in _blocks() if "subject_to" in b)
     namespace: dict = {}
     exec(compile(block, "README.md", "exec"), namespace)  # our own file, not user text
     res = namespace["res"]
@@ -42,3 +42,20 @@ def test_the_constrained_example_holds_its_comments():
     np.testing.assert_allclose(res.multipliers["disc"], mu, atol=1e-7)
     np.testing.assert_allclose(res.multipliers["g2"], 0, atol=1e-7)
     np.testing.assert_allclose(res.sensitivity["r"], -mu, atol=1e-7)
+
+
+def test_the_batched_constraint_example_holds_its_comments():
+    block = [b for b in _blocks() if "subject_to" in b][1]
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # our own file, not user text
+    res, points = namespace["res"], namespace["points"]
+    assert res.success
+    mu = res.multipliers["upper"]
+    assert mu.shape == points.shape and np.min(mu) >= 0
+    assert isinstance(res.multipliers["gain"], float)
+    w = res.x["w"]
+    y = w[2] * np.tanh(w[0] * points + w[1]) + w[3]
+    assert np.max(y) <= 0.8 + 1e-8  # the bound holds at every point
+    binding = np.abs(y - 0.8) <= 1e-6
+    assert binding.any() and not binding.all()
+    assert np.all(mu[~binding] <= 1e-6)  # nonzero only where the bound binds
