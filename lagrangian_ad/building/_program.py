@@ -409,10 +409,11 @@ class Program:
         ``engine``: "auto" (the default: the array engine for programs with array
         variables, the entry-wise engine for the others), "arrays" (the array engine
         for any program without implicit equations: every scalar is a 1×1 array there)
-        or "entries" (the entry-wise engine: per-scalar code, and the grouped engine for
-        batches of programs with repeated structure). ``fn.engine`` says which runs.
+        or "entries" (the entry-wise engine: per-scalar code, and for batches of programs
+        with repeated structure the array engine on the program lowered to one array
+        constraint per group of constraints of one form). ``fn.engine`` says which runs:
+        "arrays", "entries" or "lowered" (that last).
         """
-        from ..compiling._compiled import CompiledProgram
 
         if engine not in ("auto", "arrays", "entries"):
             raise ProgramError(f"unknown engine {engine!r}: use 'auto', 'arrays' or 'entries'")
@@ -434,7 +435,9 @@ class Program:
                     )
                 self._compiled = ArrayProgram(ir, progress=progress)
             else:
-                self._compiled = CompiledProgram(ir, progress=progress, backend=backend)
+                from ..compiling._grouping import GroupedProgram
+
+                self._compiled = GroupedProgram(ir, progress=progress, backend=backend)
             self._compiled_key = key
         return self._compiled
 

@@ -191,6 +191,31 @@ class _rt:
         return np.broadcast_to(g, np.broadcast_shapes(np.shape(g), a.shape))
 
     @staticmethod
+    def gather(a: np.ndarray, ix: Any, shape: tuple[int, int]) -> np.ndarray:
+        """The entries of ``a`` (C order) at the flat indices ``ix`` (an index array, a
+        slice, or None: all of them in order) as an array of ``shape``."""
+        lead = a.shape[:-2]
+        if ix is None:
+            return a.reshape(lead + shape)
+        return a.reshape((*lead, -1))[..., ix].reshape(lead + shape)
+
+    @staticmethod
+    def scatter(g: np.ndarray, a: np.ndarray, ix: Any, unique: bool) -> np.ndarray:
+        """∂/∂a of ⟨g, gather(a, ix)⟩: ``g`` added at the indices, summed to a's shape."""
+        if a.ndim == 2 and g.ndim > 2:
+            g = g.reshape(-1, *g.shape[-2:]).sum(axis=0)
+        lead = g.shape[:-2]
+        if ix is None:
+            return _rt.sum_to(g.reshape(lead + a.shape[-2:]), a.shape)
+        out = np.zeros((*lead, a.shape[-2] * a.shape[-1]))
+        flat = g.reshape((*lead, -1))
+        if unique:
+            out[..., ix] = flat
+        else:
+            np.add.at(out, (Ellipsis, ix), flat)
+        return _rt.sum_to(out.reshape(lead + a.shape[-2:]), a.shape)
+
+    @staticmethod
     def add_entry(acc: Any, g: np.ndarray, shape: tuple[int, int], i: int, j: int) -> np.ndarray:
         """``acc`` (None or an array of this module's own) plus ``g`` at entry (i, j)."""
         if acc is None:
@@ -325,6 +350,14 @@ class _NumpyAlgebra:
     @staticmethod
     def entry(a: str, i: int, j: int) -> str:
         return f"{a}[..., {i}:{i + 1}, {j}:{j + 1}]"
+
+    @staticmethod
+    def gather(a: str, ix: str, unique: bool, shape: tuple[int, int]) -> str:
+        return f"_rt.gather({a}, {ix}, {shape})"
+
+    @staticmethod
+    def scatter(g: str, like: str, ix: str, unique: bool, shape: tuple[int, int]) -> str:
+        return f"_rt.scatter({g}, {like}, {ix}, {unique})"
 
     @staticmethod
     def spread(g: str, like: str) -> str:
@@ -1021,6 +1054,8 @@ def _block_reads(b: _Block) -> set[int]:
 
 
 def _const_code(value: Any) -> str:
+    if isinstance(value, str):  # the name of one of the program's `_constants`
+        return value
     if isinstance(value, np.ndarray):
         return repr(value.tolist())
     return float_text(sp.Float(value))
@@ -1602,8 +1637,13 @@ class ArrayProgram(CompiledProgram):
             if c.target is not None
         ]
         steps += self._equations(ir, low, steps)
+        self._compile_steps(steps, self._by_key[ir.output], forms)
+
+    def _compile_steps(self, steps: list[Step], output: Unit, forms: FormTable) -> None:
+        """Order the lowered constraints, generate and compile every pass (``self._units``
+        are the units they read and define)."""
         self._order = _order(steps, self._units)
-        self._output_unit = self._by_key[ir.output]
+        self._output_unit = output
         gen = _Generator(self._units, self._order, self._output_unit, forms)
         forward, saved = gen.forward()
         # the saved node values that depend on an intermediate (`_both_passes`)
@@ -1626,9 +1666,7 @@ class ArrayProgram(CompiledProgram):
         self._forward_source, self._adjoint_source = forward, adjoint
         self._tangent_source = tangent
         source = "\n".join([forward, adjoint, tangent, self._block_source])
-        namespace = dict(NUMPY_NAMESPACE)
-        namespace["_rt"] = _rt
-        self._functions = _exec(_compile(source, "array program"), namespace)
+        self._functions = _exec(_compile(source, "array program"), self._namespace())
         self._solvers: dict[int, Any] = {}
         first = 0
         self._cyclic_vars: dict[str, list[int]] = {}  # name -> flat indices of its unknowns
@@ -1651,6 +1689,12 @@ class ArrayProgram(CompiledProgram):
         self._fused_sources: dict[frozenset[str], str] = {}
         self._stationarity = None
         self._all_inputs = frozenset(self._inputs)
+
+    _constants: Mapping[str, np.ndarray] = {}  # named arrays the generated code reads
+
+    def _namespace(self) -> dict[str, Any]:
+        """The globals of this program's generated code."""
+        return {**NUMPY_NAMESPACE, "_rt": _rt, **self._constants}
 
     def _equations(self, ir: ProgramIR, low: Lowering, steps: list[Step]) -> list[Step]:
         """The implicit equations, each matched to an unknown it reads (SciPy's maximum
@@ -1777,10 +1821,8 @@ class ArrayProgram(CompiledProgram):
                 u.index for u in self._units if u.kind == "input" and _owner(u) in key
             )
             source = self._generator.value_and_grad(self._saved, wanted)
-            namespace = dict(NUMPY_NAMESPACE)
-            namespace["_rt"] = _rt
             code = _compile(source, "array program value_and_grad")
-            run = self._fused_passes[key] = _exec(code, namespace)["value_and_grad"]
+            run = self._fused_passes[key] = _exec(code, self._namespace())["value_and_grad"]
             self._fused_sources[key] = source
         return run
 
@@ -1820,28 +1862,37 @@ class ArrayProgram(CompiledProgram):
         many copies. ``report``: a `NonFiniteWarning` where the output or a gradient is
         not finite."""
         arrays, leads, batch = self._check(inputs, check_finite)
-        ctx = self._call_context(options, batch)
-        adjoint = self._adjoint_function(wrt)
         with np.errstate(all="ignore"):  # non-finite values are reported below
-            values, saved = self._functions["forward"](ctx, *self._inputs_internal(arrays))
-            if per_sample and batch:
-                values = tuple(
-                    np.broadcast_to(v, (*batch, *np.shape(v)))
-                    if u.kind != "input" and np.ndim(v) == 2
-                    else v
-                    for u, v in zip(self._units, values, strict=True)
-                )
-                saved = tuple(
-                    np.broadcast_to(v, (*batch, *np.shape(v))) if np.ndim(v) == 2 and moves else v
-                    for v, moves in zip(saved, self._saved_per_sample, strict=True)
-                )
-            lam, proved = adjoint(ctx, batch, *values, *saved)
-            value = self._output_value(values, batch)
-            grad = self._grads(lam, arrays, leads, batch, wrt)
+            value, grad, values, saved, ctx, lam, proved = self._passes(
+                arrays, leads, batch, options, wrt, per_sample
+            )
             finite = self._all_finite(value, grad, lam, leads, proved)
         if not finite and report:
             self._warn(values, lam, batch, stacklevel=5, grad=grad)
         return value, grad, arrays, batch, values, saved, ctx, lam
+
+    def _passes(self, arrays: dict, leads: dict, batch: tuple, options: dict, wrt, per_sample):
+        """`_both_passes` on checked inputs, without the check and the warning: (value,
+        grad, values, saved, ctx, lam, proved), ``proved`` the gradients the adjoint
+        showed finite from their operands (see `_all_finite`)."""
+        ctx = self._call_context(options, batch)
+        adjoint = self._adjoint_function(wrt)
+        values, saved = self._functions["forward"](ctx, *self._inputs_internal(arrays))
+        if per_sample and batch:
+            values = tuple(
+                np.broadcast_to(v, (*batch, *np.shape(v)))
+                if u.kind != "input" and np.ndim(v) == 2
+                else v
+                for u, v in zip(self._units, values, strict=True)
+            )
+            saved = tuple(
+                np.broadcast_to(v, (*batch, *np.shape(v))) if np.ndim(v) == 2 and moves else v
+                for v, moves in zip(saved, self._saved_per_sample, strict=True)
+            )
+        lam, proved = adjoint(ctx, batch, *values, *saved)
+        value = self._output_value(values, batch)
+        grad = self._grads(lam, arrays, leads, batch, wrt)
+        return value, grad, values, saved, ctx, lam, proved
 
     def _eager_solve(self, inputs: Mapping[Any, Any], check_finite: bool, options: dict):
         value, grad, arrays, batch, values, saved, ctx, lam = self._both_passes(
@@ -1892,9 +1943,7 @@ class ArrayProgram(CompiledProgram):
         dots = self._tangents(vectors, arrays, check_finite)
         if self._hvp is None:
             source = self._generator.hvp(self._saved)
-            namespace = dict(NUMPY_NAMESPACE)
-            namespace["_rt"] = _rt
-            self._hvp = _exec(_compile(source, "array program hvp"), namespace)["hvp"]
+            self._hvp = _exec(_compile(source, "array program hvp"), self._namespace())["hvp"]
             self._hvp_source = source
         values, saved, ctx = self._forward(arrays, batch, options)
         with np.errstate(all="ignore"):
@@ -2049,10 +2098,8 @@ class ArrayProgram(CompiledProgram):
                 u.index for u in self._units if u.kind == "input" and _owner(u) in wrt
             )
             source = self._generator.adjoint(self._saved, wanted)
-            namespace = dict(NUMPY_NAMESPACE)
-            namespace["_rt"] = _rt
             code = _compile(source, "array program adjoint")
-            adjoint = self._pruned[wrt] = _exec(code, namespace)["adjoint"]
+            adjoint = self._pruned[wrt] = _exec(code, self._namespace())["adjoint"]
         return adjoint
 
     def _output_value(self, values: tuple, batch: tuple):
@@ -2118,10 +2165,8 @@ class ArrayProgram(CompiledProgram):
         |∂L/∂z| over every intermediate, at the returned values and multipliers."""
         if self._stationarity is None:
             source = self._generator.stationarity(self._saved)
-            namespace = dict(NUMPY_NAMESPACE)
-            namespace["_rt"] = _rt
             code = _compile(source, "array program stationarity")
-            self._stationarity = _exec(code, namespace)["stationarity"]
+            self._stationarity = _exec(code, self._namespace())["stationarity"]
         lams = [
             np.zeros(u.shape) if lam[u.index] is None else lam[u.index]
             for u in self._units

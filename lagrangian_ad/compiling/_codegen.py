@@ -265,7 +265,7 @@ class _Emitter:
             self.consts.append({f"c{k}": float_text(f) for k, f in enumerate(floats)})
             self.floats.append(floats)
         # Where each variable index lives as an array entry: (variable number, entry),
-        # numbering the inputs, then the intermediates (the grouped engine's stores).
+        # numbering the inputs, then the intermediates (the lowering by groups reads it).
         variables = (*ir.inputs, *ir.intermediates)
         place = {s: (k, j) for k, v in enumerate(variables) for j, s in enumerate(v.symbols)}
         self.loc = [place[s] for s in graph.symbols]

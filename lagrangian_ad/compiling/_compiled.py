@@ -39,7 +39,6 @@ from ..solving._values import (
 from . import _pickling, _second
 from ._codegen import Passes, generate, hessian_functions, jvp_functions, kkt_function
 from ._graph import analyse
-from ._grouped import GroupedEngine, plan, worth_grouping
 
 __all__ = ["CompiledProgram", "Solution"]
 
@@ -98,15 +97,6 @@ class CompiledProgram:
         )
         self._no_context = _Context(SolveOptions())
         self._has_cycles = bool(self.graph.cyclic_blocks)
-        # Programs with repeated structure (array defines, dense layers, equilibrium
-        # models) also get the grouped engine, used for NumPy calls (see `_grouped`).
-        report("grouping", 0, 0)
-        steps = plan(self.graph, self._code.emitter)
-        self._grouped = (
-            GroupedEngine(ir, self.graph, self._code.emitter, self._code.block_solvers, steps)
-            if worth_grouping(steps, len(ir.constraints))
-            else None
-        )
         self._hessian: tuple | None = None  # generated on first use, like these two:
         self._jvp: tuple | None = None
         self._kkt: tuple | None = None
@@ -116,6 +106,8 @@ class CompiledProgram:
             for v in ir.intermediates
             if position[v.symbols[0]] + n_in in in_cycles
         }
+        report("grouping", 0, 0)
+        self._lowered = self._lower_groups()
         self._fused = None
         if backend == "numba":
             from ._fused import FusedEngine, numba_available
@@ -126,14 +118,17 @@ class CompiledProgram:
             self._fused = FusedEngine(self)  # ProgramError for cyclic programs
         report.done(f"{len(ir.constraints):,} constraints")
 
+    def _lower_groups(self) -> Any:
+        """What runs batches instead of the per-scalar code (`_grouping`): None here."""
+        return None
+
     # ----------------------------------------------------------------- inspection
 
     @property
     def engine(self) -> str:
-        """Which engine runs this program: "entries" (per-scalar code), "grouped"
-        (per-scalar code, and for batches the grouped engine, constraints of one form
-        as one vectorized group) or "arrays" (`ArrayProgram`)."""
-        return "grouped" if self._grouped is not None else "entries"
+        """Which engine runs this program: "entries" (per-scalar code), "lowered"
+        (`_grouping.GroupedProgram`) or "arrays" (`ArrayProgram`)."""
+        return "entries"
 
     @property
     def forward_source(self) -> str:
@@ -198,9 +193,6 @@ class CompiledProgram:
         if self._fused is not None:
             self._context(options)  # checks the options, though nothing here is cyclic
             return self._fused.value(self._entries(arrays, leads, batch), batch)
-        if self._use_grouped(batch):
-            stores, _, _, _ = self._run_grouped(arrays, leads, batch, options, adjoint=False)
-            return self._grouped_output(stores, batch)
         entries = self._entries(arrays, leads, batch)
         z, _ = self._run(entries, batch == (), options, adjoint=False)
         return _shaped(z[self._output_index], batch)
@@ -249,42 +241,9 @@ class CompiledProgram:
             entries = self._entries(arrays, leads, batch)
             value, g = self._fused.value_and_grad(entries, batch, reduce=True)
             return value, self._fused.grads(g, arrays, leads, batch)
-        if self._use_grouped(batch):
-            stores, accs, _, _ = self._run_grouped(arrays, leads, batch, options, adjoint=True)
-            return self._grouped_output(stores, batch), self._grouped_grads(accs, arrays)
         entries = self._entries(arrays, leads, batch)
         z, (_, g, _) = self._run(entries, batch == (), options, adjoint=True)
         return _shaped(z[self._output_index], batch), self._grads(g, arrays, leads, batch)
-
-    # The grouped engine: for batches (one sample runs faster on Python floats).
-
-    def _use_grouped(self, batch: tuple[int, ...]) -> bool:
-        return self._grouped is not None and batch != ()
-
-    def _run_grouped(self, arrays, leads, batch, options, adjoint: bool, report: bool = False):
-        nd = len(batch)
-        ins = []
-        for name, var in self._inputs.items():
-            lead = leads[name]
-            a = np.reshape(arrays[name], (*lead, var.size))
-            a = a.transpose((len(lead), *range(len(lead))))  # entries first
-            ins.append(a.reshape((var.size,) + (1,) * (nd - len(lead)) + lead))
-        ctx = self._context(options, batch)
-        with np.errstate(all="ignore"):  # non-finite results: a NonFiniteWarning instead
-            stores, accs, blocks = self._grouped.run(ins, batch, ctx, adjoint, report)
-        return stores, accs, blocks, ctx
-
-    def _grouped_output(self, stores: list, batch: tuple[int, ...]) -> Array:
-        s, e = self._grouped.output
-        return _shaped(stores[s][e], batch)
-
-    def _grouped_grads(self, accs: list, arrays: dict) -> dict[str, Array]:
-        return {
-            name: _user_array(
-                accs[k].transpose((*range(1, accs[k].ndim), 0)).reshape(np.shape(arrays[name]))
-            )
-            for k, name in enumerate(self._inputs)
-        }
 
     def _run(self, entries: list, scalar: bool, options: dict, adjoint: bool):
         """Forward (and adjoint) pass; returns z and, with ``adjoint``, (λ, grads, ctx)."""
@@ -457,8 +416,6 @@ class CompiledProgram:
 
     def _solve(self, arrays, leads, batch, options) -> Solution:
         entries = self._entries(arrays, leads, batch)
-        if self._use_grouped(batch):
-            return self._solve_grouped(entries, arrays, leads, batch, options)
         z, (lam, g, ctx) = self._run(entries, batch == (), options, adjoint=True)
         return self._solution(
             entries,
@@ -468,30 +425,6 @@ class CompiledProgram:
             lam,
             self._grads(g, arrays, leads, batch),
             tuple(ctx.blocks[k][1] for k in sorted(ctx.blocks)),
-        )
-
-    def _solve_grouped(self, entries, arrays, leads, batch, options) -> Solution:
-        stores, accs, blocks, _ = self._run_grouped(
-            arrays, leads, batch, options, adjoint=True, report=True
-        )
-        graph, loc = self.graph, self._grouped.loc
-        z = [stores[s][j] for s, j in loc[graph.n_inputs :]]
-        lam: list = [None] * len(self.ir.constraints)
-        for info in blocks.values():
-            for r, e in enumerate(info["constraints"]):
-                lam[e] = info["lam"][r]
-        for e, t in enumerate(graph.targets):
-            if lam[e] is None:
-                s, j = loc[t]
-                lam[e] = accs[s][j]
-        return self._solution(
-            entries,
-            arrays,
-            batch,
-            z,
-            lam,
-            self._grouped_grads(accs, arrays),
-            tuple(blocks[k]["report"] for k in sorted(blocks)),
         )
 
     def _solution(self, entries, arrays, batch, z, lam, grad, reports) -> Solution:

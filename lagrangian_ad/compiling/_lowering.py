@@ -8,6 +8,8 @@ entry of an entry-wise array). Each constraint ``Z = F(…)`` is lowered once to
     const    a number                        T        transpose
     ew       an elementwise form f(p0, …)    sum      sum of all entries (a scalar)
              (scalars broadcast)             entry    A[i, j] (a scalar)
+    gather   entries of A at given positions, as an array (entry-wise programs
+             lowered by groups, `_grouping`)
 
 Elementwise forms are derived by SymPy once per form, on scalar placeholders, by the
 form machinery of `_forms`. Both readers of the lowered program walk these nodes with
@@ -82,10 +84,18 @@ class Lowering:
         self.forms = forms
 
     def constraint(self, label: str, unit: Unit, expr: sp.Basic, implicit: bool = False) -> Step:
+        self.begin(label)
+        return self.finish(unit, self.lower(expr), implicit)
+
+    def begin(self, label: str) -> None:
+        """Start the nodes of a constraint (`lower`, `node`, `elementwise` add to them)."""
         self.label = label
         self.nodes: list[Node] = []
         self.memo: dict[sp.Basic, Node] = {}
-        root = self.lower(expr)
+
+    def finish(self, unit: Unit, root: Node, implicit: bool = False) -> Step:
+        """The constraint begun last, with value ``root``, as the step defining ``unit``."""
+        label = self.label
         live: set[int] = set()  # nodes merged into a parent's form are dropped
         stack = [root]
         while stack:

@@ -11,6 +11,8 @@ matmul     A B             Ā = g Bᵀ,  B̄ = Aᵀ g
 T          Aᵀ              Ā = gᵀ
 sum        Σ_ij A_ij       Ā = g 𝟙 (g at every entry)
 entry      A_ij            Ā = g E_ij (g at entry (i, j), zero elsewhere)
+gather     A at positions  Ā = g added at those positions (a scatter-add); only in
+           ix, shaped      entry-wise programs lowered by groups (`_grouping`)
 =========  ==============  =======================================================
 
 Each operation is multilinear in its operands, so the rest follows from these two
@@ -66,6 +68,11 @@ RULES: dict[str, Rule] = {
     "entry": Rule(
         value=lambda o, d, a: o.entry(a, *d),
         vjps=(lambda o, d, g, a: o.place(g, a, *d),),
+        reads=((),),
+    ),
+    "gather": Rule(  # data: (the flat positions, whether unique, the value's shape)
+        value=lambda o, d, a: o.gather(a, *d),
+        vjps=(lambda o, d, g, a: o.scatter(g, a, *d),),
         reads=((),),
     ),
 }

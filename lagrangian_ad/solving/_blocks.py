@@ -78,12 +78,14 @@ class SolveOptions:
     """Options of the forward solve of cyclic blocks.
 
     method : "auto", "newton", "inexact-newton", "fixed-point" or "anderson"
-        "auto" is Newton, except that the grouped engine (`_grouped`) starts a block of
-        explicit constraints z = f(z) with inexact Newton (Newton steps found by
-        iterating on Jacobian-vector products: no n × n matrix per sample), each inner
-        solve allowed the products that cost one Newton step, and hands over to Newton
-        where the measured rate predicts more. "inexact-newton" and "anderson" need the
-        grouped engine; elsewhere "inexact-newton" is Newton (and reported as such).
+        "auto" is Newton, except on the large blocks of the array engine: a block of
+        explicit constraints z = f(z) of an entry-wise program lowered by groups starts
+        with inexact Newton (`_inexact`: Newton steps found by iterating on
+        Jacobian-vector products, no n × n matrix per sample) and hands over to the
+        array engine's matrix-free solver where the measured rate predicts too many
+        products; an array program's with a plain iteration while it contracts fast.
+        Where there are no Jacobian-vector products to iterate with (blocks solved
+        here), "inexact-newton" is Newton (and reported as such).
     tol : float
         Converged when max |r| ≤ tol·max(1, max |z|) and the last step is as small.
     maxiter : int
@@ -101,11 +103,12 @@ class SolveOptions:
 class BlockReport:
     """Diagnostics of one cyclic block at the solution (worst sample of the batch).
 
-    ``method`` is the one that solved it ("newton", "inexact-newton", "fixed-point" or
-    "anderson"): with "auto", a block inexact Newton could not solve (or not within
-    the cost of Newton's steps) reports "newton", and so does "inexact-newton" where
-    there are no Jacobian-vector products to iterate with (one sample, or a program
-    outside the grouped engine).
+    ``method`` is the one that solved it ("newton", "inexact-newton", "fixed-point",
+    "anderson", or for the array engine's large blocks "newton-krylov"): with "auto", a
+    block inexact Newton could not solve (or not within its budget of products) reports
+    the method that then did, and "inexact-newton" where there are no Jacobian-vector
+    products to iterate with (one sample, or a block solved by `BlockSolver`) reports
+    "newton".
     ``iterations`` counts evaluations of the map (Newton steps for the Newton methods);
     ``inner_iterations`` the Jacobian-vector products of inexact Newton's linear solves.
     """
@@ -273,8 +276,8 @@ class BlockSolver:
         Z = np.empty((*batch, self.n))
         for j, v in enumerate(inits):
             Z[..., j] = v
-        # Inexact Newton needs the grouped engine's Jacobian-vector products; here it is
-        # Newton with the factorization, which it approximates.
+        # Inexact Newton needs the array engine's Jacobian-vector products (`_inexact`);
+        # here it is Newton with the factorization, which it approximates.
         method = "newton" if opts.method in ("auto", "inexact-newton") else opts.method
         if method in ("fixed-point", "anderson"):
             if self.fixed_map is None:

@@ -1,4 +1,4 @@
-"""The grouped engine: array programs evaluated by groups and matrix products.
+"""Entry-wise programs lowered by groups: array constraints, gathers and matrix products.
 
 Every result is checked against an independent computation: NumPy written by hand (the
 forward pass and backprop of a dense layer, the implicit function theorem with a dense
@@ -63,7 +63,7 @@ def _mlp_inputs(batch, n_in=5, n_hidden=12, seed=0):
 
 def test_dense_layer_against_numpy_backprop():
     fn = _mlp().compile()
-    assert fn._grouped is not None and fn._grouped.n_groups == 4
+    assert fn.engine == "lowered" and "lowered to 4 array constraints" in repr(fn)
     inp = _mlp_inputs(300)
     value, grad = fn.value_and_grad(inp)
     X, T, W1, b1, w2 = (inp[k] for k in ("x", "t", "W1", "b1", "w2"))
@@ -151,7 +151,7 @@ def test_contraction_variants_against_finite_differences():
     s = prog.define("s", sum(sp.sin(u[i]) * v[i] + w[i] ** 2 for i in range(n)))
     prog.define("out", sum(s * x[j] for j in range(k)) / 10)
     fn = prog.compile()
-    assert fn.engine == "grouped"
+    assert fn.engine == "lowered"
     inp = {
         "x": rng.standard_normal((5, k)),
         "A": rng.standard_normal((n, k)) / 3,
@@ -250,7 +250,7 @@ def _ift(inp):
 def test_equilibrium_by_iteration_against_the_implicit_function_theorem(method):
     n, d = 30, 4
     fn = _equilibrium(n, d).compile()
-    assert fn.engine == "grouped"
+    assert fn.engine == "lowered"
     inp = _equilibrium_inputs(n, d, 40)
     H, lam, grads = _ift(inp)
     sol = fn.solve(inp, method=method)
@@ -274,7 +274,7 @@ def test_equilibrium_by_iteration_against_the_implicit_function_theorem(method):
 def test_equilibrium_other_methods_agree(method):
     n, d = 16, 3
     fn = _equilibrium(n, d).compile()
-    assert fn.engine == "grouped"
+    assert fn.engine == "lowered"
     inp = _equilibrium_inputs(n, d, 6, seed=4)
     _, _, grads = _ift(inp)
     _, grad = fn.value_and_grad(inp, method=method)
@@ -286,13 +286,14 @@ def test_non_contractive_block_falls_back_to_newton():
     """h = tanh(W h + …) with ‖W‖₂ = 3 at a point where the fixed-point map diverges:
     "auto" tries inexact Newton, whose inner iteration δ ← r + J δ diverges with it,
     then falls back to Newton's factorization; "inexact-newton" and "anderson" alone
-    say they did not converge."""
-    n, d = 16, 2
+    say they did not converge (24 unknowns: more than the array engine's DENSE_MAX, so
+    that "auto" starts matrix-free)."""
+    n, d = 24, 2
     rng = np.random.default_rng(11)
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     W = -3.0 * Q  # f′ = −3·diag(tanh′) Q: the plain iteration oscillates and grows
     fn = _equilibrium(n, d, numeric_W=np.round(W, 12)).compile()
-    assert fn.engine == "grouped"
+    assert fn.engine == "lowered"
     inp = _equilibrium_inputs(n, d, 3, seed=2)
     del inp["W"]
     inp["b"] = inp["b"] * 0
@@ -313,9 +314,11 @@ def test_equilibrium_with_numeric_weights_is_one_matrix_product():
     inp = _equilibrium_inputs(n, d, 8, seed=7)
     W = np.round(inp.pop("W"), 10)
     fn = _equilibrium(n, d, numeric_W=W).compile()
-    (step,) = [s for s in fn._grouped.steps if s.block is not None]
-    (group,) = step.block.groups
-    assert [c.vary.store for c in group.contractions].count(None) == 1  # W: constants
+    # the block's map: one product by W (a constant, prepared once a solve), U x apart
+    blocks = fn.source[fn.source.index("# batches") :]
+    prepare = blocks[blocks.index("def pre_0") :].split("\n\n")[0]
+    the_map = blocks[blocks.index("def map_0") :].split("\n\n")[0]
+    assert the_map.count("_rt.matmul(") == 1 and "numpy.asarray(_k" in prepare
     _, _, grads = _ift({**inp, "W": W})
     _, grad = fn.value_and_grad(inp)
     for name in ("U", "b", "x"):
@@ -331,12 +334,13 @@ def test_chain_programs_are_not_grouped():
     assert prog.compile().engine == "entries"
 
 
-def test_adjoint_falls_back_to_the_factorization(monkeypatch):
-    """When the iteration for the multipliers fails, I − J is factorized at the solution."""
-    import lagrangian_ad.compiling._grouped as grouped
+def test_adjoint_falls_back_to_gmres(monkeypatch):
+    """When the iteration for the multipliers fails, GMRES solves (I − J)ᵀ λ = g at the
+    solution."""
+    import lagrangian_ad.compiling._inexact as inexact
 
     calls = []
-    mixed = grouped._mixed_richardson
+    mixed = inexact._mixed_richardson
 
     def failing(apply, apply_low, rhs, tol, maxiter, verify=True):
         if not verify:  # the forward solve's inner iterations
@@ -344,10 +348,10 @@ def test_adjoint_falls_back_to_the_factorization(monkeypatch):
         calls.append(maxiter)  # the multipliers'
         return None, maxiter
 
-    monkeypatch.setattr(grouped, "_mixed_richardson", failing)
-    n, d = 16, 3
+    monkeypatch.setattr(inexact, "_mixed_richardson", failing)
+    n, d = 24, 3  # more than DENSE_MAX unknowns: the block is solved matrix-free
     fn = _equilibrium(n, d).compile()
-    assert fn.engine == "grouped"
+    assert fn.engine == "lowered"
     inp = _equilibrium_inputs(n, d, 5, seed=8)
     _, grad = fn.value_and_grad(inp, method="anderson")  # the forward pass by Anderson
     assert calls
@@ -356,10 +360,10 @@ def test_adjoint_falls_back_to_the_factorization(monkeypatch):
         np.testing.assert_allclose(grad[name], g, rtol=1e-11, atol=1e-12, err_msg=name)
 
 
-def _rotation_equilibrium(rho: float, batch: int, n: int = 16, d: int = 3) -> dict:
+def _rotation_equilibrium(rho: float, batch: int, n: int = 24, d: int = 3, seed=2) -> dict:
     """Inputs of `_equilibrium` with W = ρ·Q for a rotation Q: J's eigenvalues lie near a
     circle of radius about ρ, so δ ← r + J δ gains a digit every ln 10 / (−ln ρ) steps."""
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(seed)
     Q, R = np.linalg.qr(rng.standard_normal((n, n)))
     return {
         "W": rho * Q * np.sign(np.diag(R)),
@@ -371,17 +375,12 @@ def _rotation_equilibrium(rho: float, batch: int, n: int = 16, d: int = 3) -> di
 
 @pytest.mark.parametrize(("rho", "expected"), [(0.5, "inexact-newton"), (0.99, "newton")])
 def test_auto_chooses_by_the_measured_cost_of_the_inner_iterations(rho, expected):
-    """ "auto" starts matrix-free on a block of 16 unknowns (a fixed size once sent every
-    block of up to 100 to Newton), allowing each inner solve the Jacobian-vector products
-    that cost one Newton step (77 here, `_grouped._inner_budget`): at ρ = 0.5 they
-    suffice; at ρ = 0.99 the measured rate predicts more, and Newton takes over. Both
-    match the implicit function theorem."""
-    import lagrangian_ad.compiling._grouped as grouped
-
-    fn = _equilibrium(16, 3).compile()
+    """ "auto" starts with inexact Newton on a block of 24 unknowns, allowing each inner
+    solve `_inexact.INNER_MAX` Jacobian-vector products: at ρ = 0.5 they suffice; at
+    ρ = 0.99 the measured rate predicts more, and Newton takes over. Both match the
+    implicit function theorem."""
+    fn = _equilibrium(24, 3).compile()
     inp = _rotation_equilibrium(rho, 2)
-    (plan,) = [s.block for s in fn._grouped.steps if s.block is not None]
-    assert grouped._inner_budget(plan, (2,)) < 100
     sol = fn.solve(inp)
     assert sol.blocks[0].method == expected
     H, _, grads = _ift(inp)
@@ -390,14 +389,20 @@ def test_auto_chooses_by_the_measured_cost_of_the_inner_iterations(rho, expected
         np.testing.assert_allclose(sol.grad[name], g, rtol=1e-10, atol=1e-12, err_msg=name)
 
 
-def test_inexact_newton_on_one_sample_says_it_ran_newton():
-    """One sample runs the straight-line code, which has no Jacobian-vector products:
-    "inexact-newton" is Newton there, and the report says so."""
-    fn = _equilibrium(16, 3).compile()
-    inp = _equilibrium_inputs(16, 3, 1, seed=4)
+def test_one_sample_of_a_cyclic_program_runs_the_lowered_block():
+    """One sample of a cyclic program runs the lowered program too (the per-scalar code's
+    Newton steps loop over the Jacobian's entries in Python): "inexact-newton" is
+    inexact Newton there as for a batch; a block that only forms its Jacobian is Newton
+    (16 unknowns: the array engine's DENSE_MAX), and the report says so."""
+    fn = _equilibrium(24, 3).compile()
+    inp = _equilibrium_inputs(24, 3, 1, seed=4)
     one = {**inp, "x": inp["x"][0]}
-    assert fn.solve(one, method="inexact-newton").blocks[0].method == "newton"
+    assert fn.solve(one, method="inexact-newton").blocks[0].method == "inexact-newton"
     assert fn.solve(inp, method="inexact-newton").blocks[0].method == "inexact-newton"
+    small = _equilibrium(16, 3).compile()
+    small_one = {k: v[:16] if k == "b" else v for k, v in one.items()}
+    small_one["W"], small_one["U"] = one["W"][:16, :16], one["U"][:16]
+    assert small.solve(small_one, method="inexact-newton").blocks[0].method == "newton"
     _, _, grads = _ift(inp)
     np.testing.assert_allclose(fn.solve(one).grad["W"], grads["W"], rtol=1e-11, atol=1e-13)
 
@@ -412,7 +417,7 @@ def test_mixed_precision_refinement_against_a_dense_solve(rate, size):
     also at a rate of 0.999 (|x| ≈ 700 |b|: float32 resolves each correction only to a
     few parts in 10⁴, so several rounds, each ended at float32's rounding floor), and
     falls back to float64 for values beyond float32's range."""
-    from lagrangian_ad.compiling._grouped import _mixed_richardson
+    from lagrangian_ad.compiling._inexact import _mixed_richardson
 
     rng = np.random.default_rng(5)
     n, batch = 40, 7
@@ -435,12 +440,13 @@ def test_inexact_newton_backtracks_on_a_slowly_contracting_rotation(monkeypatch)
     """W = 0.95·Q for a rotation Q: J's eigenvalues lie near a circle of radius ~0.95, the
     first Newton steps (solved loosely) overshoot and are halved sample by sample; the
     answer still matches the implicit function theorem's dense solve."""
-    import lagrangian_ad.compiling._grouped as grouped
+    import lagrangian_ad.compiling._array_engine as array_engine
+    import lagrangian_ad.compiling._inexact as inexact
 
-    n, d = 16, 3
-    inp = _rotation_equilibrium(0.95, 12)  # its seed makes a step overshoot (most do not)
+    n, d = 24, 3
+    inp = _rotation_equilibrium(0.95, 12, seed=0)  # a step overshoots here (most do not)
     counts = {"evaluations": 0, "steps": 0}
-    linearize, mixed = grouped.GroupedEngine._linearize, grouped._mixed_richardson
+    linearize, mixed = array_engine._BlockCode.at, inexact._mixed_richardson
 
     def counted_linearize(*args):
         counts["evaluations"] += 1
@@ -450,8 +456,8 @@ def test_inexact_newton_backtracks_on_a_slowly_contracting_rotation(monkeypatch)
         counts["steps"] += 1
         return mixed(*args, **kwargs)
 
-    monkeypatch.setattr(grouped.GroupedEngine, "_linearize", counted_linearize)
-    monkeypatch.setattr(grouped, "_mixed_richardson", counted_mixed)
+    monkeypatch.setattr(array_engine._BlockCode, "at", counted_linearize)
+    monkeypatch.setattr(inexact, "_mixed_richardson", counted_mixed)
     fn = _equilibrium(n, d).compile()
     sol = fn.solve(inp, method="inexact-newton", maxiter=2000)
     (report,) = sol.blocks
@@ -492,7 +498,7 @@ def _coupled(kind: str):
         prog.define(h, sp.Matrix([v[i] - k * (1 / (1 + (v[i] - x) ** 2) - e) for i in range(_N)]))
     prog.define("y", sp.Add(*h))
     fn = prog.compile()
-    assert fn.engine == "grouped"
+    assert fn.engine == "lowered"
     return fn
 
 
@@ -568,3 +574,106 @@ def test_grouped_regular_neighbours_solve_to_the_closed_form(kind, seed):
             sol.values["h"], expect_h, rtol=1e-12, atol=1e-12, err_msg=method
         )
         np.testing.assert_allclose(sol.grad[grad[0]], grad[1], rtol=1e-8, err_msg=method)
+
+
+def test_lowering_edge_cases_against_differences_and_the_float_path():
+    """The output an entry of an array whose other entries share its form (a group of
+    its own), entries read in shuffled order and twice (gathers by index, scatter-add
+    into repeated entries), one entry read by every member, a member-varying constant:
+    the batch against one sample at a time and central differences."""
+    n = 12
+    rng = np.random.default_rng(21)
+    q = rng.permutation(n) // 2
+    prog = lad.Program()
+    x = prog.input("x", shape=(n,))
+    w = prog.input("w", shape=(n,))
+    M = prog.input("M", shape=(n, n))
+    a = prog.define(
+        "a", sp.Matrix([sp.sin(x[int(q[i])]) * x[int(q[i])] + 0.5 * w[i] for i in range(n)])
+    )
+    b = prog.define("b", M * a)
+    c = np.round(rng.standard_normal(n), 3)
+    v = prog.define("v", sp.Matrix([sp.tanh(b[i] + float(c[i])) * a[0] for i in range(n)]))
+    prog.output(v[3])
+    fn = prog.compile()
+    assert fn.engine == "lowered"
+    inp = {
+        "x": rng.standard_normal((6, n)),
+        "w": rng.standard_normal(n),
+        "M": rng.standard_normal((n, n)) / n,
+    }
+    check_grads(fn, inp, rtol=1e-6, symbolic=False)
+    sol = fn.solve(inp)
+    for k in range(6):
+        one = fn.solve({**inp, "x": inp["x"][k]})
+        assert sol.value[k] == pytest.approx(one.value, rel=1e-13)
+        for name in ("a", "b", "v"):
+            np.testing.assert_allclose(sol.values[name][k], one.values[name], rtol=1e-12)
+            np.testing.assert_allclose(
+                sol.multipliers[name][k], one.multipliers[name], rtol=1e-11, atol=1e-14
+            )
+        np.testing.assert_allclose(sol.grad["x"][k], one.grad["x"], rtol=1e-11, atol=1e-14)
+
+
+def test_hvp_of_a_batch_on_the_lowered_program_against_one_sample_at_a_time():
+    """H v of the batch sum (the lowered program: the tangent of its adjoint pass) is the
+    sum over the samples of the per-scalar code's H v, one sample at a time."""
+    fn, inp = _mlp().compile(), _mlp_inputs(4, seed=3)
+    assert fn.engine == "lowered"
+    rng = np.random.default_rng(9)
+    vectors = {k: rng.standard_normal(np.shape(a)) for k, a in inp.items()}
+    got = fn.hvp(inp, vectors)
+    want = {k: np.zeros(np.shape(a)) for k, a in inp.items()}
+    for s in range(4):
+        one = {k: (a[s] if k in ("x", "t") else a) for k, a in inp.items()}
+        h = fn.hvp(one, {k: (a[s] if k in ("x", "t") else a) for k, a in vectors.items()})
+        for k in want:
+            if k in ("x", "t"):
+                want[k][s] = h[k]
+            else:
+                want[k] = want[k] + h[k]
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-11, atol=1e-13, err_msg=k)
+
+
+@pytest.mark.parametrize("batch", [None, 4])
+def test_hvp_of_the_lowered_equilibrium_against_differences_of_gradients(batch):
+    """A cyclic block's H v on the lowered program (one sample too): the central
+    difference of the gradient along v (the implicit function theorem's gradient,
+    checked above), to the accuracy of the difference."""
+    fn = _equilibrium(20, 3).compile()  # 20 unknowns: matrix-free in the lowered program
+    inp = _equilibrium_inputs(20, 3, batch or 1, seed=3)
+    if batch is None:
+        inp["x"] = inp["x"][0]
+    rng = np.random.default_rng(9)
+    v = {k: rng.standard_normal(np.shape(a)) for k, a in inp.items()}
+    eps = 1e-5
+    plus = fn.value_and_grad({k: inp[k] + eps * v[k] for k in inp})[1]
+    minus = fn.value_and_grad({k: inp[k] - eps * v[k] for k in inp})[1]
+    got = fn.hvp(inp, v)
+    for k in inp:
+        np.testing.assert_allclose(
+            got[k], (plus[k] - minus[k]) / (2 * eps), rtol=1e-6, atol=1e-6, err_msg=k
+        )
+
+
+def test_hessian_of_the_lowered_equilibrium_against_differences_of_gradients():
+    """The Hessian of a cyclic program (on the lowered program: an hvp per entry), column
+    by column against central differences of the gradient."""
+    n, d = 16, 2
+    fn = _equilibrium(n, d).compile()
+    assert fn.engine == "lowered"
+    inp = _equilibrium_inputs(n, d, 1, seed=5)
+    inp["x"] = inp["x"][0]
+    H = fn.hessian(inp)
+    eps = 1e-5
+    for a in ("b", "x"):
+        for j in range(np.size(inp[a])):
+            e = np.zeros(np.shape(inp[a]))
+            e.flat[j] = eps
+            plus = fn.value_and_grad({**inp, a: inp[a] + e})[1]
+            minus = fn.value_and_grad({**inp, a: inp[a] - e})[1]
+            for b in inp:
+                column = np.reshape(H[b][a], (np.size(inp[b]), -1))[:, j]
+                fd = np.ravel(plus[b] - minus[b]) / (2 * eps)
+                np.testing.assert_allclose(column, fd, rtol=1e-6, atol=1e-7, err_msg=f"{b} {a}")
