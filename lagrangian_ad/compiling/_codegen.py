@@ -566,12 +566,17 @@ def _jvp_source(em: _Emitter, name: str, every: bool = False) -> str:
         inside = frozenset(b.unknowns)
         for e in b.constraints:
             temps, products = terms(e, skip=inside)
-            lines += temps
             t = graph.targets[e]
             parts = [f"-({' + '.join(products)})"] if t is None and products else products
             if t is not None and t not in inside and t in known:
                 parts.append(f"-{dot[t]}")
-            rhs.append(" + ".join(parts) if parts else "0.0")
+            if not parts:
+                rhs.append("0.0")
+                continue
+            # each row's value now: the next constraint's temporaries reuse the names
+            row = em.namer.fresh("rhs")
+            lines += [*temps, f"    {row} = {' + '.join(parts)}"]
+            rhs.append(row)
         if all(r == "0.0" for r in rhs):
             continue
         lines.append(f"    _T = _blocks[{cyclic_index[b]}].tangent(_ctx, ({', '.join(rhs)},))")

@@ -68,3 +68,33 @@ def test_missing_tangents_are_zero_and_errors():
         fn.jvp(inputs, {"q": 1.0})
     with pytest.raises(ProgramError, match="tangent 'w': shape \\(3,\\) does not broadcast"):
         fn.jvp(inputs, {"w": np.ones(3)})
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_jvp_through_a_coupled_cyclic_block_of_entries(n):
+    """h = tanh(0.3 W h + x) entry by entry, on the per-scalar code (one sample; too
+    small to lower): every row of the block's tangent system J ż = rhs has its own
+    temporaries. They once shared names, so each row read the last row's partials (a
+    wrong jvp, hvp and Hessian for any block of two or more coupled unknowns)."""
+    rng = np.random.default_rng(n)
+    prog = lad.Program()
+    x, W = prog.input("x", (n,)), prog.input("W", (n, n))
+    h = prog.var("h", (n,))
+    prog.define(h, (0.3 * W * h + x).applyfunc(sp.tanh))
+    prog.define("y", sum(hi**2 for hi in h))
+    fn = prog.compile()
+    assert fn.engine == "entries"
+    inputs = {"x": rng.normal(size=n), "W": rng.normal(size=(n, n)) / n}
+    tangents = {"x": rng.normal(size=n), "W": rng.normal(size=(n, n))}
+    _, d = fn.jvp(inputs, tangents)
+    _, g = fn.value_and_grad(inputs)
+    assert d == pytest.approx(sum(np.sum(g[k] * tangents[k]) for k in g), rel=1e-10)
+    eps = 1e-6
+    plus = fn.value({k: inputs[k] + eps * tangents[k] for k in inputs})
+    minus = fn.value({k: inputs[k] - eps * tangents[k] for k in inputs})
+    assert d == pytest.approx((plus - minus) / (2 * eps), rel=1e-7)
+    hv = fn.hvp(inputs, tangents)  # the tangents feed the second-order adjoint too
+    gp = fn.value_and_grad({k: inputs[k] + eps * tangents[k] for k in inputs})[1]
+    gm = fn.value_and_grad({k: inputs[k] - eps * tangents[k] for k in inputs})[1]
+    for k in g:
+        np.testing.assert_allclose(hv[k], (gp[k] - gm[k]) / (2 * eps), rtol=1e-6, atol=1e-8)
