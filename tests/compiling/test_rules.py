@@ -37,6 +37,16 @@ class _Numbers:
         return out
 
     @staticmethod
+    def gather(a, ix, unique, shape):
+        return a.reshape(-1)[ix].reshape(shape)
+
+    @staticmethod
+    def scatter(g, like, ix, unique, shape):
+        out = np.zeros(like.size)
+        np.add.at(out, ix, g.reshape(-1))
+        return out.reshape(like.shape)
+
+    @staticmethod
     def fit(c, like):
         assert c.shape == like.shape
         return c
@@ -49,14 +59,18 @@ CASES = [  # op, data, operand shapes
     ("T", None, [(3, 2)]),
     ("sum", None, [(3, 4)]),
     ("entry", (1, 2), [(3, 4)]),
+    ("gather", (np.array([5, 0, 5, 11, 2]), False, (5, 1)), [(3, 4)]),  # 5 read twice
+    ("gather", (np.array([3, 1]), True, (1, 2)), [(2, 2)]),
 ]
+
+IDS = [f"{c[0]}{k}" for k, c in enumerate(CASES)]
 
 
 def _operands(rng, shapes):
     return [rng.standard_normal(s) for s in shapes]
 
 
-@pytest.mark.parametrize(("op", "data", "shapes"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("op", "data", "shapes"), CASES, ids=IDS)
 def test_vjp_is_the_adjoint_of_jvp_and_jvp_is_the_derivative(op, data, shapes):
     rng = np.random.default_rng(7)
     a, da = _operands(rng, shapes), _operands(rng, shapes)
@@ -72,7 +86,7 @@ def test_vjp_is_the_adjoint_of_jvp_and_jvp_is_the_derivative(op, data, shapes):
     np.testing.assert_allclose(jvp, (plus - minus) / (2 * h), rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize(("op", "data", "shapes"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("op", "data", "shapes"), CASES, ids=IDS)
 def test_vjp_tangent_is_the_derivative_of_vjp(op, data, shapes):
     """d/dε of vjp(g + ε ġ, a + ε ȧ), by central differences."""
     rng = np.random.default_rng(11)
