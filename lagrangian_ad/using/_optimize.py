@@ -74,10 +74,19 @@ from ..core._arrays import sum as lad_sum
 from ..core._errors import ConvergenceError, NonFiniteWarning, ProgramError, SingularSystemError
 from ..core._ir import ProgramIR, Variable
 from ._interior import IP_OPTIONS, interior_point
+from ._training import TRAINING, Lifted
 
 __all__ = ["METHODS", "OptimizeResult", "maximize", "minimize"]
 
-METHODS = ("gradient", "lbfgs", "augmented-lagrangian", "newton-kkt", "interior-point")
+METHODS = (
+    "gradient",
+    "lbfgs",
+    "augmented-lagrangian",
+    "newton-kkt",
+    "interior-point",
+    "penalty",
+    "descent-ascent",
+)
 
 # Status codes, shared by every method.
 CONVERGED = 0  # the tolerance was met
@@ -2124,6 +2133,24 @@ def _check_start(nlp: _ReducedNLP, v0: np.ndarray) -> None:
 
 _METHODS["interior-point"] = (_INTERIOR, _interior_point)
 _TOL_KEYS["interior-point"] = ("tol",)
+
+
+# --------------------------------------------------------------------------- training methods
+
+
+def _lifted(run: Callable[[Lifted, dict, _Monitor], OptimizeResult]):
+    """A method of `_training` on the lifted problem: z, μ and L_A as above."""
+
+    def method(problem: _Problem, opts: dict, monitor: _Monitor) -> OptimizeResult:
+        aug = _augmented_program(problem.fn, problem.sign)
+        return run(Lifted(problem, _Space(problem), aug, _finish_lifted), opts, monitor)
+
+    return method
+
+
+for _name, (_defaults, _run, _tol_keys) in TRAINING.items():
+    _METHODS[_name] = ({**_defaults, "solve": None}, _lifted(_run))
+    _TOL_KEYS[_name] = _tol_keys
 
 
 def _namer(ir: ProgramIR) -> Callable[[str], str]:
