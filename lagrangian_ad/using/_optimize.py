@@ -74,10 +74,19 @@ from ..core._arrays import sum as lad_sum
 from ..core._errors import ConvergenceError, NonFiniteWarning, ProgramError, SingularSystemError
 from ..core._ir import ProgramIR, Variable
 from ._interior import IP_OPTIONS, interior_point
+from ._training import TRAINING, Lifted
 
 __all__ = ["METHODS", "OptimizeResult", "maximize", "minimize"]
 
-METHODS = ("gradient", "lbfgs", "augmented-lagrangian", "newton-kkt", "interior-point")
+METHODS = (
+    "gradient",
+    "lbfgs",
+    "augmented-lagrangian",
+    "newton-kkt",
+    "interior-point",
+    "penalty",
+    "descent-ascent",
+)
 
 # Status codes, shared by every method.
 CONVERGED = 0  # the tolerance was met
@@ -184,14 +193,18 @@ def minimize(
     fixed : dict, optional
         Input name -> value of each input that is data, not a variable; may be batched.
         Every input of the program must be in exactly one of ``x0`` and ``fixed``.
-    method : {"gradient", "lbfgs", "augmented-lagrangian", "newton-kkt", "interior-point"}
-        See the module docstring and the option lists below. Default: "interior-point"
-        for a program with constraints of `Program.subject_to` (the only method that
-        holds them; the others refuse such programs), "lbfgs" otherwise.
+    method : str
+        One of "gradient", "lbfgs", "augmented-lagrangian", "newton-kkt",
+        "interior-point", "penalty", "descent-ascent". See the module docstring,
+        `lagrangian_ad.using._training` for the last two, and the option lists below.
+        Default: "interior-point" for a program with constraints of
+        `Program.subject_to` (the only method that holds them; the others refuse such
+        programs), "lbfgs" otherwise.
     tol : float, optional
         Sets the method's main tolerances: ``gtol`` for ``"gradient"``; ``ftol`` and
         ``gtol`` for ``"lbfgs"``; ``ctol`` and ``gtol`` for ``"augmented-lagrangian"``;
-        ``tol`` (the KKT residual) for ``"newton-kkt"``.
+        ``tol`` (the KKT residual) for ``"newton-kkt"``; ``ctol`` and ``gtol`` for
+        ``"penalty"`` and ``"descent-ascent"``.
     callback : callable, optional
         ``callback(intermediate_result)`` after each iteration, with an
         `OptimizeResult` holding ``x`` (dict), ``fun``, ``nit`` and the iteration's
@@ -247,6 +260,20 @@ def minimize(
         when the KKT system has more than ``sparse_threshold`` (100) rows, else
         ``"dense"``), ``bounds`` (the same format as above: each finite bound becomes an
         inequality of the method, and x0 is pushed inside).
+
+        ``"penalty"`` (see `lagrangian_ad.using._training`): ``maxiter`` (30 values of
+        the penalty ρ), ``mu0`` (1: the first ρ), ``growth`` (10: ρ's factor, > 1),
+        ``mu_max`` (1e6), ``ctol`` (1e-6: max ``|c|``), ``gtol`` (1e-5: ∞-norm of ∇ℒ at
+        μ = ρc), ``inner_maxiter`` (50 rounds of θ- and z-steps per ρ), ``inner_tol``
+        (1e-5: each step's gradient tolerance), ``step_maxiter`` (200 L-BFGS iterations
+        per step), ``maxcor`` (20), ``joint`` (True: finish each ρ by one L-BFGS over
+        (θ, z)), ``joint_maxiter`` (2000), ``z0`` (as for ``"augmented-lagrangian"``).
+
+        ``"descent-ascent"``: ``maxiter`` (20000), ``step`` (0.05: η of the descent in
+        (θ, z)), ``dual_step`` (0.05: η_μ of the ascent in μ), ``rho`` (1: the
+        augmentation, 0 for the plain Lagrangian), ``ctol`` (1e-6), ``gtol`` (1e-6),
+        ``z0`` (``"forward"``), ``multipliers0`` (``"forward"``: the adjoints of the
+        start's forward pass, or ``"zeros"``).
 
         Batched data: a constraint that reads (through the definitions) an input with
         batch axes, batched data in ``fixed`` or an optimized input given with batch
@@ -2124,6 +2151,24 @@ def _check_start(nlp: _ReducedNLP, v0: np.ndarray) -> None:
 
 _METHODS["interior-point"] = (_INTERIOR, _interior_point)
 _TOL_KEYS["interior-point"] = ("tol",)
+
+
+# --------------------------------------------------------------------------- training methods
+
+
+def _lifted(run: Callable[[Lifted, dict, _Monitor], OptimizeResult]):
+    """A method of `_training` on the lifted problem: z, μ and L_A as above."""
+
+    def method(problem: _Problem, opts: dict, monitor: _Monitor) -> OptimizeResult:
+        aug = _augmented_program(problem.fn, problem.sign)
+        return run(Lifted(problem, _Space(problem), aug, _finish_lifted), opts, monitor)
+
+    return method
+
+
+for _name, (_defaults, _run, _tol_keys) in TRAINING.items():
+    _METHODS[_name] = ({**_defaults, "solve": None}, _lifted(_run))
+    _TOL_KEYS[_name] = _tol_keys
 
 
 def _namer(ir: ProgramIR) -> Callable[[str], str]:

@@ -411,7 +411,7 @@ def test_unknown_method_lists_the_methods():
         lad.minimize(rosenbrock(), {"x": 0.0, "y": 0.0}, method="bfgs")
     assert str(err.value) == (
         "Unknown method 'bfgs'; methods: gradient, lbfgs, augmented-lagrangian, newton-kkt, "
-        "interior-point"
+        "interior-point, penalty, descent-ascent"
     )
 
 
