@@ -1683,10 +1683,8 @@ class ArrayProgram(CompiledProgram):
         self._has_cycles = bool(blocks)
         self._n_forms = len(forms)
         self._generator, self._saved, self._hvp = gen, saved, None
-        self._pruned: dict[frozenset[str], Any] = {}  # adjoints for some inputs only
-        # `value_and_grad`'s functions and their sources, by the inputs they are for
-        self._fused_passes: dict[frozenset[str], Any] = {}
-        self._fused_sources: dict[frozenset[str], str] = {}
+        # generated passes by (kind, the inputs they are for): (function, source)
+        self._pruned: dict[tuple[str, frozenset[str]], tuple[Callable, str]] = {}
         self._stationarity = None
         self._all_inputs = frozenset(self._inputs)
 
@@ -1810,28 +1808,30 @@ class ArrayProgram(CompiledProgram):
         """The units of the inputs, in the order the generated functions take them."""
         return self._generator.inputs
 
-    def _value_and_grad_function(self, wrt: frozenset[str] | None) -> Callable:
-        """The generated forward and adjoint passes in one function (`_Generator.
-        value_and_grad`), for the gradients of ``wrt`` (None: every input); made on
-        the first call that asks for them."""
-        key = self._all_inputs if wrt is None else wrt
-        run = self._fused_passes.get(key)
-        if run is None:
+    def _pruned_pass(self, kind: str, wrt: frozenset[str] | None) -> tuple[Callable, str]:
+        """(function, source) of the generated pass ``kind`` ("adjoint", or
+        "value_and_grad": the forward and adjoint passes in one function; `_Generator`'s
+        methods of those names) for the gradients of ``wrt`` only (None: every input),
+        made on the first call that asks for it."""
+        key = (kind, self._all_inputs if wrt is None else wrt)
+        made = self._pruned.get(key)
+        if made is None:
             wanted = frozenset(
-                u.index for u in self._units if u.kind == "input" and _owner(u) in key
+                u.index for u in self._units if u.kind == "input" and _owner(u) in key[1]
             )
-            source = self._generator.value_and_grad(self._saved, wanted)
-            code = _compile(source, "array program value_and_grad")
-            run = self._fused_passes[key] = _exec(code, self._namespace())["value_and_grad"]
-            self._fused_sources[key] = source
-        return run
+            source = getattr(self._generator, kind)(self._saved, wanted)
+            code = _compile(source, f"array program {kind}")
+            made = self._pruned[key] = (_exec(code, self._namespace())[kind], source)
+        return made
+
+    def _value_and_grad_function(self, wrt: frozenset[str] | None) -> Callable:
+        return self._pruned_pass("value_and_grad", wrt)[0]
 
     @property
     def value_and_grad_source(self) -> str:
         """The generated code `value_and_grad` runs for the gradients of every input:
         the forward pass, then the adjoint, each value deleted after its last use."""
-        self._value_and_grad_function(None)
-        return self._fused_sources[self._all_inputs]
+        return self._pruned_pass("value_and_grad", None)[1]
 
     def _all_finite(self, value: Any, grad: dict, lam: Any, leads: dict, proved: dict) -> bool:
         """Whether the output and every gradient are finite.
@@ -2092,15 +2092,7 @@ class ArrayProgram(CompiledProgram):
         (generated on the first call that asks for them)."""
         if wrt is None or wrt == self._all_inputs:
             return self._functions["adjoint"]
-        adjoint = self._pruned.get(wrt)
-        if adjoint is None:
-            wanted = frozenset(
-                u.index for u in self._units if u.kind == "input" and _owner(u) in wrt
-            )
-            source = self._generator.adjoint(self._saved, wanted)
-            code = _compile(source, "array program adjoint")
-            adjoint = self._pruned[wrt] = _exec(code, self._namespace())["adjoint"]
-        return adjoint
+        return self._pruned_pass("adjoint", wrt)[0]
 
     def _output_value(self, values: tuple, batch: tuple):
         v = np.asarray(values[self._output_unit.index])[..., 0, 0]
