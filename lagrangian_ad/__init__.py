@@ -22,12 +22,16 @@ from .core._errors import (
 from .core._version import __version__ as __version__
 from .solving._values import Solution
 from .symbolic._symbolic import Conditions
+from .using._equilibrium import EnergyProgram, energy_program
 from .using._optimize import OptimizeResult, maximize, minimize
+from .using._report import EstimatorReport, estimator_report
 
 __all__ = [
     "CompiledProgram",
     "Conditions",
     "ConvergenceError",
+    "EnergyProgram",
+    "EstimatorReport",
     "LagrangianADError",
     "LagrangianADWarning",
     "NonFiniteWarning",
@@ -40,6 +44,8 @@ __all__ = [
     "apply",
     "cos",
     "decompose",
+    "energy_program",
+    "estimator_report",
     "exp",
     "load",
     "log",

@@ -625,8 +625,20 @@ class _Generator:
                 for u, lam in zip(item.units, lams, strict=True):
                     acc.final[u.index] = lam
                 inside = {u.index for u in item.units}
+                # the block's own reads of its unknowns, as the context gives them (the
+                # values themselves; the unrolled estimator's points: `_estimators`)
+                reads = [n for st in item.steps for n in st.nodes if n.op == "read"]
+                reads = [n for n in reads if n.data.index in inside]
+                at = [w.fresh(f"_z_{u.name}") for u in item.units]
+                own = ", ".join(u.name for u in item.units)
+                w.emit(f"{', '.join(at)}, = _ctx.unknowns({item.index}, ({own},))")
+                renamed = dict(zip((u.index for u in item.units), at, strict=True))
+                for n in reads:
+                    n.name = renamed[n.data.index]
                 for s in item.steps:
                     self._backward(w, s, _signed(w, s, acc.final[s.unit.index]), acc, inside)
+                for n in reads:
+                    n.name = n.data.name
             else:
                 g = acc.take(item.unit.index)
                 acc.final[item.unit.index] = g
@@ -1131,6 +1143,11 @@ class _Context:
 
     def adjoint(self, k: int, g: tuple) -> tuple:
         return self.program._solvers[k].adjoint(self, g)
+
+    def unknowns(self, k: int, z: tuple) -> tuple:
+        """Block k's unknowns as its own steps' adjoint reads them: their values ``z``
+        (an estimator's context answers otherwise, `_estimators`)."""
+        return z
 
     def tangent(self, k: int, rhs: tuple) -> tuple:
         return self.program._solvers[k].tangent(self, rhs)

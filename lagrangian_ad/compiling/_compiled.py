@@ -202,10 +202,23 @@ class CompiledProgram:
         inputs: Mapping[Any, Any],
         check_finite: bool = True,
         wrt: Any = None,
+        *,
+        adjoint: str = "exact",
+        steps: int | None = None,
+        damping: float | None = None,
         **options: Any,
     ) -> tuple[Array, dict[str, Array]]:
         """The output and ∂(Σ z_N)/∂x for every input (``wrt``: for these inputs only;
         the array engine then also skips the work that leads only to the others).
+
+        ``adjoint`` chooses the multipliers of the cyclic blocks (`_estimators`):
+        ``"exact"`` (the default: the solve (I − J)ᵀ λ = g), ``"unrolled"`` (the
+        gradient of ``steps`` = K plain iterations z ← f(z) from ``init``, whose output
+        is then the value returned), ``"jfb"`` (Jacobian-free backprop, λ = g at the
+        fixed point) or ``"phantom"`` (K steps λ ← (1 − α) λ + α (g + Jᵀ λ) from λ = g,
+        α = ``damping``). K defaults to 5 and α to 0.5. Estimators other than
+        ``"exact"`` run on the array engine; on an acyclic program each is the exact
+        gradient.
 
         ``check_finite`` as in `value`; a non-finite output or gradient is reported by a
         `NonFiniteWarning` naming the first constraint whose value or multiplier is not
@@ -217,6 +230,13 @@ class CompiledProgram:
         NumPy arrays, so the chunks run in this call (once: its Dask results are
         persisted). Without such gradients nothing runs until a result is computed.
         """
+        if adjoint != "exact" or steps is not None or damping is not None:
+            from ._estimators import Estimator, estimate
+
+            est = Estimator.checked(adjoint, steps, damping)
+            if _dask_inputs(inputs):
+                raise ProgramError(f"adjoint={adjoint!r}: Dask inputs take adjoint='exact' only")
+            return estimate(self, inputs, check_finite, wrt, est, options)
         if _dask_inputs(inputs):
             from ..solving import _dask
 
