@@ -217,7 +217,8 @@ class CompiledProgram:
         is then the value returned), ``"jfb"`` (Jacobian-free backprop, λ = g at the
         fixed point) or ``"phantom"`` (K steps λ ← (1 − α) λ + α (g + Jᵀ λ) from λ = g,
         α = ``damping``). K defaults to 5 and α to 0.5. Estimators other than
-        ``"exact"`` run on the array engine; on an acyclic program each is the exact
+        ``"exact"`` run on the array engine (also an entry-wise program's lowered by
+        groups), for blocks of definitions; on an acyclic program each is the exact
         gradient.
 
         ``check_finite`` as in `value`; a non-finite output or gradient is reported by a

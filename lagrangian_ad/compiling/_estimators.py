@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from ..core._errors import ProgramError
+from ..solving._values import _all_finite
 from ._array_engine import ArrayProgram, _Context, _rt
 
 __all__ = ["ADJOINTS", "Estimator", "estimate", "forward_values", "is_positive"]
@@ -130,13 +131,16 @@ def estimate(
     """``fn.value_and_grad`` with the multipliers of ``est`` (not "exact")."""
     if not fn._has_cycles:  # no block: every estimator is the exact gradient
         return fn._eager_value_and_grad(inputs, check_finite, wrt, options)
-    if not isinstance(fn, ArrayProgram):
+    # the array engine: the program's own, or an entry-wise program lowered by groups
+    # (`_grouping`, which runs every call of a cyclic one where it exists)
+    engine = fn if isinstance(fn, ArrayProgram) else fn.__dict__.get("_lowered")
+    if engine is None:
         raise ProgramError(
             f"adjoint={est.adjoint!r}: gradient estimators run on the array engine, and "
             f"this cyclic program runs on the {fn.engine!r} engine; compile it with "
             "prog.compile(engine='arrays')"
         )
-    implicit = [s.code.label for s in fn._solvers.values() if not s.code.all_explicit]
+    implicit = [s.code.label for s in engine._solvers.values() if not s.code.all_explicit]
     if implicit:
         raise ProgramError(
             f"adjoint={est.adjoint!r} needs cyclic blocks of definitions z = f(z); the block "
@@ -144,15 +148,20 @@ def estimate(
         )
     wanted = None if wrt is None else frozenset(fn._input_name(k) for k in wrt)
     arrays, leads, batch = fn._check(inputs, check_finite)
-    ctx = _EstimatorContext(fn, fn._solve_options(options, batch), est)
+    ctx = _EstimatorContext(engine, engine._solve_options(options, batch), est)
     with np.errstate(all="ignore"):  # non-finite values are reported below
-        values, saved = fn._functions["forward"](ctx, *fn._inputs_internal(arrays))
-        lam, proved = fn._adjoint_function(wanted)(ctx, batch, *values, *saved)
-        value = fn._output_value(values, batch)
-        grad = fn._grads(lam, arrays, leads, batch, wanted)
-        finite = fn._all_finite(value, grad, lam, leads, proved)
-    if not finite:
+        values, saved = engine._functions["forward"](ctx, *engine._inputs_internal(arrays))
+        lam, proved = engine._adjoint_function(wanted)(ctx, batch, *values, *saved)
+        value = engine._output_value(values, batch)
+        grad = engine._grads(lam, arrays, leads, batch, wanted)
+        if engine is fn:
+            finite = fn._all_finite(value, grad, lam, leads, proved)
+        else:
+            finite = _all_finite(value, grad)
+    if not finite and engine is fn:
         fn._warn(values, lam, batch, stacklevel=4, grad=grad)
+    elif not finite:  # where, as the exact call reports it
+        fn._warn_non_finite(arrays, leads, batch, options, adjoint=True, stacklevel=4)
     return value, grad
 
 

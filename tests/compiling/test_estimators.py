@@ -295,6 +295,50 @@ def test_entrywise_cyclic_programs_say_which_engine_runs_estimators():
     assert grad["x"] == pytest.approx(1 - value**2, rel=1e-12)
 
 
+def test_entrywise_programs_lowered_by_groups_run_estimators_there():
+    """An entry-wise cyclic program with repeated structure runs on the array engine,
+    lowered by groups (`_grouping`): the estimators run there too."""
+    n = 16
+    prog = lad.Program()
+    x = prog.input("x", shape=(n,))
+    W = prog.input("W", shape=(n, n))
+    h = prog.var("h", shape=(n,))
+    prog.define(h, (W * h + x).applyfunc(sp.tanh))
+    prog.define("y", sum(h[i] ** 2 for i in range(n)))
+    fn = prog.compile()
+    assert fn.engine == "lowered"
+    rng = np.random.default_rng(12)
+    A = rng.normal(size=(n, n))
+    inputs = {"x": rng.normal(size=(3, n)), "W": 0.5 * A / np.linalg.norm(A, 2)}
+
+    def loss(x, W):
+        z = jnp.zeros(x.shape)
+        for _ in range(4):
+            z = jnp.tanh(z @ W.T + x)
+        return jnp.sum(z * z)
+
+    jv, (jx, jW) = jax.value_and_grad(loss, argnums=(0, 1))(inputs["x"], inputs["W"])
+    value, grad = fn.value_and_grad(inputs, adjoint="unrolled", steps=4)
+    assert np.sum(value) == pytest.approx(float(jv), rel=1e-12)
+    np.testing.assert_allclose(grad["W"], np.asarray(jW), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grad["x"], np.asarray(jx), rtol=1e-10, atol=1e-12)
+    # JFB: λ = g = 2h at the fixed point, a = λ (1 − h²)
+    _, grad = fn.value_and_grad(inputs, adjoint="jfb")
+    hs = fn.solve(inputs).values["h"]
+    a = 2 * hs * (1 - hs**2)
+    np.testing.assert_allclose(grad["W"], a.T @ hs, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(grad["x"], a, rtol=1e-9, atol=1e-11)
+
+
+def test_a_non_finite_estimate_is_reported():
+    rng = np.random.default_rng(13)
+    inputs = _inputs(rng, 5)
+    inputs["v"] = np.full(5, np.inf)
+    fn = _deq(5).compile()
+    with pytest.warns(lad.NonFiniteWarning, match="not finite"):
+        fn.value_and_grad(inputs, check_finite=False, adjoint="jfb")
+
+
 def test_blocks_of_implicit_equations_are_refused():
     prog = lad.Program()
     x = prog.input("x", shape=(2,), array=True)
