@@ -59,3 +59,17 @@ def test_the_batched_constraint_example_holds_its_comments():
     binding = np.abs(y - 0.8) <= 1e-6
     assert binding.any() and not binding.all()
     assert np.all(mu[~binding] <= 1e-6)  # nonzero only where the bound binds
+
+
+def test_the_estimators_example_holds_its_comments():
+    block = next(b for b in _blocks() if "energy_program" in b)
+    namespace: dict = {"np": np, "lad": __import__("lagrangian_ad")}
+    exec(compile(block, "README.md", "exec"), namespace)  # our own file, not user text
+    ep, inputs = namespace["ep"], namespace["inputs"]
+    _, exact = ep.value_and_grad(inputs)
+    est = namespace["grad"]
+    g = np.concatenate([np.ravel(exact[k]) for k in exact])
+    e = np.concatenate([np.ravel(est[k]) for k in exact])
+    rel = np.linalg.norm(e - g) / np.linalg.norm(g)
+    assert 1e-8 < rel < 1e-6  # "about 1e-7": O(β²) at β = 1e-3, not rounding
+    assert 0 < namespace["rep"].cosine_all <= 1

@@ -339,6 +339,15 @@ def test_a_non_finite_estimate_is_reported():
         fn.value_and_grad(inputs, check_finite=False, adjoint="jfb")
 
 
+def test_dask_inputs_take_the_exact_adjoint_only():
+    da = pytest.importorskip("dask.array")
+    rng = np.random.default_rng(14)
+    inputs = _inputs(rng, 5)
+    inputs["x"] = da.from_array(inputs["x"], chunks=(2, 3))
+    with pytest.raises(lad.ProgramError, match="Dask inputs take adjoint='exact' only"):
+        _deq(5).compile().value_and_grad(inputs, adjoint="jfb")
+
+
 def test_blocks_of_implicit_equations_are_refused():
     prog = lad.Program()
     x = prog.input("x", shape=(2,), array=True)
