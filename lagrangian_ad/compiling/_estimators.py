@@ -18,6 +18,7 @@ solve by cheaper λ, each an `Estimator` chosen per call
     gradient is its gradient, Σ_t (∂F/∂e at z_t)ᵀ a_{t+1} with a_K = g and
     a_t = (∂F/∂z at z_t)ᵀ a_{t+1}; z_0 is a constant. As K grows it tends to the
     exact gradient geometrically for a contraction (rate: the contraction factor).
+    No solve runs, so ``method``, ``tol`` and ``maxiter`` do not apply to it.
 ``"jfb"``
     Jacobian-free backprop (Fung, Heaton, Li, McKenzie, Osher, Yin, "JFB: Jacobian-free
     backpropagation for implicit networks", AAAI 2022): at the exact fixed point, λ = g
